@@ -1,0 +1,196 @@
+"""The local catalogue: an SQLite database (WAL) of the tracks this node can serve.
+
+`segue pack` fills it (replication will too); the server looks tracks up and searches them with
+FTS5 over title, artist and album, accents folded and the last word matched as a prefix so that
+results come as one types. It also remembers the newest manifest version accepted per track,
+which is what lets an edge refuse a rolled-back manifest after a restart.
+
+Connections are per thread: the server calls in from worker threads.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tracks (
+    track_id   TEXT PRIMARY KEY,
+    title      TEXT NOT NULL,
+    artist     TEXT NOT NULL DEFAULT '',
+    album      TEXT NOT NULL DEFAULT '',
+    duration_s REAL NOT NULL DEFAULT 0,
+    mime       TEXT NOT NULL,
+    bytes      INTEGER NOT NULL,
+    chunks     INTEGER NOT NULL
+);
+CREATE VIRTUAL TABLE IF NOT EXISTS tracks_fts USING fts5(
+    title, artist, album,
+    content='tracks', content_rowid='rowid',
+    tokenize='unicode61 remove_diacritics 2'
+);
+CREATE TRIGGER IF NOT EXISTS tracks_ai AFTER INSERT ON tracks BEGIN
+    INSERT INTO tracks_fts(rowid, title, artist, album)
+    VALUES (new.rowid, new.title, new.artist, new.album);
+END;
+CREATE TRIGGER IF NOT EXISTS tracks_ad AFTER DELETE ON tracks BEGIN
+    INSERT INTO tracks_fts(tracks_fts, rowid, title, artist, album)
+    VALUES ('delete', old.rowid, old.title, old.artist, old.album);
+END;
+CREATE TRIGGER IF NOT EXISTS tracks_au AFTER UPDATE ON tracks BEGIN
+    INSERT INTO tracks_fts(tracks_fts, rowid, title, artist, album)
+    VALUES ('delete', old.rowid, old.title, old.artist, old.album);
+    INSERT INTO tracks_fts(rowid, title, artist, album)
+    VALUES (new.rowid, new.title, new.artist, new.album);
+END;
+CREATE TABLE IF NOT EXISTS accepted_manifests (
+    track_id TEXT PRIMARY KEY,
+    version  INTEGER NOT NULL
+);
+"""
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+_COLUMNS = "track_id, title, artist, album, duration_s, mime, bytes, chunks"
+
+
+@dataclass(frozen=True)
+class TrackRecord:
+    """One track as the catalogue, /meta and /v1/search describe it."""
+
+    track_id: str
+    title: str
+    artist: str
+    album: str
+    duration_s: float
+    mime: str
+    bytes: int
+    chunks: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class CatalogueError(Exception):
+    """The catalogue database cannot be opened or is not a Segue catalogue."""
+
+
+def fts_query(text: str) -> str | None:
+    """Turn what a user typed into an FTS5 query: every word must match, the last as a prefix.
+
+    Words are quoted, so FTS5 operators in the input are plain text. None when there is no word.
+    """
+    words = _WORD.findall(text)
+    if not words:
+        return None
+    quoted = [f'"{w}"' for w in words]
+    quoted[-1] += "*"
+    return " ".join(quoted)
+
+
+class Catalogue:
+    """The local catalogue at one path, with a connection for each thread that uses it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+
+    @classmethod
+    def create(cls, path: Path) -> Catalogue:
+        """Open the catalogue at `path`, creating the file and its schema if needed."""
+        catalogue = cls(path)
+        conn = catalogue._conn(create=True)
+        with conn:
+            conn.executescript(_SCHEMA)
+        return catalogue
+
+    def _conn(self, create: bool = False) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            if not create and not self.path.exists():
+                raise CatalogueError(
+                    f"catalogue {self.path} does not exist; `segue init` or `segue pack` makes it"
+                )
+            try:
+                conn = sqlite3.connect(self.path, timeout=10.0)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("PRAGMA busy_timeout=10000")
+            except sqlite3.Error as e:
+                raise CatalogueError(f"cannot open catalogue {self.path}: {e}") from None
+            self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        """Close this thread's connection (other threads' close when their thread ends)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def put(self, record: TrackRecord) -> None:
+        """Insert or replace one track."""
+        conn = self._conn()
+        with conn:
+            conn.execute(
+                f"INSERT INTO tracks ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(track_id) DO UPDATE SET title=excluded.title, "
+                "artist=excluded.artist, album=excluded.album, duration_s=excluded.duration_s, "
+                "mime=excluded.mime, bytes=excluded.bytes, chunks=excluded.chunks",
+                (
+                    record.track_id,
+                    record.title,
+                    record.artist,
+                    record.album,
+                    record.duration_s,
+                    record.mime,
+                    record.bytes,
+                    record.chunks,
+                ),
+            )
+
+    def get(self, track_id: str) -> TrackRecord | None:
+        row = (
+            self._conn()
+            .execute(f"SELECT {_COLUMNS} FROM tracks WHERE track_id = ?", (track_id,))
+            .fetchone()
+        )
+        return TrackRecord(*row) if row else None
+
+    def search(self, text: str, limit: int) -> list[TrackRecord]:
+        """Tracks matching `text`, best first (FTS5 bm25)."""
+        query = fts_query(text)
+        if query is None:
+            return []
+        rows = (
+            self._conn()
+            .execute(
+                f"SELECT {', '.join('t.' + c for c in _COLUMNS.split(', '))} "
+                "FROM tracks_fts JOIN tracks t ON t.rowid = tracks_fts.rowid "
+                "WHERE tracks_fts MATCH ? ORDER BY tracks_fts.rank LIMIT ?",
+                (query, limit),
+            )
+            .fetchall()
+        )
+        return [TrackRecord(*row) for row in rows]
+
+    def accepted_version(self, track_id: str) -> int | None:
+        row = (
+            self._conn()
+            .execute("SELECT version FROM accepted_manifests WHERE track_id = ?", (track_id,))
+            .fetchone()
+        )
+        return row[0] if row else None
+
+    def accept_version(self, track_id: str, version: int) -> None:
+        """Record that `version` of the track's manifest was accepted (never lowers it)."""
+        conn = self._conn()
+        with conn:
+            conn.execute(
+                "INSERT INTO accepted_manifests (track_id, version) VALUES (?, ?) "
+                "ON CONFLICT(track_id) DO UPDATE SET version = max(version, excluded.version)",
+                (track_id, version),
+            )

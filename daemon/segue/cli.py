@@ -1,0 +1,303 @@
+"""The `segue` command (and `segued`, a synonym of `segue run`).
+
+Exit status: 0 success, 1 runtime failure, 2 usage or configuration error. Errors are one line
+each, naming the file, key or argument at fault; `--debug` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from segue import __version__
+from segue.config import DEFAULT_LISTEN, ConfigError, Settings, load, parse_listen
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """A command-line mistake: exit 2 with this message."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="segue", description="Segue edge node: pack, seal and serve encrypted music tracks."
+    )
+    parser.add_argument("--version", action="version", version=f"segue {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("init", help="make a self-contained node in DIR")
+    p.add_argument("dir", type=Path, metavar="DIR")
+    p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT")
+    p.add_argument("--force", action="store_true", help="overwrite an existing node")
+
+    p = sub.add_parser("keys", help="manage key files")
+    keys_sub = p.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    k = keys_sub.add_parser("new", help="write a new key pair (PATH mode 0600, PATH.pub)")
+    k.add_argument("role", choices=["edge", "packager", "auth"])
+    k.add_argument("--type", required=True, choices=["x25519", "rsa", "p256", "ed25519"])
+    k.add_argument("--out", required=True, type=Path, metavar="PATH")
+    k.add_argument("--force", action="store_true", help="overwrite existing files")
+
+    p = sub.add_parser("pack", help="seal audio files into the store and catalogue")
+    p.add_argument("--config", required=True, type=Path, metavar="CONF")
+    p.add_argument("--json", action="store_true", help="one JSON object per track")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE")
+
+    p = sub.add_parser("token", help="print a signed player token")
+    p.add_argument("--config", required=True, type=Path, metavar="CONF")
+    p.add_argument("--user", required=True)
+    p.add_argument("--ttl", type=int, metavar="SECONDS", help="lifetime (default auth.default_ttl_s)")
+    p.add_argument("--tracks", metavar="ID,...", help="only these tracks (default: all)")
+
+    p = sub.add_parser("run", help="run the daemon in the foreground")
+    _add_run_args(p)
+
+    p = sub.add_parser("check-config", help="validate the configuration")
+    p.add_argument("--config", required=True, type=Path, metavar="CONF")
+    return parser
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, type=Path, metavar="CONF")
+    p.add_argument("--listen", metavar="HOST:PORT", help="override [http] listen")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `segue`."""
+    args = _parser().parse_args(argv)
+    return _dispatch(args)
+
+
+def segued(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `segued`: the same as `segue run`."""
+    parser = argparse.ArgumentParser(prog="segued", description="Run the Segue edge daemon.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    _add_run_args(parser)
+    args = parser.parse_args(argv)
+    args.command = "run"
+    return _dispatch(args)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    handler = {
+        "init": cmd_init,
+        "keys": cmd_keys,
+        "pack": cmd_pack,
+        "token": cmd_token,
+        "run": cmd_run,
+        "check-config": cmd_check_config,
+    }[args.command]
+    try:
+        return handler(args)
+    except ConfigError as e:
+        if args.debug:
+            raise
+        for line in e.errors:
+            print(f"segue: {line}", file=sys.stderr)
+        return EXIT_USAGE
+    except UsageError as e:
+        if args.debug:
+            raise
+        print(f"segue: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+    except Exception as e:
+        if args.debug:
+            raise
+        print(f"segue: {type(e).__name__}: {e} (run with --debug for details)", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from segue.catalogue import Catalogue
+    from segue.seal.keys import generate, write_key_pair
+
+    try:
+        listen = parse_listen(args.listen)
+    except ValueError as e:
+        raise UsageError(f"--listen: {e}") from None
+    root: Path = args.dir.resolve()
+    conf = root / "segued.toml"
+    if conf.exists() and not args.force:
+        raise UsageError(f"{conf} exists; use --force to make a new node over it")
+    root.mkdir(parents=True, exist_ok=True)
+    made = []
+    for role, key_type in (("edge", "x25519"), ("edge", "rsa"), ("packager", "ed25519"),
+                           ("auth", "ed25519")):
+        path = root / "keys" / f"{role}-{key_type}.pem"
+        kid = write_key_pair(generate(key_type), path, overwrite=True)
+        made.append(f"{path} ({role} {key_type} key, id {kid})")
+    store = root / "store"
+    if args.force and store.exists():
+        # The old chunks were sealed for the old keys; nothing could open them any more.
+        shutil.rmtree(store)
+    store.mkdir()
+    catalogue_path = root / "catalogue.sqlite"
+    for stale in (catalogue_path, root / "catalogue.sqlite-wal", root / "catalogue.sqlite-shm"):
+        stale.unlink(missing_ok=True)
+    Catalogue.create(catalogue_path).close()
+    conf.write_text(_INIT_CONFIG.format(listen=listen))
+    print(f"Made a Segue node in {root}:")
+    for line in [*made, f"{store} (chunk store)", f"{catalogue_path} (catalogue)", f"{conf}"]:
+        print(f"  {line}")
+    print("Next:")
+    print(f"  segue pack --config {conf} FILE...")
+    print(f"  segued --config {conf}")
+    print(f"  segue token --config {conf} --user USER")
+    return EXIT_OK
+
+
+_INIT_CONFIG = """\
+# Segue node made by `segue init`. Paths are relative to this file.
+# etc/segue/segued.toml in the source tree documents every key.
+
+[http]
+listen = "{listen}"
+
+[seal]
+edge_keys = ["keys/edge-x25519.pem", "keys/edge-rsa.pem"]
+trusted_packagers = ["keys/packager-ed25519.pem.pub"]
+
+[packer]
+signing_key = "keys/packager-ed25519.pem"
+recipients = ["keys/edge-x25519.pem.pub", "keys/edge-rsa.pem.pub"]
+
+[auth]
+signing_key = "keys/auth-ed25519.pem"
+public_keys = ["keys/auth-ed25519.pem.pub"]
+
+[store]
+path = "store"
+
+[catalogue]
+path = "catalogue.sqlite"
+"""
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from segue.seal.errors import KeyFileError
+    from segue.seal.keys import ROLE_KEY_TYPES, generate, write_key_pair
+
+    fitting = ROLE_KEY_TYPES[args.role]
+    if args.type not in fitting:
+        raise UsageError(
+            f"a {args.role} key cannot be {args.type}; use --type {' or '.join(fitting)}"
+        )
+    try:
+        kid = write_key_pair(generate(args.type), args.out, overwrite=args.force)
+    except KeyFileError as e:
+        raise UsageError(f"--out: {e} (use --force to replace it)") from None
+    print(kid)
+    return EXIT_OK
+
+
+def _load(args: argparse.Namespace) -> Settings:
+    return load(args.config, listen=getattr(args, "listen", None))
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    from segue.catalogue import Catalogue
+    from segue.media import MediaError
+    from segue.packer import Packer
+    from segue.progress import Progress
+    from segue.seal.keyring import load_recipients, load_signing_key
+    from segue.storage.local import LocalStore
+
+    settings = _load(args)
+    signer = load_signing_key(settings.packer.signing_key, "packer.signing_key", settings)
+    packer = Packer(
+        store=LocalStore(settings.store_path),
+        catalogue=Catalogue.create(settings.catalogue_path),
+        signer=signer,
+        recipients=load_recipients(settings),
+        chunk_size=settings.packer.chunk_size,
+    )
+    failed = 0
+    files: list[Path] = args.files
+    progress = Progress(sum(f.stat().st_size for f in files if f.is_file()))
+    for path in files:
+        try:
+            packed = packer.pack(path, progress=progress.advance)
+        except MediaError as e:
+            progress.clear()
+            print(f"segue: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        progress.clear()
+        r = packed.record
+        if args.json:
+            doc = {**r.to_json(), "file": str(path), "already_packed": packed.already_packed}
+            print(json.dumps(doc, ensure_ascii=False), flush=True)
+        else:
+            print(f"{r.track_id}\t{r.title}\t{path}", flush=True)
+    progress.clear()
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from segue.seal.keyring import load_signing_key
+    from segue.seal.manifest import TRACK_ID_RE
+    from segue.seal.tokens import issue
+
+    settings = _load(args)
+    ttl = settings.auth.default_ttl_s if args.ttl is None else args.ttl
+    if ttl <= 0:
+        raise UsageError("--ttl must be a positive number of seconds")
+    tracks = None
+    if args.tracks is not None:
+        tracks = [t.strip() for t in args.tracks.split(",") if t.strip()]
+        bad = [t for t in tracks if not TRACK_ID_RE.match(t)]
+        if bad or not tracks:
+            raise UsageError(f"--tracks: {', '.join(bad) or 'empty'} is not a list of track ids")
+    key = load_signing_key(settings.auth.signing_key, "auth.signing_key", settings)
+    print(issue(key, args.user, ttl=ttl, tracks=tracks, audience=settings.auth.audience,
+                issuer=settings.auth.issuer))
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import trio
+
+    from segue import log, node
+
+    try:
+        settings = _load(args)
+    except ValueError as e:
+        raise UsageError(f"--listen: {e}") from None
+    log.configure(settings.log.format, settings.log.level)
+    trio.run(node.run, settings, strict_exception_groups=True)
+    return EXIT_OK
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from segue.node import build_app
+    from segue.seal.keyring import load_recipients, load_signing_key
+
+    settings = _load(args)
+    errors: list[str] = []
+    checks = [lambda: build_app(settings)]
+    if settings.packer.signing_key is not None or settings.packer.recipients:
+        checks.append(
+            lambda: load_signing_key(settings.packer.signing_key, "packer.signing_key", settings)
+        )
+        checks.append(lambda: load_recipients(settings))
+    if settings.auth.signing_key is not None:
+        checks.append(
+            lambda: load_signing_key(settings.auth.signing_key, "auth.signing_key", settings)
+        )
+    for check in checks:
+        try:
+            check()
+        except ConfigError as e:
+            errors += e.errors
+    if errors:
+        raise ConfigError(errors)
+    print(f"{settings.path}: OK")
+    return EXIT_OK

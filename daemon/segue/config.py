@@ -1,0 +1,280 @@
+"""Configuration: a TOML file turned into frozen, validated settings.
+
+Every error names the file, the key and how to fix it; all errors are collected so that
+`segue check-config` can list them at once. Relative paths are relative to the config file.
+The keys, their types and defaults live in one table (`_SCHEMA`); etc/segue/segued.toml
+documents each of them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from segue.seal.chunks import DEFAULT_CHUNK_SIZE
+
+DEFAULT_LISTEN = "127.0.0.1:8480"
+
+
+class ConfigError(Exception):
+    """One or more configuration errors, each a full sentence naming file and key."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_listen(text: str) -> Listen:
+    """Parse HOST:PORT (or [IPv6]:PORT); raises ValueError with a fix-it message."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{text!r} is not HOST:PORT (for example 127.0.0.1:8480)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"{text!r}: port {port_text!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{text!r}: port {port} is outside 0-65535")
+    return Listen(host, port)
+
+
+# section -> key -> (type, default). A default of None means "not set".
+# Types: "str", "int", "float", "path", "paths", "listen".
+_SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
+    "node": {"id": ("str", None)},
+    "http": {
+        "listen": ("listen", DEFAULT_LISTEN),
+        "max_header_bytes": ("int", 16 * 1024),
+        "header_timeout_s": ("float", 10.0),
+        "idle_timeout_s": ("float", 60.0),
+        "send_timeout_s": ("float", 60.0),
+        "max_connections": ("int", 10_000),
+    },
+    "seal": {
+        "edge_keys": ("paths", []),
+        "trusted_packagers": ("paths", []),
+    },
+    "packer": {
+        "signing_key": ("path", None),
+        "recipients": ("paths", []),
+        "chunk_size": ("int", DEFAULT_CHUNK_SIZE),
+    },
+    "auth": {
+        "signing_key": ("path", None),
+        "public_keys": ("paths", []),
+        "jwks": ("path", None),
+        "audience": ("str", "segue"),
+        "issuer": ("str", None),
+        "leeway_s": ("float", 30.0),
+        "default_ttl_s": ("int", 3600),
+    },
+    "store": {"path": ("path", "store")},
+    "catalogue": {"path": ("path", "catalogue.sqlite")},
+    "limits": {
+        "worker_threads": ("int", 8),
+        "open_tracks": ("int", 1024),
+    },
+    "log": {"format": ("str", "auto"), "level": ("str", "info")},
+}
+_CHOICES = {
+    ("log", "format"): ("auto", "json", "console"),
+    ("log", "level"): ("debug", "info", "warning", "error"),
+}
+_POSITIVE = {
+    ("http", "max_header_bytes"),
+    ("http", "header_timeout_s"),
+    ("http", "idle_timeout_s"),
+    ("http", "send_timeout_s"),
+    ("http", "max_connections"),
+    ("packer", "chunk_size"),
+    ("auth", "default_ttl_s"),
+    ("limits", "worker_threads"),
+    ("limits", "open_tracks"),
+}
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    listen: Listen
+    max_header_bytes: int
+    header_timeout_s: float
+    idle_timeout_s: float
+    send_timeout_s: float
+    max_connections: int
+
+
+@dataclass(frozen=True)
+class SealSettings:
+    edge_keys: tuple[Path, ...]
+    trusted_packagers: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class PackerSettings:
+    signing_key: Path | None
+    recipients: tuple[Path, ...]
+    chunk_size: int
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    signing_key: Path | None
+    public_keys: tuple[Path, ...]
+    jwks: Path | None
+    audience: str
+    issuer: str | None
+    leeway_s: float
+    default_ttl_s: int
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    worker_threads: int
+    open_tracks: int
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    format: str
+    level: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The whole validated configuration of one node."""
+
+    path: Path
+    node_id: str
+    http: HttpSettings
+    seal: SealSettings
+    packer: PackerSettings
+    auth: AuthSettings
+    store_path: Path
+    catalogue_path: Path
+    limits: LimitSettings
+    log: LogSettings
+    plugins: dict[str, Any] = field(default_factory=dict)
+
+
+def load(path: Path, *, listen: str | None = None) -> Settings:
+    """Read and validate the TOML file at `path`; `listen` overrides [http] listen."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such file; create one with `segue init DIR`"]) from None
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read: {e.strerror}"]) from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"{path}: not valid TOML: {e}"]) from None
+    if listen is not None:
+        raw.setdefault("http", {})["listen"] = listen
+    return from_mapping(raw, path)
+
+
+def from_mapping(raw: dict[str, Any], path: Path) -> Settings:
+    """Validate an already-parsed TOML document that was read from `path`."""
+    errors: list[str] = []
+    base = path.parent
+    values: dict[tuple[str, str], Any] = {}
+    for section, value in raw.items():
+        if section == "plugins":
+            if not isinstance(value, dict):
+                errors.append(f"{path}: [plugins] must be a table of [plugins.NAME] tables")
+            continue
+        if section not in _SCHEMA:
+            errors.append(f"{path}: unknown section [{section}]{_suggest(section, _SCHEMA)}")
+            continue
+        if not isinstance(value, dict):
+            errors.append(f"{path}: {section} must be a table ([{section}])")
+            continue
+        for key, item in value.items():
+            spec = _SCHEMA[section].get(key)
+            if spec is None:
+                errors.append(
+                    f"{path}: unknown key {section}.{key}{_suggest(key, _SCHEMA[section])}"
+                )
+                continue
+            try:
+                values[section, key] = _coerce(section, key, spec[0], item, base)
+            except ValueError as e:
+                errors.append(f"{path}: {section}.{key}: {e}")
+    for section, keys in _SCHEMA.items():
+        for key, (kind, default) in keys.items():
+            if (section, key) not in values:
+                values[section, key] = (
+                    default if default is None else _coerce(section, key, kind, default, base)
+                )
+    if errors:
+        raise ConfigError(errors)
+
+    def sect(name: str) -> dict[str, Any]:
+        return {k: values[name, k] for k in _SCHEMA[name]}
+
+    return Settings(
+        path=path,
+        node_id=values["node", "id"] or socket.gethostname(),
+        http=HttpSettings(**sect("http")),
+        seal=SealSettings(**sect("seal")),
+        packer=PackerSettings(**sect("packer")),
+        auth=AuthSettings(**sect("auth")),
+        store_path=values["store", "path"],
+        catalogue_path=values["catalogue", "path"],
+        limits=LimitSettings(**sect("limits")),
+        log=LogSettings(**sect("log")),
+        plugins=dict(raw.get("plugins", {})),
+    )
+
+
+def _suggest(name: str, known: dict[str, Any]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean {close[0]!r}?"
+    return f"; known: {', '.join(known)}"
+
+
+def _coerce(section: str, key: str, kind: str, value: Any, base: Path) -> Any:
+    """Check one value against its declared type and return it in its settings form."""
+    if kind == "str":
+        if not isinstance(value, str):
+            raise ValueError(f"expected a string, got {value!r}")
+        choices = _CHOICES.get((section, key))
+        if choices and value not in choices:
+            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
+        return value
+    if kind in ("int", "float"):
+        ok = isinstance(value, int) if kind == "int" else isinstance(value, int | float)
+        if not ok or isinstance(value, bool):
+            raise ValueError(f"expected {'an integer' if kind == 'int' else 'a number'}, got {value!r}")
+        if (section, key) in _POSITIVE and value <= 0:
+            raise ValueError(f"must be greater than 0, got {value!r}")
+        return value if kind == "int" else float(value)
+    if kind == "path":
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"expected a file path, got {value!r}")
+        return (base / value).resolve() if not Path(value).is_absolute() else Path(value)
+    if kind == "paths":
+        if not isinstance(value, list):
+            raise ValueError(f"expected a list of file paths, got {value!r}")
+        return tuple(_coerce(section, key, "path", v, base) for v in value)
+    if kind == "listen":
+        if not isinstance(value, str):
+            raise ValueError(f"expected HOST:PORT, got {value!r}")
+        return parse_listen(value)
+    raise AssertionError(f"unknown schema type {kind}")

@@ -1,0 +1,1 @@
+"""HTTP/1.1 serving over h11: ranges, requests and responses, routes, the connection loop."""

@@ -1,0 +1,95 @@
+"""Requests and responses as the routes see them, independent of h11 and sockets."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+Send = Callable[[bytes | memoryview], Awaitable[None]]
+BodyWriter = Callable[[Send], Awaitable[None]]
+
+REASONS = {
+    200: "OK", 206: "Partial Content", 400: "Bad Request", 401: "Unauthorized",
+    403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
+    416: "Range Not Satisfiable", 431: "Request Header Fields Too Large",
+    500: "Internal Server Error", 503: "Service Unavailable",
+}
+
+
+@dataclass(frozen=True)
+class Request:
+    """One parsed request: method, decoded path segments, query and lower-cased headers."""
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+
+    @classmethod
+    def from_h11(cls, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> Request:
+        raw = target.decode("ascii", "replace")
+        path, _, query = raw.partition("?")
+        merged: dict[str, str] = {}
+        for name, value in headers:
+            key = name.decode("ascii", "replace").lower()
+            text = value.decode("latin-1")
+            merged[key] = f"{merged[key]}, {text}" if key in merged else text
+        return cls(
+            method=method.decode("ascii", "replace"),
+            path=path,
+            query=parse_qs(query, keep_blank_values=True, max_num_fields=50),
+            headers=merged,
+        )
+
+    def segments(self) -> list[str]:
+        """Path segments, percent-decoded one by one (so %2F never becomes a separator)."""
+        return [unquote(s) for s in self.path.split("/")[1:]]
+
+    def query_one(self, name: str) -> str | None:
+        values = self.query.get(name)
+        return values[0] if values else None
+
+
+@dataclass
+class Response:
+    """A response: status, headers, and either a small body or a writer that streams one.
+
+    `length` is the Content-Length of a streamed body; `fields` are extra fields for the
+    request's log line (track, range, user).
+    """
+
+    status: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+    writer: BodyWriter | None = None
+    length: int | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def content_length(self) -> int:
+        return self.length if self.length is not None else len(self.body)
+
+
+def text(status: int, message: str, *headers: tuple[str, str]) -> Response:
+    """A plain-text response (health checks, errors)."""
+    return Response(
+        status, [("Content-Type", "text/plain; charset=utf-8"), *headers], (message + "\n").encode()
+    )
+
+
+def json_response(status: int, doc: Any, *headers: tuple[str, str]) -> Response:
+    return Response(
+        status,
+        [("Content-Type", "application/json"), *headers],
+        json.dumps(doc, ensure_ascii=False).encode() + b"\n",
+    )
+
+
+def error(status: int, message: str, *headers: tuple[str, str]) -> Response:
+    """A JSON error body: {"error": REASON, "detail": MESSAGE}."""
+    return json_response(
+        status, {"error": REASONS.get(status, "Error"), "detail": message}, *headers
+    )

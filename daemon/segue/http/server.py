@@ -1,0 +1,221 @@
+"""The connection loop: h11 over a trio stream, one task per connection.
+
+Each phase has its own deadline: the first request's headers (header_timeout_s), the wait for
+the next request on a kept-alive connection (idle_timeout_s) and every send (send_timeout_s),
+so a slow or stalled peer costs one task and nothing else. Malformed HTTP gets a 400 (or 431 for
+oversized headers) and the connection closes; other connections never notice.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import h11
+import structlog
+import trio
+
+from segue.config import HttpSettings
+from segue.http.app import EdgeApp, NodeState
+from segue.http.messages import REASONS, Request, Response, error
+
+log = structlog.get_logger("segue.http")
+
+RECEIVE_BYTES = 64 * 1024
+
+
+class _ClosedByPeer(Exception):
+    """The peer went away, or must be dropped; nothing more to say to it."""
+
+
+class Connection:
+    """One client connection: read requests, dispatch them, write responses."""
+
+    def __init__(self, stream: trio.SocketStream, app: EdgeApp, settings: HttpSettings) -> None:
+        self.stream = stream
+        self.app = app
+        self.settings = settings
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=settings.max_header_bytes)
+
+    async def serve(self) -> None:
+        """Answer requests until the peer closes, a deadline passes, or HTTP goes wrong."""
+        timeout = self.settings.header_timeout_s
+        try:
+            while True:
+                with trio.move_on_after(timeout) as scope:
+                    event = await self._next_event()
+                if scope.cancelled_caught:
+                    if self.h11.trailing_data[0]:
+                        await self.send_and_close(error(408, "request headers took too long"))
+                    return
+                if not isinstance(event, h11.Request):
+                    return
+                await self._respond(event)
+                if self.h11.our_state is h11.MUST_CLOSE or self.h11.their_state is not h11.DONE:
+                    return
+                self.h11.start_next_cycle()
+                timeout = self.settings.idle_timeout_s
+        except h11.RemoteProtocolError as e:
+            self.app.metrics.bad_requests.inc()
+            status = e.error_status_hint if e.error_status_hint in REASONS else 400
+            log.info("malformed request", status=status, error=str(e))
+            if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                await self.send_and_close(error(status, f"malformed request: {e}"))
+        except _ClosedByPeer:
+            return
+        finally:
+            with trio.move_on_after(1) as cleanup:
+                cleanup.shield = True
+                await self.stream.aclose()
+
+    async def _next_event(self) -> Any:
+        while True:
+            event = self.h11.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            try:
+                data = await self.stream.receive_some(RECEIVE_BYTES)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise _ClosedByPeer() from None
+            self.h11.receive_data(data)
+
+    async def _respond(self, event: h11.Request) -> None:
+        started = time.perf_counter()
+        request = Request.from_h11(event.method, event.target, event.headers)
+        try:
+            response = await self.app.handle(request)
+        except Exception:
+            log.exception("request handler failed", method=request.method, path=request.path)
+            response = error(500, "internal error")
+        if self.app.state == NodeState.DRAINING:
+            response.headers.append(("Connection", "close"))
+        sent = 0
+        outcome = "ok"
+        try:
+            sent = await self._send_response(request, response)
+        except _ClosedByPeer:
+            outcome = "client closed"
+            raise
+        except trio.TooSlowError:
+            outcome = "send timeout"
+            raise _ClosedByPeer() from None
+        except Exception as e:
+            # A body that cannot be completed (a chunk failed verification mid-stream, say) is
+            # cut off: closing the connection short of Content-Length tells the player so.
+            outcome = f"aborted: {type(e).__name__}"
+            raise _ClosedByPeer() from None
+        finally:
+            status = str(response.status)
+            self.app.metrics.requests.labels(status).inc()
+            self.app.metrics.response_bytes.labels(status).inc(sent)
+            log.info(
+                "request",
+                method=request.method,
+                path=request.path,
+                status=response.status,
+                bytes=sent,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                outcome=outcome,
+                **response.fields,
+            )
+
+    async def _send(self, data: bytes | memoryview) -> None:
+        try:
+            with trio.fail_after(self.settings.send_timeout_s):
+                await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise _ClosedByPeer() from None
+
+    async def _send_response(self, request: Request, response: Response) -> int:
+        """Write status, headers and body; return the number of body bytes sent."""
+        headers = [
+            ("Server", "segue"),
+            *response.headers,
+            ("Content-Length", str(response.content_length)),
+        ]
+        head = self.h11.send(
+            h11.Response(
+                status_code=response.status,
+                headers=headers,
+                reason=REASONS.get(response.status, "").encode(),
+            )
+        )
+        assert head is not None
+        if request.method == "HEAD" or (response.writer is None and not response.body):
+            await self._send(head)
+            self.h11.send(h11.EndOfMessage())
+            return 0
+        if response.writer is None:
+            # Small bodies go out with the head in one write.
+            self.h11.send_with_data_passthrough(h11.Data(data=response.body))
+            await self._send(head + response.body)
+            self.h11.send(h11.EndOfMessage())
+            return len(response.body)
+        sent = 0
+        pending_head: bytes | None = head
+
+        async def send_body(data: bytes | memoryview) -> None:
+            nonlocal sent, pending_head
+            for part in self.h11.send_with_data_passthrough(h11.Data(data=data)):
+                if pending_head is not None:
+                    await self._send(pending_head)
+                    pending_head = None
+                await self._send(part)
+            sent += len(data)
+
+        self.app.in_flight += 1
+        self.app.metrics.streams_in_flight.inc()
+        try:
+            await response.writer(send_body)
+        finally:
+            self.app.in_flight -= 1
+            self.app.metrics.streams_in_flight.dec()
+        self.h11.send(h11.EndOfMessage())
+        return sent
+
+    async def send_and_close(self, response: Response) -> None:
+        """Best effort: an error response on a connection that is about to close.
+
+        Written without h11, whose state machine may be in ERROR or may not have seen a request
+        at all (a timed-out or refused connection).
+        """
+        lines = [
+            f"HTTP/1.1 {response.status} {REASONS.get(response.status, '')}",
+            "Server: segue",
+            "Connection: close",
+            f"Content-Length: {len(response.body)}",
+            *(f"{name}: {value}" for name, value in response.headers),
+        ]
+        data = "\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + response.body
+        try:
+            await self._send(data)
+        except (_ClosedByPeer, trio.TooSlowError):
+            pass
+
+
+async def serve(
+    app: EdgeApp,
+    settings: HttpSettings,
+    *,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Listen on settings.listen and serve connections until cancelled."""
+    listeners = await trio.open_tcp_listeners(settings.listen.port, host=settings.listen.host)
+    active = 0
+
+    async def handler(stream: trio.SocketStream) -> None:
+        nonlocal active
+        connection = Connection(stream, app, settings)
+        if active >= settings.max_connections:
+            await connection.send_and_close(error(503, "too many connections"))
+            await stream.aclose()
+            return
+        active += 1
+        try:
+            await connection.serve()
+        finally:
+            active -= 1
+
+    async with trio.open_nursery() as nursery:
+        task_status.started(listeners)
+        await trio.serve_listeners(handler, listeners, handler_nursery=nursery)

@@ -1,0 +1,113 @@
+"""The tracks this node can open: verified manifests and unwrapped keys (cached), and chunks
+read and decrypted in worker threads.
+
+Opening a track costs a signature check and an RSA or HPKE unwrap; both happen once per track
+and the result is kept in a bounded LRU. Reading a chunk is one worker-thread hop that reads the
+file and verifies and decrypts it, so no unverified byte ever reaches the event loop.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+
+import structlog
+import trio
+
+from segue.catalogue import Catalogue
+from segue.seal.errors import ChunkAuthenticationError, SealError
+from segue.seal.keyring import EdgeKeys
+from segue.seal.track import OpenedTrack, open_track
+from segue.storage.errors import NotInStoreError, StoreError
+from segue.storage.local import LocalStore
+
+log = structlog.get_logger("segue.library")
+
+
+class TrackUnavailable(Exception):
+    """The track exists but cannot be served now (no valid manifest, chunk or key)."""
+
+
+class TrackNotFound(Exception):
+    """No such track on this node."""
+
+
+class Library:
+    """Opens tracks and reads their plaintext chunks for the HTTP layer."""
+
+    def __init__(
+        self,
+        store: LocalStore,
+        catalogue: Catalogue,
+        keys: EdgeKeys,
+        limiter: trio.CapacityLimiter,
+        *,
+        open_tracks: int,
+        on_auth_failure: Callable[[str, int], None] = lambda track, chunk: None,
+    ) -> None:
+        self._store = store
+        self._catalogue = catalogue
+        self._keys = keys
+        self._limiter = limiter
+        self._capacity = open_tracks
+        self._opened: OrderedDict[str, OpenedTrack] = OrderedDict()
+        self._on_auth_failure = on_auth_failure
+
+    async def open(self, track_id: str) -> OpenedTrack:
+        """The verified, unwrapped track; raises TrackNotFound or TrackUnavailable."""
+        opened = self._opened.get(track_id)
+        if opened is not None:
+            self._opened.move_to_end(track_id)
+            return opened
+        opened = await trio.to_thread.run_sync(self._open_blocking, track_id, limiter=self._limiter)
+        self._opened[track_id] = opened
+        while len(self._opened) > self._capacity:
+            self._opened.popitem(last=False)
+        return opened
+
+    def _open_blocking(self, track_id: str) -> OpenedTrack:
+        try:
+            data = self._store.read_manifest(track_id)
+        except NotInStoreError:
+            raise TrackNotFound(track_id) from None
+        except StoreError as e:
+            log.error("manifest unreadable", track=track_id, error=str(e))
+            raise TrackUnavailable(str(e)) from None
+        accepted = self._catalogue.accepted_version(track_id)
+        try:
+            opened = open_track(data, self._keys.trusted_packagers, self._keys.private, accepted)
+        except SealError as e:
+            log.error("manifest refused", track=track_id, error=str(e))
+            raise TrackUnavailable(str(e)) from None
+        if opened.manifest.track_id != track_id:
+            log.error("manifest names another track", track=track_id,
+                      manifest_track=opened.manifest.track_id)
+            raise TrackUnavailable(f"manifest at {track_id} is for {opened.manifest.track_id}")
+        if accepted != opened.manifest.version:
+            self._catalogue.accept_version(track_id, opened.manifest.version)
+        return opened
+
+    async def chunk(self, track: OpenedTrack, index: int) -> bytes:
+        """Plaintext of chunk `index`, verified; raises TrackUnavailable if it cannot be."""
+        return await trio.to_thread.run_sync(
+            self._chunk_blocking, track, index, limiter=self._limiter
+        )
+
+    def _chunk_blocking(self, track: OpenedTrack, index: int) -> bytes:
+        track_id = track.manifest.track_id
+        try:
+            sealed = self._store.read_chunk(track_id, index)
+        except StoreError as e:
+            log.error("chunk unreadable", track=track_id, chunk=index, error=str(e))
+            raise TrackUnavailable(str(e)) from None
+        try:
+            return track.cipher.open(index, sealed)
+        except ChunkAuthenticationError as e:
+            self._on_auth_failure(track_id, index)
+            log.error("chunk failed verification", track=track_id, chunk=index,
+                      store=str(self._store.root))
+            raise TrackUnavailable(str(e)) from None
+
+    def forget(self) -> None:
+        """Drop every cached track (after a key or trust change)."""
+        self._opened.clear()

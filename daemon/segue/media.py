@@ -1,0 +1,89 @@
+"""What an audio file is: its format, MIME type, duration and tags (read with mutagen)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import mutagen
+from mutagen.aac import AAC
+from mutagen.flac import FLAC
+from mutagen.mp3 import MP3
+from mutagen.mp4 import MP4
+from mutagen.oggopus import OggOpus
+from mutagen.oggvorbis import OggVorbis
+from mutagen.wave import WAVE
+
+from segue.seal.manifest import TrackMeta
+
+SUPPORTED = "MP3, FLAC, Ogg/Opus, Ogg/Vorbis, WAV, AAC (ADTS) and M4A"
+_MIME = {
+    MP3: "audio/mpeg",
+    FLAC: "audio/flac",
+    OggOpus: "audio/ogg",
+    OggVorbis: "audio/ogg",
+    WAVE: "audio/wav",
+    MP4: "audio/mp4",
+    AAC: "audio/aac",
+}
+_ID_HEX_CHARS = 32
+
+
+class MediaError(Exception):
+    """The file cannot be packed: unreadable, or not audio in a supported format."""
+
+
+def track_id_of(path: Path) -> str:
+    """The track id: the first 128 bits of SHA-256 over the file's bytes, in hex.
+
+    It depends only on the audio file's content, so packing the same file again, on any
+    packager, gives the same id.
+    """
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+    except OSError as e:
+        raise MediaError(f"{path}: cannot read: {e.strerror}") from None
+    return digest.hexdigest()[:_ID_HEX_CHARS]
+
+
+def probe(path: Path) -> TrackMeta:
+    """Read format, duration and title/artist/album tags; the title falls back to the file name."""
+    try:
+        audio = mutagen.File(path)
+    except mutagen.MutagenError as e:
+        raise MediaError(f"{path}: not a readable audio file: {e}") from None
+    mime = _MIME.get(type(audio)) if audio is not None else None
+    if audio is None or mime is None:
+        raise MediaError(f"{path}: not an audio format segue packs ({SUPPORTED})")
+    return TrackMeta(
+        title=_tag(audio, "title", "TIT2", "\xa9nam") or path.stem,
+        artist=_tag(audio, "artist", "TPE1", "\xa9ART"),
+        album=_tag(audio, "album", "TALB", "\xa9alb"),
+        duration_s=round(float(getattr(audio.info, "length", 0.0) or 0.0), 3),
+        mime=mime,
+    )
+
+
+def _tag(audio: mutagen.FileType, vorbis: str, id3: str, mp4: str) -> str:
+    """The first value of a tag, whichever tag family the format uses."""
+    tags = audio.tags
+    if tags is None:
+        return ""
+    for name in (vorbis, id3, mp4):
+        try:
+            value = tags.get(name)
+        except (KeyError, ValueError, TypeError):
+            continue
+        if value is None:
+            continue
+        if hasattr(value, "text"):
+            value = value.text
+        if isinstance(value, list | tuple):
+            value = value[0] if value else ""
+        text = str(value).strip()
+        if text:
+            return text
+    return ""

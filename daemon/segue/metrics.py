@@ -1,0 +1,45 @@
+"""Prometheus metrics of one node, in a registry owned by the node (no global state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """The node's counters, gauges and histograms."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "segue_http_requests", "HTTP requests answered, by status.", ["status"],
+            registry=self.registry,
+        )
+        self.response_bytes = Counter(
+            "segue_http_response_bytes", "Body bytes sent, by status.", ["status"],
+            registry=self.registry,
+        )
+        self.streams_in_flight = Gauge(
+            "segue_streams_in_flight", "Track bodies being sent right now.",
+            registry=self.registry,
+        )
+        self.time_to_first_byte = Histogram(
+            "segue_time_to_first_byte_seconds",
+            "From a track request's arrival to its first body byte handed to the socket.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=self.registry,
+        )
+        self.chunk_auth_failures = Counter(
+            "segue_chunk_auth_failures",
+            "Chunks that failed verification (tampered or corrupt) and were not served.",
+            registry=self.registry,
+        )
+        self.bad_requests = Counter(
+            "segue_http_protocol_errors", "Connections closed for malformed HTTP.",
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,233 @@
+"""Signed track manifests: what a track is, how it was sealed, and who may open it.
+
+The manifest file is a small JSON envelope around the exact payload bytes that were signed, so
+verification never depends on re-serialising JSON the same way (see docs/format.md).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
+
+from segue.seal.chunks import chunk_count
+from segue.seal.errors import ManifestError, RollbackError
+from segue.seal.keys import key_id
+from segue.seal.wrap import WrappedKey
+
+FORMAT = 1
+ED25519 = "Ed25519"
+ECDSA_P256 = "ECDSA-P256-SHA256"
+_SIGNED_LABEL = b"segue/v1 manifest\x00"
+TRACK_ID_RE = re.compile(r"^[a-z0-9]{8,64}$")
+
+
+def b64e(data: bytes) -> str:
+    """Unpadded base64url, the encoding of every binary field in a manifest."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64d(text: str) -> bytes:
+    """Decode unpadded (or padded) base64url; raises ManifestError on bad input."""
+    if not isinstance(text, str):
+        raise ManifestError("expected a base64url string")
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        raise ManifestError("invalid base64url") from None
+
+
+@dataclass(frozen=True)
+class TrackMeta:
+    """What a player and the catalogue show about a track."""
+
+    title: str
+    artist: str = ""
+    album: str = ""
+    duration_s: float = 0.0
+    mime: str = "application/octet-stream"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The signed description of one sealed track."""
+
+    track_id: str
+    version: int
+    content_version: int
+    size: int
+    chunk_size: int
+    salt: bytes
+    chunk_digests: tuple[str, ...]
+    recipients: tuple[WrappedKey, ...]
+    meta: TrackMeta
+    created: int = 0
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def chunk_count(self) -> int:
+        return len(self.chunk_digests)
+
+    def payload(self) -> bytes:
+        """The canonical payload bytes that the packager signs."""
+        doc = {
+            "track_id": self.track_id,
+            "version": self.version,
+            "content_version": self.content_version,
+            "created": self.created,
+            "size": self.size,
+            "chunk_size": self.chunk_size,
+            "chunk_count": self.chunk_count,
+            "salt": b64e(self.salt),
+            "chunks": list(self.chunk_digests),
+            "recipients": [
+                {"key_id": r.key_id, "alg": r.alg, "wrapped": b64e(r.wrapped)}
+                for r in self.recipients
+            ],
+            "meta": {
+                "title": self.meta.title,
+                "artist": self.meta.artist,
+                "album": self.meta.album,
+                "duration_s": self.meta.duration_s,
+                "mime": self.meta.mime,
+            },
+            **dict(self.extra),
+        }
+        return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def sign(manifest: Manifest, signer: PrivateKeyTypes) -> bytes:
+    """Return the manifest file bytes: the payload signed with an Ed25519 or P-256 key."""
+    payload = manifest.payload()
+    message = _SIGNED_LABEL + payload
+    if isinstance(signer, ed25519.Ed25519PrivateKey):
+        alg, sig = ED25519, signer.sign(message)
+    elif isinstance(signer, ec.EllipticCurvePrivateKey) and isinstance(
+        signer.curve, ec.SECP256R1
+    ):
+        alg, sig = ECDSA_P256, signer.sign(message, ec.ECDSA(hashes.SHA256()))
+    else:
+        raise ManifestError(f"a {type(signer).__name__} cannot sign manifests; use Ed25519 or P-256")
+    envelope = {
+        "segue_manifest": FORMAT,
+        "payload": b64e(payload),
+        "signatures": [{"key_id": key_id(signer.public_key()), "alg": alg, "sig": b64e(sig)}],
+    }
+    return json.dumps(envelope, indent=1).encode() + b"\n"
+
+
+def _verify_one(public: PublicKeyTypes, alg: str, sig: bytes, message: bytes) -> bool:
+    try:
+        if alg == ED25519 and isinstance(public, ed25519.Ed25519PublicKey):
+            public.verify(sig, message)
+            return True
+        if alg == ECDSA_P256 and isinstance(public, ec.EllipticCurvePublicKey):
+            public.verify(sig, message, ec.ECDSA(hashes.SHA256()))
+            return True
+    except InvalidSignature:
+        return False
+    return False
+
+
+def verify(data: bytes, trusted: Mapping[str, PublicKeyTypes]) -> Manifest:
+    """Parse manifest file bytes and check a signature by one of the `trusted` packager keys.
+
+    `trusted` maps key ids to public keys. Raises ManifestError for anything unacceptable.
+    """
+    try:
+        envelope = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise ManifestError("manifest is not JSON") from None
+    if not isinstance(envelope, dict) or envelope.get("segue_manifest") != FORMAT:
+        raise ManifestError(f"not a segue manifest of format {FORMAT}")
+    payload = b64d(envelope.get("payload", ""))
+    signatures = envelope.get("signatures")
+    if not isinstance(signatures, list):
+        raise ManifestError("manifest has no signatures")
+    message = _SIGNED_LABEL + payload
+    for entry in signatures:
+        if not isinstance(entry, dict):
+            continue
+        public = trusted.get(entry.get("key_id", ""))
+        if public is not None and _verify_one(
+            public, entry.get("alg", ""), b64d(entry.get("sig", "")), message
+        ):
+            return _parse_payload(payload)
+    signers = ", ".join(str(e.get("key_id")) for e in signatures if isinstance(e, dict))
+    raise ManifestError(f"manifest carries no valid signature by a trusted packager key ({signers})")
+
+
+def _parse_payload(payload: bytes) -> Manifest:
+    try:
+        doc = json.loads(payload)
+        meta = doc["meta"]
+        manifest = Manifest(
+            track_id=_str(doc["track_id"]),
+            version=_int(doc["version"], 1),
+            content_version=_int(doc["content_version"], 1),
+            created=_int(doc.get("created", 0), 0),
+            size=_int(doc["size"], 0),
+            chunk_size=_int(doc["chunk_size"], 1),
+            salt=b64d(doc["salt"]),
+            chunk_digests=tuple(_str(d) for d in doc["chunks"]),
+            recipients=tuple(
+                WrappedKey(_str(r["key_id"]), _str(r["alg"]), b64d(r["wrapped"]))
+                for r in doc["recipients"]
+            ),
+            meta=TrackMeta(
+                title=_str(meta["title"]),
+                artist=_str(meta.get("artist", "")),
+                album=_str(meta.get("album", "")),
+                duration_s=float(meta.get("duration_s", 0.0)),
+                mime=_str(meta.get("mime", "application/octet-stream")),
+            ),
+            extra={k: v for k, v in doc.items() if k not in _KNOWN_FIELDS},
+        )
+        declared_count = _int(doc["chunk_count"], 1)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ManifestError(f"manifest payload is malformed: {e}") from None
+    if not TRACK_ID_RE.match(manifest.track_id):
+        raise ManifestError(f"manifest names an invalid track id {manifest.track_id!r}")
+    expected = chunk_count(manifest.size, manifest.chunk_size)
+    if declared_count != expected or manifest.chunk_count != expected:
+        raise ManifestError(
+            f"track {manifest.track_id}: {manifest.size} bytes in chunks of "
+            f"{manifest.chunk_size} need {expected} chunks, manifest lists {manifest.chunk_count}"
+        )
+    return manifest
+
+
+_KNOWN_FIELDS = frozenset(
+    "track_id version content_version created size chunk_size chunk_count salt chunks "
+    "recipients meta".split()
+)
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _int(value: Any, minimum: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_not_rolled_back(manifest: Manifest, accepted_version: int | None) -> None:
+    """Refuse a manifest older than the newest one already accepted for its track."""
+    if accepted_version is not None and manifest.version < accepted_version:
+        raise RollbackError(
+            f"track {manifest.track_id}: manifest version {manifest.version} is older than "
+            f"version {accepted_version} already accepted"
+        )

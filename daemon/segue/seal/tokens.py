@@ -1,0 +1,188 @@
+"""Player tokens: JWTs that say who the player is, until when, and which tracks it may play.
+
+`segue token` issues EdDSA tokens with the node's auth key; an existing identity provider may
+instead issue ES256 or RS256 tokens, verified against configured public keys or a JWKS file.
+Claims: `sub` (user), `exp`, `iat`, `aud`, and `tracks`: `"*"` or a list of track ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
+
+from segue.seal.errors import KeyFileError
+from segue.seal.keys import key_id
+
+ALL_TRACKS = "*"
+
+
+class TokenError(Exception):
+    """A token was missing, malformed, expired or forged. The message never holds the token."""
+
+
+def algorithm_for(key: PrivateKeyTypes | PublicKeyTypes) -> str:
+    """The JWS algorithm a key signs with: EdDSA, ES256 or RS256."""
+    if isinstance(key, ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey):
+        return "EdDSA"
+    if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey) and isinstance(
+        key.curve, ec.SECP256R1
+    ):
+        return "ES256"
+    if isinstance(key, rsa.RSAPrivateKey | rsa.RSAPublicKey):
+        return "RS256"
+    raise KeyFileError(f"a {type(key).__name__} cannot sign tokens; use Ed25519, P-256 or RSA")
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What a verified token allows."""
+
+    user: str
+    tracks: frozenset[str] | None  # None: every track
+    expires: float
+
+    def allows(self, track_id: str) -> bool:
+        return self.tracks is None or track_id in self.tracks
+
+
+def issue(
+    signing_key: PrivateKeyTypes,
+    user: str,
+    *,
+    ttl: int,
+    tracks: Iterable[str] | None,
+    audience: str,
+    issuer: str | None = None,
+    now: float | None = None,
+) -> str:
+    """Sign a token for `user`, valid `ttl` seconds, for every track or only `tracks`."""
+    issued = int(time.time() if now is None else now)
+    claims: dict[str, object] = {
+        "sub": user,
+        "iat": issued,
+        "exp": issued + ttl,
+        "aud": audience,
+        "tracks": ALL_TRACKS if tracks is None else sorted(set(tracks)),
+    }
+    if issuer:
+        claims["iss"] = issuer
+    return jwt.encode(
+        claims,
+        signing_key,  # type: ignore[arg-type]
+        algorithm=algorithm_for(signing_key),
+        headers={"kid": key_id(signing_key.public_key())},  # type: ignore[union-attr]
+    )
+
+
+def load_jwks(path: Path) -> dict[str, PublicKeyTypes]:
+    """Public keys from a JWKS file, by `kid` (keys without one get their segue key id)."""
+    try:
+        jwks = jwt.PyJWKSet.from_json(path.read_text())
+    except OSError as e:
+        raise KeyFileError(f"cannot read JWKS file {path}: {e.strerror}") from None
+    except (jwt.PyJWKSetError, jwt.InvalidKeyError, json.JSONDecodeError, ValueError) as e:
+        raise KeyFileError(f"{path} is not a usable JWKS file: {e}") from None
+    keys: dict[str, PublicKeyTypes] = {}
+    for jwk in jwks.keys:
+        public = jwk.key
+        keys[jwk.key_id or key_id(public)] = public
+    return keys
+
+
+class TokenVerifier:
+    """Verifies tokens against trusted public keys, caching the grants of good tokens.
+
+    The cache is keyed by SHA-256 of the token, so no token text is kept, and it is bounded;
+    a cached grant is still refused once its expiry passes.
+    """
+
+    def __init__(
+        self,
+        keys: Mapping[str, PublicKeyTypes],
+        *,
+        audience: str,
+        issuer: str | None = None,
+        leeway_s: float = 30.0,
+        cache_size: int = 10_000,
+    ) -> None:
+        self._keys = dict(keys)
+        self._audience = audience
+        self._issuer = issuer
+        self._leeway = leeway_s
+        self._cache: OrderedDict[bytes, Grant] = OrderedDict()
+        self._cache_size = cache_size
+
+    def verify(self, token: str, now: float | None = None) -> Grant:
+        """Return the token's grant, or raise TokenError saying why it is refused."""
+        current = time.time() if now is None else now
+        digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+        grant = self._cache.get(digest)
+        if grant is not None:
+            if current > grant.expires + self._leeway:
+                del self._cache[digest]
+                raise TokenError("token expired")
+            self._cache.move_to_end(digest)
+            return grant
+        grant = self._decode(token, current)
+        self._cache[digest] = grant
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return grant
+
+    def _decode(self, token: str, now: float) -> Grant:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.DecodeError:
+            raise TokenError("token is not a JWT") from None
+        kid = header.get("kid")
+        candidates = [self._keys[kid]] if kid in self._keys else list(self._keys.values())
+        alg = header.get("alg")
+        last_error = "no trusted key matches the token"
+        for public in candidates:
+            try:
+                if algorithm_for(public) != alg:
+                    continue
+            except KeyFileError:
+                continue
+            try:
+                claims = jwt.decode(
+                    token,
+                    public,  # type: ignore[arg-type]
+                    algorithms=[alg],
+                    audience=self._audience,
+                    issuer=self._issuer,
+                    leeway=self._leeway,
+                    options={"require": ["exp", "sub"], "verify_iat": False},
+                )
+            except jwt.ExpiredSignatureError:
+                raise TokenError("token expired") from None
+            except jwt.InvalidSignatureError:
+                last_error = "token signature does not verify"
+                continue
+            except jwt.InvalidTokenError as e:
+                raise TokenError(f"token refused: {e}") from None
+            return _grant(claims)
+        raise TokenError(last_error)
+
+
+def _grant(claims: Mapping[str, object]) -> Grant:
+    tracks = claims.get("tracks", ALL_TRACKS)
+    if tracks == ALL_TRACKS:
+        allowed = None
+    elif isinstance(tracks, list) and all(isinstance(t, str) for t in tracks):
+        allowed = frozenset(tracks)
+    else:
+        raise TokenError('token claim "tracks" must be "*" or a list of track ids')
+    exp = claims["exp"]
+    if not isinstance(exp, int | float):
+        raise TokenError('token claim "exp" is not a number')
+    return Grant(user=str(claims["sub"]), tracks=allowed, expires=float(exp))

@@ -1,0 +1,1 @@
+"""Chunk stores: where sealed chunks and manifests live (local paths / CIFS mounts)."""
