@@ -22,6 +22,7 @@ from segue.http.messages import REASONS, Request, Response, error
 log = structlog.get_logger("segue.http")
 
 RECEIVE_BYTES = 64 * 1024
+MAX_BODY_BYTES = 64 * 1024
 
 
 class _ClosedByPeer(Exception):
@@ -44,6 +45,8 @@ class Connection:
             while True:
                 with trio.move_on_after(timeout) as scope:
                     event = await self._next_event()
+                    if isinstance(event, h11.Request):
+                        await self._read_body()
                 if scope.cancelled_caught:
                     if self.h11.trailing_data[0]:
                         await self.send_and_close(error(408, "request headers took too long"))
@@ -67,6 +70,18 @@ class Connection:
             with trio.move_on_after(1) as cleanup:
                 cleanup.shield = True
                 await self.stream.aclose()
+
+    async def _read_body(self) -> None:
+        """Read (and drop) a request body: no route takes one, but keep-alive needs it read."""
+        received = 0
+        while True:
+            event = await self._next_event()
+            if isinstance(event, h11.EndOfMessage):
+                return
+            if isinstance(event, h11.Data):
+                received += len(event.data)
+                if received > MAX_BODY_BYTES:
+                    raise h11.RemoteProtocolError("request body too large", 413)
 
     async def _next_event(self) -> Any:
         while True:

@@ -27,7 +27,7 @@ from segue.seal.wrap import WrappedKey
 FORMAT = 1
 ED25519 = "Ed25519"
 ECDSA_P256 = "ECDSA-P256-SHA256"
-_SIGNED_LABEL = b"segue/v1 manifest\x00"
+SIGNATURE_LABEL = b"segue/v1 manifest\x00"
 TRACK_ID_RE = re.compile(r"^[a-z0-9]{8,64}$")
 
 
@@ -108,7 +108,7 @@ class Manifest:
 def sign(manifest: Manifest, signer: PrivateKeyTypes) -> bytes:
     """Return the manifest file bytes: the payload signed with an Ed25519 or P-256 key."""
     payload = manifest.payload()
-    message = _SIGNED_LABEL + payload
+    message = SIGNATURE_LABEL + payload
     if isinstance(signer, ed25519.Ed25519PrivateKey):
         alg, sig = ED25519, signer.sign(message)
     elif isinstance(signer, ec.EllipticCurvePrivateKey) and isinstance(
@@ -153,7 +153,7 @@ def verify(data: bytes, trusted: Mapping[str, PublicKeyTypes]) -> Manifest:
     signatures = envelope.get("signatures")
     if not isinstance(signatures, list):
         raise ManifestError("manifest has no signatures")
-    message = _SIGNED_LABEL + payload
+    message = SIGNATURE_LABEL + payload
     for entry in signatures:
         if not isinstance(entry, dict):
             continue
