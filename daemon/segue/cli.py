@@ -243,7 +243,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
 def cmd_token(args: argparse.Namespace) -> int:
     from segue.seal.keyring import load_signing_key
-    from segue.seal.manifest import TRACK_ID_RE
+    from segue.seal.manifest import is_track_id
     from segue.seal.tokens import issue
 
     settings = _load(args)
@@ -253,7 +253,7 @@ def cmd_token(args: argparse.Namespace) -> int:
     tracks = None
     if args.tracks is not None:
         tracks = [t.strip() for t in args.tracks.split(",") if t.strip()]
-        bad = [t for t in tracks if not TRACK_ID_RE.match(t)]
+        bad = [t for t in tracks if not is_track_id(t)]
         if bad or not tracks:
             raise UsageError(f"--tracks: {', '.join(bad) or 'empty'} is not a list of track ids")
     key = load_signing_key(settings.auth.signing_key, "auth.signing_key", settings)

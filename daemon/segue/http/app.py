@@ -19,7 +19,7 @@ from segue.http.messages import Request, Response, Send, error, json_response, t
 from segue.library import Library, TrackNotFound, TrackUnavailable
 from segue.log import user_hash
 from segue.metrics import CONTENT_TYPE, Metrics
-from segue.seal.manifest import TRACK_ID_RE
+from segue.seal.manifest import is_track_id
 from segue.seal.tokens import Grant, TokenError, TokenVerifier
 from segue.seal.track import OpenedTrack
 
@@ -64,7 +64,7 @@ class EdgeApp:
             return await self.search(request)
         if len(seg) in (3, 4) and seg[:2] == ["v1", "tracks"]:
             track_id = seg[2]
-            if not TRACK_ID_RE.match(track_id):
+            if not is_track_id(track_id):
                 return error(400, "track ids are 8 to 64 lowercase letters and digits")
             if len(seg) == 3:
                 return await self.track(request, track_id)

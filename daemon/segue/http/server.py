@@ -23,10 +23,16 @@ log = structlog.get_logger("segue.http")
 
 RECEIVE_BYTES = 64 * 1024
 MAX_BODY_BYTES = 64 * 1024
+LINGER_SECONDS = 1.0
+LINGER_BYTES = 1024 * 1024
 
 
 class _ClosedByPeer(Exception):
     """The peer went away, or must be dropped; nothing more to say to it."""
+
+
+def _head_size(event: h11.Request) -> int:
+    return len(event.target) + sum(len(name) + len(value) + 4 for name, value in event.headers)
 
 
 class Connection:
@@ -52,6 +58,14 @@ class Connection:
                         await self.send_and_close(error(408, "request headers took too long"))
                     return
                 if not isinstance(event, h11.Request):
+                    return
+                if event.http_version not in (b"1.0", b"1.1"):
+                    await self.send_and_close(error(505, "this server speaks HTTP/1.1"))
+                    return
+                if _head_size(event) > self.settings.max_header_bytes:
+                    # h11 bounds only a head that is still arriving; one that came in a
+                    # single read is measured here.
+                    await self.send_and_close(error(431, "request headers are too large"))
                     return
                 await self._respond(event)
                 if self.h11.our_state is h11.MUST_CLOSE or self.h11.their_state is not h11.DONE:
@@ -204,8 +218,28 @@ class Connection:
         data = "\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + response.body
         try:
             await self._send(data)
-        except (_ClosedByPeer, trio.TooSlowError):
+            await self._linger()
+        except (_ClosedByPeer, trio.TooSlowError, trio.BrokenResourceError,
+                trio.ClosedResourceError):
             pass
+
+    async def _linger(self) -> None:
+        """Half-close, then read what the peer still sends for a moment before closing.
+
+        Closing a socket with unread input makes the kernel send a reset, which can destroy the
+        error response before the peer reads it (a client still uploading a body, say).
+        """
+        await self.stream.send_eof()
+        drained = 0
+        with trio.move_on_after(LINGER_SECONDS):
+            while drained < LINGER_BYTES:
+                try:
+                    data = await self.stream.receive_some(RECEIVE_BYTES)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+                if not data:
+                    return
+                drained += len(data)
 
 
 async def serve(
@@ -228,6 +262,10 @@ async def serve(
         active += 1
         try:
             await connection.serve()
+        except Exception:
+            # One connection's bug must never take the listener, and every other player,
+            # down with it.
+            log.exception("connection failed")
         finally:
             active -= 1
 

@@ -28,7 +28,12 @@ FORMAT = 1
 ED25519 = "Ed25519"
 ECDSA_P256 = "ECDSA-P256-SHA256"
 SIGNATURE_LABEL = b"segue/v1 manifest\x00"
-TRACK_ID_RE = re.compile(r"^[a-z0-9]{8,64}$")
+_TRACK_ID = re.compile(r"[a-z0-9]{8,64}")
+
+
+def is_track_id(text: str) -> bool:
+    """True for 8 to 64 lowercase ASCII letters and digits, and nothing else (no newline)."""
+    return _TRACK_ID.fullmatch(text) is not None
 
 
 def b64e(data: bytes) -> str:
@@ -195,7 +200,7 @@ def _parse_payload(payload: bytes) -> Manifest:
         declared_count = _int(doc["chunk_count"], 1)
     except (KeyError, TypeError, ValueError) as e:
         raise ManifestError(f"manifest payload is malformed: {e}") from None
-    if not TRACK_ID_RE.match(manifest.track_id):
+    if not is_track_id(manifest.track_id):
         raise ManifestError(f"manifest names an invalid track id {manifest.track_id!r}")
     expected = chunk_count(manifest.size, manifest.chunk_size)
     if declared_count != expected or manifest.chunk_count != expected:

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
-from segue.seal.manifest import TRACK_ID_RE
+from segue.seal.manifest import is_track_id
 
 MANIFEST_NAME = "manifest.json"
 
 
 def track_dir(track_id: str) -> PurePosixPath:
     """The track's folder, relative to the share root."""
-    if not TRACK_ID_RE.match(track_id):
+    if not is_track_id(track_id):
         raise ValueError(f"invalid track id {track_id!r}")
     return PurePosixPath("tracks", track_id[:2], track_id)
 
