@@ -239,3 +239,19 @@ def test_a_manifest_whose_chunk_count_does_not_fit_its_size_is_refused() -> None
     envelope["signatures"][0]["sig"] = b64e(k["packager"].sign(SIGNATURE_LABEL + raw))
     with pytest.raises(ManifestError, match="need 50 chunks"):
         open_all(json.dumps(envelope).encode(), [])
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.binary(min_size=0, max_size=4000), chunk_size=chunk_sizes, pick=st.data())
+def test_open_into_a_reused_buffer_gives_the_same_bytes(data, chunk_size, pick) -> None:
+    manifest, chunks = seal(data, chunk_size)
+    opened = open_track(manifest, trusted(), edge_private("x25519"), None)
+    buf = bytearray(chunk_size + pick.draw(st.integers(0, 64)))
+    out = b""
+    for i, sealed in enumerate(chunks):
+        length = opened.cipher.open_into(i, sealed, buf)
+        out += bytes(buf[:length])
+    assert out == data
+    if chunks[0]:
+        with pytest.raises(ChunkAuthenticationError):
+            opened.cipher.open_into(0, chunks[0][:-1] + bytes([chunks[0][-1] ^ 1]), buf)

@@ -8,13 +8,16 @@ file and verifies and decrypts it, so no unverified byte ever reaches the event 
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 
 import structlog
 import trio
 
+from segue.buffers import BufferPool, Lease
 from segue.catalogue import Catalogue
+from segue.seal.chunks import TAG_BYTES
 from segue.seal.errors import ChunkAuthenticationError, SealError
 from segue.seal.keyring import EdgeKeys
 from segue.seal.track import OpenedTrack, open_track
@@ -52,6 +55,9 @@ class Library:
         self._capacity = open_tracks
         self._opened: OrderedDict[str, OpenedTrack] = OrderedDict()
         self._on_auth_failure = on_auth_failure
+        self._pools: dict[int, BufferPool] = {}
+        self._keep_buffers = 4 * limiter.total_tokens
+        self._thread = threading.local()
 
     async def open(self, track_id: str) -> OpenedTrack:
         """The verified, unwrapped track; raises TrackNotFound or TrackUnavailable."""
@@ -87,26 +93,50 @@ class Library:
             self._catalogue.accept_version(track_id, opened.manifest.version)
         return opened
 
-    async def chunk(self, track: OpenedTrack, index: int) -> bytes:
-        """Plaintext of chunk `index`, verified; raises TrackUnavailable if it cannot be."""
+    async def chunk(self, track: OpenedTrack, index: int) -> Lease:
+        """Plaintext of chunk `index`, verified, in a pooled buffer the caller must release.
+
+        Raises TrackUnavailable if the chunk cannot be read or fails verification.
+        """
         return await trio.to_thread.run_sync(
             self._chunk_blocking, track, index, limiter=self._limiter
         )
 
-    def _chunk_blocking(self, track: OpenedTrack, index: int) -> bytes:
+    def _pool(self, size: int) -> BufferPool:
+        pool = self._pools.get(size)
+        if pool is None:
+            pool = self._pools.setdefault(size, BufferPool(size, self._keep_buffers))
+        return pool
+
+    def _read_buffer(self, size: int) -> bytearray:
+        """This worker thread's buffer for sealed chunks; one byte longer than any valid one."""
+        buf: bytearray | None = getattr(self._thread, "buf", None)
+        if buf is None or len(buf) != size:
+            buf = self._thread.buf = bytearray(size)
+        return buf
+
+    def _chunk_blocking(self, track: OpenedTrack, index: int) -> Lease:
         track_id = track.manifest.track_id
+        chunk_size = track.manifest.chunk_size
+        sealed = self._read_buffer(chunk_size + TAG_BYTES + 1)
         try:
-            sealed = self._store.read_chunk(track_id, index)
+            length = self._store.read_chunk_into(track_id, index, sealed)
         except StoreError as e:
             log.error("chunk unreadable", track=track_id, chunk=index, error=str(e))
             raise TrackUnavailable(str(e)) from None
+        pool = self._pool(chunk_size)
+        plain = pool.take()
         try:
-            return track.cipher.open(index, sealed)
+            if not TAG_BYTES <= length <= chunk_size + TAG_BYTES:
+                raise ChunkAuthenticationError(track_id, index)
+            size = track.cipher.open_into(index, memoryview(sealed)[:length], plain)
         except ChunkAuthenticationError as e:
+            pool.give_back(plain)
             self._on_auth_failure(track_id, index)
             log.error("chunk failed verification", track=track_id, chunk=index,
                       store=str(self._store.root))
             raise TrackUnavailable(str(e)) from None
+        return Lease(plain, size, pool)
 
     def forget(self) -> None:
         """Drop every cached track (after a key or trust change)."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import trio
 
 from segue import __version__
+from segue.buffers import Lease
 from segue.catalogue import Catalogue
 from segue.http import ranges
 from segue.http.messages import Request, Response, Send, error, json_response, text
@@ -184,31 +185,30 @@ class EdgeApp:
             return Response(status, headers, length=length, fields=fields)
         chunks = opened.chunk_range(span.first, span.last)
         try:
-            first_plain = await self.library.chunk(opened, chunks[0])
+            first = await self.library.chunk(opened, chunks[0])
         except TrackUnavailable:
             return error(503, f"track {track_id} cannot be read now", ("Retry-After", "5"))
 
         async def write(send: Send) -> None:
             self.metrics.time_to_first_byte.observe(time.perf_counter() - started)
-            await self._send_span(opened, span, chunks, first_plain, send)
+            await self._send_span(opened, span, chunks, first, send)
 
         return Response(status, headers, writer=write, length=length, fields=fields)
 
     async def _send_span(
-        self,
-        opened: OpenedTrack,
-        span: ranges.ByteRange,
-        chunks: range,
-        first_plain: bytes,
-        send: Send,
+        self, opened: OpenedTrack, span: ranges.ByteRange, chunks: range, first: Lease, send: Send
     ) -> None:
         """Send plaintext bytes span.first..span.last, one verified chunk at a time."""
         chunk_size = opened.manifest.chunk_size
-        plain = first_plain
-        for index in chunks:
-            if index != chunks[0]:
-                plain = await self.library.chunk(opened, index)
-            base = index * chunk_size
-            lo = max(span.first - base, 0)
-            hi = min(span.last + 1 - base, len(plain))
-            await send(memoryview(plain)[lo:hi])
+        lease: Lease | None = first
+        try:
+            for index in chunks:
+                if lease is None:
+                    lease = await self.library.chunk(opened, index)
+                base = index * chunk_size
+                await send(lease.view(max(span.first - base, 0), span.last + 1 - base))
+                lease.release()
+                lease = None
+        finally:
+            if lease is not None:
+                lease.release()

@@ -87,6 +87,22 @@ class ChunkCipher:
         except InvalidTag:
             raise ChunkAuthenticationError(self.track_id, index) from None
 
+    def open_into(self, index: int, sealed: bytes | memoryview, out: bytearray) -> int:
+        """Like `open`, writing the plaintext into `out`; returns its length.
+
+        `out` must hold at least len(sealed) - 16 bytes. On failure its contents are undefined
+        and must not be used.
+        """
+        length = len(sealed) - TAG_BYTES
+        if length < 0:
+            raise ChunkAuthenticationError(self.track_id, index)
+        try:
+            with memoryview(out) as view:
+                self._aead.decrypt_into(self._nonce(index), sealed, self._aad, view[:length])
+        except InvalidTag:
+            raise ChunkAuthenticationError(self.track_id, index) from None
+        return length
+
     def _nonce(self, index: int) -> bytes:
         if not 0 <= index < self.count:
             raise ChunkAuthenticationError(self.track_id, index)

@@ -27,6 +27,22 @@ class LocalStore:
     def read_chunk(self, track_id: str, index: int) -> bytes:
         return self._read(layout.chunk_path(track_id, index), f"chunk {index} of track {track_id}")
 
+    def read_chunk_into(self, track_id: str, index: int, buf: bytearray) -> int:
+        """Read a chunk file into `buf`; returns its length (len(buf) means "too large")."""
+        path = self.root / layout.chunk_path(track_id, index)
+        what = f"chunk {index} of track {track_id}"
+        try:
+            with open(path, "rb", buffering=0) as f:
+                view = memoryview(buf)
+                filled = 0
+                while filled < len(buf) and (n := f.readinto(view[filled:])):
+                    filled += n
+                return filled
+        except FileNotFoundError:
+            raise NotInStoreError(f"{what} is not in {self.root}") from None
+        except OSError as e:
+            raise StoreError(f"cannot read {what} from {path}: {e.strerror}") from None
+
     def has_manifest(self, track_id: str) -> bool:
         return (self.root / layout.manifest_path(track_id)).is_file()
 

@@ -1,0 +1,51 @@
+"""Reusable chunk-sized buffers.
+
+Allocating a fresh 256 KiB object per chunk costs more than decrypting it (the allocator maps
+and faults in new pages every time), so chunks are read and decrypted into buffers that are
+handed back and reused. Worker threads take buffers and the event loop returns them; deque's
+append and pop are atomic, so no lock is needed.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+
+class BufferPool:
+    """Hands out bytearrays of one size; keeps at most `keep` returned ones for reuse."""
+
+    def __init__(self, size: int, keep: int) -> None:
+        self.size = size
+        self._free: deque[bytearray] = deque(maxlen=keep)
+
+    def take(self) -> bytearray:
+        try:
+            return self._free.pop()
+        except IndexError:
+            return bytearray(self.size)
+
+    def give_back(self, buf: bytearray) -> None:
+        if len(buf) == self.size:
+            self._free.append(buf)
+
+
+class Lease:
+    """`length` bytes of plaintext in a pooled buffer, until `release` hands it back."""
+
+    __slots__ = ("_buf", "_pool", "length")
+
+    def __init__(self, buf: bytearray, length: int, pool: BufferPool) -> None:
+        self._buf: bytearray | None = buf
+        self.length = length
+        self._pool = pool
+
+    def view(self, start: int, stop: int) -> memoryview:
+        if self._buf is None:
+            raise ValueError("buffer already released")
+        return memoryview(self._buf)[start:min(stop, self.length)]
+
+    def release(self) -> None:
+        """Give the buffer back; the caller must hold no view of it any more."""
+        if self._buf is not None:
+            self._pool.give_back(self._buf)
+            self._buf = None
