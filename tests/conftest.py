@@ -60,6 +60,7 @@ class Node:
 
     root: Path
     proc: subprocess.Popen | None = None
+    _log_start: int = 0
     base: str = ""
     tracks: dict[str, Path] = field(default_factory=dict)
 
@@ -90,6 +91,7 @@ class Node:
 
     def start(self) -> None:
         """Start segued on a free port and wait until /healthz answers ok."""
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
         self.proc = subprocess.Popen([*SEGUE, "run", "--config", str(self.conf)],
                                      stdout=log, stderr=log, start_new_session=True)
@@ -98,7 +100,7 @@ class Node:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"segued exited {self.proc.returncode}:\n{self.log_text()}")
-            for event in self.log_events():
+            for event in self.log_events(since=self._log_start):
                 if event.get("event") == "listening":
                     self.base = f"http://{event['addresses'][0]}"
                     self.wait_healthy()
@@ -127,9 +129,10 @@ class Node:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def log_events(self) -> list[dict]:
+    def log_events(self, since: int = 0) -> list[dict]:
+        """The JSON log lines of segued (from byte offset `since` of the log file)."""
         events = []
-        for line in self.log_text().splitlines():
+        for line in self.log_text()[since:].splitlines():
             try:
                 events.append(json.loads(line))
             except ValueError:
