@@ -10,9 +10,9 @@ from pathlib import Path
 
 import jwt
 import pytest
-from conftest import MP3, Node, make_tone, track_of
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
+from conftest import MP3, Node, make_tone, track_of
 from segue.seal import keys
 from segue.seal.tokens import issue
 

@@ -9,6 +9,7 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
+
 from conftest import MP3, Node, make_tone, track_of
 
 

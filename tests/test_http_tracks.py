@@ -9,6 +9,7 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
+
 from conftest import Node, require, track_of
 
 CHUNK = 256 * 1024
@@ -155,6 +156,7 @@ def test_meta_describes_the_track(node: Node, mp3) -> None:
     status, headers, body = request(node, "GET", f"/v1/tracks/{track}/meta",
                                     {"Authorization": f"Bearer {node.token()}"})
     assert status == 200
+    assert headers["Content-Type"] == "application/json"
     meta = json.loads(body)
     assert meta["track_id"] == track
     assert meta["title"] == "Café del Mar"

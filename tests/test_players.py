@@ -6,6 +6,7 @@ import json
 import subprocess
 
 import pytest
+
 from conftest import Node, require, track_of
 
 

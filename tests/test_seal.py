@@ -198,7 +198,7 @@ def test_swapping_in_a_chunk_of_another_track_is_refused() -> None:
 def test_resealing_the_same_track_gives_unrelated_chunks() -> None:
     data = b"same audio" * 100
     manifest_a, chunks_a = seal(data, 128)
-    manifest_b, chunks_b = seal(data, 128)
+    _, chunks_b = seal(data, 128)
     assert not set(chunks_a) & set(chunks_b)
     chunks_a[0] = chunks_b[0]
     with pytest.raises(ChunkAuthenticationError):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import http.client
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import MP3, Node, make_tone
 
+from conftest import MP3, Node, make_tone
 from segue.seal import keys
 from segue.seal.track import rewrap
 from segue.storage import layout
@@ -25,8 +26,8 @@ def fetch(url: str) -> tuple[int, bytes, int]:
             try:
                 while chunk := r.read(65536):
                     body.extend(chunk)
-            except Exception:  # http.client.IncompleteRead and friends: the body was cut
-                pass
+            except http.client.IncompleteRead as e:  # the body was cut short
+                body.extend(e.partial)
             return r.status, bytes(body), length
     except urllib.error.HTTPError as e:
         return e.code, e.read(), -1

@@ -55,6 +55,19 @@ CREATE TABLE IF NOT EXISTS accepted_manifests (
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 _COLUMNS = "track_id, title, artist, album, duration_s, mime, bytes, chunks"
+# Statements built once from the constant column list above (never from input).
+_UPSERT = (
+    f"INSERT INTO tracks ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "  # noqa: S608
+    "ON CONFLICT(track_id) DO UPDATE SET title=excluded.title, "
+    "artist=excluded.artist, album=excluded.album, duration_s=excluded.duration_s, "
+    "mime=excluded.mime, bytes=excluded.bytes, chunks=excluded.chunks"
+)
+_GET = f"SELECT {_COLUMNS} FROM tracks WHERE track_id = ?"  # noqa: S608
+_SEARCH = (
+    f"SELECT {', '.join('t.' + c for c in _COLUMNS.split(', '))} "  # noqa: S608
+    "FROM tracks_fts JOIN tracks t ON t.rowid = tracks_fts.rowid "
+    "WHERE tracks_fts MATCH ? ORDER BY bm25(tracks_fts, 10.0, 4.0, 1.0) LIMIT ?"
+)  # bm25 column weights: a title match counts most, then artist, then album.
 
 
 @dataclass(frozen=True)
@@ -136,10 +149,7 @@ class Catalogue:
         conn = self._conn()
         with conn:
             conn.execute(
-                f"INSERT INTO tracks ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT(track_id) DO UPDATE SET title=excluded.title, "
-                "artist=excluded.artist, album=excluded.album, duration_s=excluded.duration_s, "
-                "mime=excluded.mime, bytes=excluded.bytes, chunks=excluded.chunks",
+                _UPSERT,
                 (
                     record.track_id,
                     record.title,
@@ -153,28 +163,15 @@ class Catalogue:
             )
 
     def get(self, track_id: str) -> TrackRecord | None:
-        row = (
-            self._conn()
-            .execute(f"SELECT {_COLUMNS} FROM tracks WHERE track_id = ?", (track_id,))
-            .fetchone()
-        )
+        row = self._conn().execute(_GET, (track_id,)).fetchone()
         return TrackRecord(*row) if row else None
 
     def search(self, text: str, limit: int) -> list[TrackRecord]:
-        """Tracks matching `text`, best first (FTS5 bm25)."""
+        """Tracks matching `text`, best first (FTS5 bm25, title before artist before album)."""
         query = fts_query(text)
         if query is None:
             return []
-        rows = (
-            self._conn()
-            .execute(
-                f"SELECT {', '.join('t.' + c for c in _COLUMNS.split(', '))} "
-                "FROM tracks_fts JOIN tracks t ON t.rowid = tracks_fts.rowid "
-                "WHERE tracks_fts MATCH ? ORDER BY tracks_fts.rank LIMIT ?",
-                (query, limit),
-            )
-            .fetchall()
-        )
+        rows = self._conn().execute(_SEARCH, (query, limit)).fetchall()
         return [TrackRecord(*row) for row in rows]
 
     def accepted_version(self, track_id: str) -> int | None:

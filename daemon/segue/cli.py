@@ -10,7 +10,7 @@ import argparse
 import json
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from segue import __version__
@@ -52,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("token", help="print a signed player token")
     p.add_argument("--config", required=True, type=Path, metavar="CONF")
     p.add_argument("--user", required=True)
-    p.add_argument("--ttl", type=int, metavar="SECONDS", help="lifetime (default auth.default_ttl_s)")
+    p.add_argument("--ttl", type=int, metavar="SECONDS",
+                   help="lifetime in seconds (default: auth.default_ttl_s)")
     p.add_argument("--tracks", metavar="ID,...", help="only these tracks (default: all)")
 
     p = sub.add_parser("run", help="run the daemon in the foreground")
@@ -282,7 +283,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     settings = _load(args)
     errors: list[str] = []
-    checks = [lambda: build_app(settings)]
+    checks: list[Callable[[], object]] = [lambda: build_app(settings)]
     if settings.packer.signing_key is not None or settings.packer.recipients:
         checks.append(
             lambda: load_signing_key(settings.packer.signing_key, "packer.signing_key", settings)

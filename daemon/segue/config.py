@@ -2,7 +2,7 @@
 
 Every error names the file, the key and how to fix it; all errors are collected so that
 `segue check-config` can list them at once. Relative paths are relative to the config file.
-The keys, their types and defaults live in one table (`_SCHEMA`); etc/segue/segued.toml
+The keys, their types and defaults live in one table (`SCHEMA`); etc/segue/segued.toml
 documents each of them.
 """
 
@@ -55,7 +55,7 @@ def parse_listen(text: str) -> Listen:
 
 # section -> key -> (type, default). A default of None means "not set".
 # Types: "str", "int", "float", "path", "paths", "listen".
-_SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
+SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
     "node": {"id": ("str", None)},
     "http": {
         "listen": ("listen", DEFAULT_LISTEN),
@@ -198,24 +198,24 @@ def from_mapping(raw: dict[str, Any], path: Path) -> Settings:
             if not isinstance(value, dict):
                 errors.append(f"{path}: [plugins] must be a table of [plugins.NAME] tables")
             continue
-        if section not in _SCHEMA:
-            errors.append(f"{path}: unknown section [{section}]{_suggest(section, _SCHEMA)}")
+        if section not in SCHEMA:
+            errors.append(f"{path}: unknown section [{section}]{_suggest(section, SCHEMA)}")
             continue
         if not isinstance(value, dict):
             errors.append(f"{path}: {section} must be a table ([{section}])")
             continue
         for key, item in value.items():
-            spec = _SCHEMA[section].get(key)
+            spec = SCHEMA[section].get(key)
             if spec is None:
                 errors.append(
-                    f"{path}: unknown key {section}.{key}{_suggest(key, _SCHEMA[section])}"
+                    f"{path}: unknown key {section}.{key}{_suggest(key, SCHEMA[section])}"
                 )
                 continue
             try:
                 values[section, key] = _coerce(section, key, spec[0], item, base)
             except ValueError as e:
                 errors.append(f"{path}: {section}.{key}: {e}")
-    for section, keys in _SCHEMA.items():
+    for section, keys in SCHEMA.items():
         for key, (kind, default) in keys.items():
             if (section, key) not in values:
                 values[section, key] = (
@@ -225,7 +225,7 @@ def from_mapping(raw: dict[str, Any], path: Path) -> Settings:
         raise ConfigError(errors)
 
     def sect(name: str) -> dict[str, Any]:
-        return {k: values[name, k] for k in _SCHEMA[name]}
+        return {k: values[name, k] for k in SCHEMA[name]}
 
     return Settings(
         path=path,
@@ -261,7 +261,8 @@ def _coerce(section: str, key: str, kind: str, value: Any, base: Path) -> Any:
     if kind in ("int", "float"):
         ok = isinstance(value, int) if kind == "int" else isinstance(value, int | float)
         if not ok or isinstance(value, bool):
-            raise ValueError(f"expected {'an integer' if kind == 'int' else 'a number'}, got {value!r}")
+            expected = "an integer" if kind == "int" else "a number"
+            raise ValueError(f"expected {expected}, got {value!r}")
         if (section, key) in _POSITIVE and value <= 0:
             raise ValueError(f"must be greater than 0, got {value!r}")
         return value if kind == "int" else float(value)

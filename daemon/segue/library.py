@@ -56,7 +56,7 @@ class Library:
         self._opened: OrderedDict[str, OpenedTrack] = OrderedDict()
         self._on_auth_failure = on_auth_failure
         self._pools: dict[int, BufferPool] = {}
-        self._keep_buffers = 4 * limiter.total_tokens
+        self._keep_buffers = 4 * int(limiter.total_tokens)
         self._thread = threading.local()
 
     async def open(self, track_id: str) -> OpenedTrack:

@@ -169,7 +169,7 @@ class EdgeApp:
             etag=etag,
         )
         if isinstance(chosen, ranges.Unsatisfiable):
-            fields["range"] = request.headers.get("range")
+            fields["range"] = request.headers.get("range", "")
             response = error(416, f"track {track_id} has {size} bytes",
                              ("Content-Range", chosen.content_range(size)), *headers[1:])
             response.fields = fields

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote
@@ -29,7 +29,9 @@ class Request:
     headers: dict[str, str]
 
     @classmethod
-    def from_h11(cls, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> Request:
+    def from_h11(
+        cls, method: bytes, target: bytes, headers: Iterable[tuple[bytes, bytes]]
+    ) -> Request:
         raw = target.decode("ascii", "replace")
         path, _, query = raw.partition("?")
         merged: dict[str, str] = {}

@@ -185,7 +185,9 @@ class Connection:
 
         async def send_body(data: bytes | memoryview) -> None:
             nonlocal sent, pending_head
-            for part in self.h11.send_with_data_passthrough(h11.Data(data=data)):
+            # h11 passes a memoryview through untouched; its stubs only say bytes.
+            parts = self.h11.send_with_data_passthrough(h11.Data(data=data))  # type: ignore[arg-type]
+            for part in parts or ():
                 if pending_head is not None:
                     await self._send(pending_head)
                     pending_head = None

@@ -68,7 +68,9 @@ def load_edge_keys(settings: Settings) -> EdgeKeys:
 def load_token_verifier(settings: Settings) -> TokenVerifier:
     """Build the player-token verifier from [auth] public_keys and jwks."""
     errors: list[str] = []
-    keys = _load_many(settings.auth.public_keys, "auth.public_keys", settings, load_public_key, errors)
+    keys = _load_many(
+        settings.auth.public_keys, "auth.public_keys", settings, load_public_key, errors
+    )
     if settings.auth.jwks is not None:
         try:
             keys.update(load_jwks(settings.auth.jwks))
@@ -104,7 +106,9 @@ def load_recipients(settings: Settings) -> list[PublicKeyTypes]:
     errors: list[str] = []
     if not settings.packer.recipients:
         errors.append(f"{settings.path}: packer.recipients is empty; list edge public keys")
-    keys = _load_many(settings.packer.recipients, "packer.recipients", settings, load_public_key, errors)
+    keys = _load_many(
+        settings.packer.recipients, "packer.recipients", settings, load_public_key, errors
+    )
     if errors:
         raise ConfigError(errors)
     return list(keys.values())  # type: ignore[arg-type]

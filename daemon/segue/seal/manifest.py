@@ -121,7 +121,9 @@ def sign(manifest: Manifest, signer: PrivateKeyTypes) -> bytes:
     ):
         alg, sig = ECDSA_P256, signer.sign(message, ec.ECDSA(hashes.SHA256()))
     else:
-        raise ManifestError(f"a {type(signer).__name__} cannot sign manifests; use Ed25519 or P-256")
+        raise ManifestError(
+            f"a {type(signer).__name__} cannot sign manifests; use Ed25519 or P-256"
+        )
     envelope = {
         "segue_manifest": FORMAT,
         "payload": b64e(payload),
@@ -168,7 +170,9 @@ def verify(data: bytes, trusted: Mapping[str, PublicKeyTypes]) -> Manifest:
         ):
             return _parse_payload(payload)
     signers = ", ".join(str(e.get("key_id")) for e in signatures if isinstance(e, dict))
-    raise ManifestError(f"manifest carries no valid signature by a trusted packager key ({signers})")
+    raise ManifestError(
+        f"manifest carries no valid signature by a trusted packager key ({signers})"
+    )
 
 
 def _parse_payload(payload: bytes) -> Manifest:
@@ -211,10 +215,10 @@ def _parse_payload(payload: bytes) -> Manifest:
     return manifest
 
 
-_KNOWN_FIELDS = frozenset(
-    "track_id version content_version created size chunk_size chunk_count salt chunks "
-    "recipients meta".split()
-)
+_KNOWN_FIELDS = frozenset([
+    "track_id", "version", "content_version", "created", "size", "chunk_size", "chunk_count",
+    "salt", "chunks", "recipients", "meta",
+])
 
 
 def _str(value: Any) -> str:

@@ -79,7 +79,7 @@ def issue(
         claims,
         signing_key,  # type: ignore[arg-type]
         algorithm=algorithm_for(signing_key),
-        headers={"kid": key_id(signing_key.public_key())},  # type: ignore[union-attr]
+        headers={"kid": key_id(signing_key.public_key())},
     )
 
 

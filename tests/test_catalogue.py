@@ -1,0 +1,56 @@
+"""The local catalogue: upserts, search ranking, and input that must stay plain text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from segue.catalogue import Catalogue, TrackRecord, fts_query
+
+
+def record(track_id: str, title: str, artist: str = "", album: str = "") -> TrackRecord:
+    return TrackRecord(track_id, title, artist, album, 60.0, "audio/mpeg", 1000, 1)
+
+
+@pytest.fixture
+def catalogue(tmp_path: Path) -> Catalogue:
+    c = Catalogue.create(tmp_path / "c.sqlite")
+    c.put(record("a" * 32, "Blue in Green", "Miles Davis", "Kind of Blue"))
+    c.put(record("b" * 32, "So What", "Miles Davis", "Kind of Blue"))
+    c.put(record("c" * 32, "Blue Monk", "Thelonious Monk", "Monk's Music"))
+    c.put(record("d" * 32, "Señor Blues", "Horace Silver", "Six Pieces of Silver"))
+    return c
+
+
+def test_search_ranks_and_matches_prefixes_and_folds_accents(catalogue: Catalogue) -> None:
+    assert [r.title for r in catalogue.search("senor", 10)] == ["Señor Blues"]
+    assert {r.title for r in catalogue.search("blu", 10)} == {
+        "Blue in Green", "Blue Monk", "Señor Blues", "So What"}
+    # A title match outranks an album-only match.
+    assert catalogue.search("blue", 10)[-1].title == "So What"
+    assert [r.title for r in catalogue.search("miles so", 10)] == ["So What"]
+    assert len(catalogue.search("blue", 2)) == 2
+
+
+def test_an_update_replaces_the_searchable_text(catalogue: Catalogue) -> None:
+    catalogue.put(record("b" * 32, "Freddie Freeloader", "Miles Davis", "Kind of Blue"))
+    assert catalogue.search("what", 10) == []
+    assert [r.track_id for r in catalogue.search("freddie", 10)] == ["b" * 32]
+
+
+@pytest.mark.parametrize("text", ['"', "NOT", "a OR b", "title:x", "*", "(", "NEAR(a b)", "-"])
+def test_query_syntax_in_input_is_plain_text(catalogue: Catalogue, text: str) -> None:
+    catalogue.search(text, 10)  # never an FTS5 syntax error
+
+
+def test_fts_query_quotes_every_word() -> None:
+    assert fts_query('say "hi" OR bye') == '"say" "hi" "OR" "bye"*'
+    assert fts_query("  ") is None
+
+
+def test_accepted_manifest_versions_never_go_down(catalogue: Catalogue) -> None:
+    assert catalogue.accepted_version("a" * 32) is None
+    catalogue.accept_version("a" * 32, 3)
+    catalogue.accept_version("a" * 32, 2)
+    assert catalogue.accepted_version("a" * 32) == 3

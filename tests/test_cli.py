@@ -1,0 +1,183 @@
+"""The `segue` command as a sysadmin uses it: init, keys, pack, token, check-config."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import jwt
+import pytest
+
+from conftest import FLAC, MP3, OPUS, Node, make_tone, segue
+from segue.seal import keys
+
+
+def test_init_makes_a_node_and_says_what_next(tmp_path: Path) -> None:
+    out = segue("init", tmp_path / "n", "--listen", "127.0.0.1:9999").stdout
+    root = tmp_path / "n"
+    for name in ("edge-x25519", "edge-rsa", "packager-ed25519", "auth-ed25519"):
+        private = root / "keys" / f"{name}.pem"
+        assert stat.S_IMODE(private.stat().st_mode) == 0o600
+        assert (root / "keys" / f"{name}.pem.pub").exists()
+    assert (root / "store").is_dir()
+    assert (root / "catalogue.sqlite").exists()
+    assert 'listen = "127.0.0.1:9999"' in (root / "segued.toml").read_text()
+    assert "segue pack --config" in out
+    assert segue("check-config", "--config", root / "segued.toml").returncode == 0
+
+
+def test_init_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
+    segue("init", tmp_path / "n")
+    before = (tmp_path / "n" / "keys" / "edge-rsa.pem").read_bytes()
+    again = segue("init", tmp_path / "n", check=False)
+    assert again.returncode == 2
+    assert "--force" in again.stderr
+    assert (tmp_path / "n" / "keys" / "edge-rsa.pem").read_bytes() == before
+    assert segue("init", tmp_path / "n", "--force").returncode == 0
+    assert (tmp_path / "n" / "keys" / "edge-rsa.pem").read_bytes() != before
+
+
+@pytest.mark.parametrize(("role", "key_type"), [
+    ("edge", "x25519"), ("edge", "rsa"), ("edge", "p256"),
+    ("packager", "ed25519"), ("packager", "p256"),
+    ("auth", "ed25519"), ("auth", "p256"), ("auth", "rsa"),
+])
+def test_keys_new_writes_a_private_file_0600_and_prints_the_key_id(tmp_path: Path, role: str,
+                                                                   key_type: str) -> None:
+    out = tmp_path / "k.pem"
+    kid = segue("keys", "new", role, "--type", key_type, "--out", out).stdout.strip()
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    public = keys.load_public_key(Path(f"{out}.pub"))
+    assert keys.key_id(public) == kid
+    assert keys.key_type_of(keys.load_private_key(out)) == key_type
+    if key_type == "rsa":
+        assert public.key_size == 3072
+
+
+def test_keys_new_refuses_a_type_that_does_not_fit_the_role(tmp_path: Path) -> None:
+    result = segue("keys", "new", "packager", "--type", "x25519", "--out", tmp_path / "k.pem",
+                   check=False)
+    assert result.returncode == 2
+    assert "ed25519 or p256" in result.stderr
+    assert not (tmp_path / "k.pem").exists()
+
+
+def test_keys_new_does_not_overwrite(tmp_path: Path) -> None:
+    out = tmp_path / "k.pem"
+    segue("keys", "new", "edge", "--type", "x25519", "--out", out)
+    result = segue("keys", "new", "edge", "--type", "x25519", "--out", out, check=False)
+    assert result.returncode == 2
+    assert "exists" in result.stderr
+
+
+def test_a_private_key_readable_by_others_is_refused_with_the_fix(tmp_path: Path) -> None:
+    node = Node.init(tmp_path / "n")
+    key = node.root / "keys" / "edge-rsa.pem"
+    key.chmod(0o644)
+    result = segue("check-config", "--config", node.conf, check=False)
+    assert result.returncode == 2
+    assert f"chmod 600 {key}" in result.stderr
+    assert "seal.edge_keys" in result.stderr
+
+
+def test_pack_prints_a_line_per_track_and_is_idempotent(tmp_path: Path) -> None:
+    node = Node.init(tmp_path / "n")
+    files = [make_tone(tmp_path / "a.mp3", MP3, seconds=3, title="Alpha"),
+             make_tone(tmp_path / "b.flac", FLAC, seconds=3, freq=550),
+             make_tone(tmp_path / "c.ogg", OPUS, seconds=3, freq=660)]
+    out = segue("pack", "--config", node.conf, *files).stdout.splitlines()
+    rows = [line.split("\t") for line in out]
+    assert [r[1:] for r in rows] == [["Alpha", str(files[0])], ["b", str(files[1])],
+                                     ["c", str(files[2])]]
+    first_ids = [r[0] for r in rows]
+    store_files = sorted(p for p in (node.root / "store").rglob("*") if p.is_file())
+    again = segue("pack", "--config", node.conf, "--json", *files).stdout.splitlines()
+    docs = [json.loads(line) for line in again]
+    assert [d["track_id"] for d in docs] == first_ids
+    assert all(d["already_packed"] for d in docs)
+    assert sorted(p for p in (node.root / "store").rglob("*") if p.is_file()) == store_files
+    mp3 = docs[0]
+    assert {k: mp3[k] for k in ("title", "mime", "bytes", "chunks")} == {
+        "title": "Alpha", "mime": "audio/mpeg", "bytes": files[0].stat().st_size, "chunks": 1}
+    assert 2.9 < mp3["duration_s"] < 3.2
+    assert {d["mime"] for d in docs} == {"audio/mpeg", "audio/flac", "audio/ogg"}
+
+
+@pytest.mark.parametrize(("suffix", "args", "mime"), [
+    (".wav", ["-c:a", "pcm_s16le"], "audio/wav"),
+    (".m4a", ["-c:a", "aac", "-b:a", "96k"], "audio/mp4"),
+    (".aac", ["-c:a", "aac", "-b:a", "96k"], "audio/aac"),
+])
+def test_pack_reads_wav_and_aac(tmp_path: Path, suffix: str, args: list[str], mime: str) -> None:
+    node = Node.init(tmp_path / "n")
+    source = make_tone(tmp_path / f"t{suffix}", args, seconds=2, title="Other Formats")
+    doc = json.loads(segue("pack", "--config", node.conf, "--json", source).stdout)
+    assert doc["mime"] == mime
+    # ADTS has no tags and mutagen reads WAV's ID3 chunk, not ffmpeg's RIFF INFO: those fall
+    # back to the file name.
+    assert doc["title"] == ("Other Formats" if suffix == ".m4a" else "t")
+
+
+def test_pack_names_a_file_it_cannot_pack_and_goes_on(tmp_path: Path) -> None:
+    node = Node.init(tmp_path / "n")
+    junk = tmp_path / "notes.txt"
+    junk.write_text("not audio")
+    good = make_tone(tmp_path / "a.mp3", MP3, seconds=2, title="Good")
+    result = segue("pack", "--config", node.conf, junk, tmp_path / "missing.mp3", good,
+                   check=False)
+    assert result.returncode == 1
+    assert "notes.txt: not an audio format" in result.stderr
+    assert "missing.mp3: no such file" in result.stderr
+    assert result.stdout.count("\t") == 2 and "Good" in result.stdout
+
+
+def test_token_carries_user_expiry_and_tracks(tmp_path: Path) -> None:
+    node = Node.init(tmp_path / "n")
+    token = node.token("alice", "--ttl", "120", "--tracks", "aaaaaaaa,bbbbbbbb")
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert claims["sub"] == "alice"
+    assert claims["exp"] - claims["iat"] == 120
+    assert claims["tracks"] == ["aaaaaaaa", "bbbbbbbb"]
+    assert jwt.get_unverified_header(token)["alg"] == "EdDSA"
+    bad = segue("token", "--config", node.conf, "--user", "x", "--tracks", "../etc",
+                check=False)
+    assert bad.returncode == 2 and "--tracks" in bad.stderr
+
+
+def test_check_config_lists_every_error_with_its_key(tmp_path: Path) -> None:
+    node = Node.init(tmp_path / "n")
+    node.conf.write_text(node.conf.read_text()
+                         .replace("[http]\n", "[http]\nlisten_port = 1\nmax_header_bytes = -5\n")
+                         + "\n[strage]\npath = 'x'\n")
+    result = segue("check-config", "--config", node.conf, check=False)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert any("http.listen_port" in line and "did you mean 'listen'" in line for line in lines)
+    assert any("http.max_header_bytes" in line and "greater than 0" in line for line in lines)
+    assert any("[strage]" in line and "did you mean 'store'" in line for line in lines)
+    assert all(str(node.conf) in line for line in lines)
+    assert "Traceback" not in result.stderr
+
+
+def test_run_with_a_missing_config_exits_2_with_one_line(tmp_path: Path) -> None:
+    result = segue("run", "--config", tmp_path / "nope.toml", check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "segue init" in result.stderr
+
+
+def test_segued_is_segue_run(tmp_path: Path) -> None:
+    segued = Path(sys.executable).with_name("segued")
+    result = subprocess.run([segued, "--config", str(tmp_path / "nope.toml")],
+                            capture_output=True, text=True, timeout=30, env=os.environ)
+    assert result.returncode == 2
+    assert "nope.toml" in result.stderr
+
+
+def test_every_command_has_help() -> None:
+    for command in (["init"], ["keys", "new"], ["pack"], ["token"], ["run"], ["check-config"]):
+        assert segue(*command, "--help").stdout.startswith("usage: segue")
