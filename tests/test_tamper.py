@@ -11,6 +11,7 @@ import pytest
 
 from conftest import MP3, Node, make_tone
 from segue.seal import keys
+from segue.seal.manifest import peek_version
 from segue.seal.track import rewrap
 from segue.storage import layout
 
@@ -49,6 +50,17 @@ def metric(node: Node, name: str) -> float:
             if line.startswith(name + " "):
                 return float(line.split()[1])
     raise AssertionError(f"{name} not in /metrics")
+
+
+def rewrap_in_store(node: Node, track: str) -> None:
+    """Write the next manifest version of `track`, wrapped for the node's X25519 key."""
+    path = node.root / "store" / layout.manifest_path(track)
+    packager = keys.load_private_key(node.root / "keys" / "packager-ed25519.pem")
+    edge = keys.load_private_key(node.root / "keys" / "edge-x25519.pem")
+    path.write_bytes(rewrap(path.read_bytes(),
+                            {keys.key_id(packager.public_key()): packager.public_key()},
+                            {keys.key_id(edge.public_key()): edge}, [edge.public_key()],
+                            packager))
 
 
 @pytest.fixture
@@ -117,13 +129,7 @@ def test_a_rolled_back_manifest_is_refused_after_a_newer_one_was_accepted(packed
     node, track, original = packed
     manifest_path = node.root / "store" / layout.manifest_path(track)
     v1 = manifest_path.read_bytes()
-    key_dir = node.root / "keys"
-    packager = keys.load_private_key(key_dir / "packager-ed25519.pem")
-    trusted = {keys.key_id(packager.public_key()): packager.public_key()}
-    edge = keys.load_private_key(key_dir / "edge-x25519.pem")
-    v2 = rewrap(v1, trusted, {keys.key_id(edge.public_key()): edge},
-                [edge.public_key()], packager)
-    manifest_path.write_bytes(v2)
+    rewrap_in_store(node, track)
     node.start()
     assert fetch(node.url(track, node.token()))[1] == original  # v2 accepted
     node.stop()
@@ -143,3 +149,17 @@ def test_a_manifest_signed_by_an_untrusted_key_is_refused(packed) -> None:
     node.pack(node.tracks[track])  # re-signed with the new, untrusted key
     node.start()
     assert fetch(node.url(track, node.token()))[0] == 503
+
+
+def test_repacking_after_a_rewrap_is_not_a_rollback(packed) -> None:
+    node, track, original = packed
+    manifest_path = node.root / "store" / layout.manifest_path(track)
+    rewrap_in_store(node, track)
+    node.start()
+    assert fetch(node.url(track, node.token()))[1] == original  # version 2 accepted
+    node.stop()
+    manifest_path.unlink()
+    node.pack(node.tracks[track])  # sealed afresh: must come out as version 3
+    assert peek_version(manifest_path.read_bytes()) == 3
+    node.start()
+    assert fetch(node.url(track, node.token()))[1] == original

@@ -127,7 +127,8 @@ class Library:
         pool = self._pool(chunk_size)
         plain = pool.take()
         try:
-            if not TAG_BYTES <= length <= chunk_size + TAG_BYTES:
+            expected = track.plaintext_length(index)
+            if length != expected + TAG_BYTES:
                 raise ChunkAuthenticationError(track_id, index)
             size = track.cipher.open_into(index, memoryview(sealed)[:length], plain)
         except ChunkAuthenticationError as e:

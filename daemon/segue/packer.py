@@ -11,7 +11,9 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, Pub
 from segue.catalogue import Catalogue, TrackRecord
 from segue.media import MediaError, probe, track_id_of
 from segue.seal.chunks import chunk_count
+from segue.seal.manifest import peek_version
 from segue.seal.track import TrackSealer
+from segue.storage.errors import StoreError
 from segue.storage.local import LocalStore
 
 
@@ -47,7 +49,11 @@ class Packer:
         if existing is not None and self.store.has_manifest(track_id):
             return Packed(existing, path, already_packed=True)
         size = path.stat().st_size
-        sealer = TrackSealer(track_id, size, self.chunk_size)
+        # A new sealing must be newer than anything an edge may have accepted for this track,
+        # or edges would refuse it as a rollback.
+        version = self._next_version(track_id)
+        sealer = TrackSealer(track_id, size, self.chunk_size, version=version,
+                             content_version=version)
         with open(path, "rb") as f:
             for index in range(chunk_count(size, self.chunk_size)):
                 plaintext = f.read(self.chunk_size)
@@ -67,3 +73,11 @@ class Packer:
         )
         self.catalogue.put(record)
         return Packed(record, path, already_packed=False)
+
+    def _next_version(self, track_id: str) -> int:
+        accepted = self.catalogue.accepted_version(track_id) or 0
+        try:
+            existing = peek_version(self.store.read_manifest(track_id))
+        except StoreError:
+            existing = 0
+        return max(accepted, existing) + 1

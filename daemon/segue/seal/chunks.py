@@ -35,6 +35,11 @@ def chunk_count(size: int, chunk_size: int) -> int:
     return max(1, -(-size // chunk_size))
 
 
+def slice_length(size: int, chunk_size: int, index: int) -> int:
+    """Plaintext bytes in chunk `index` of a `size`-byte track: a full slice or the remainder."""
+    return max(0, min(chunk_size, size - index * chunk_size))
+
+
 def derive_chunk_key(content_key: bytes, salt: bytes, track_id: str) -> bytes:
     """HKDF-SHA256(ikm=content key, salt, info="segue/v1 chunk key" 0x00 track id) -> 32 bytes."""
     hkdf = HKDF(

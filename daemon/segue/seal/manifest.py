@@ -19,16 +19,21 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
 
-from segue.seal.chunks import chunk_count
+from segue.seal.chunks import MAX_CHUNKS, SALT_BYTES, chunk_count
 from segue.seal.errors import ManifestError, RollbackError
 from segue.seal.keys import key_id
 from segue.seal.wrap import WrappedKey
 
 FORMAT = 1
+MAX_CONTENT_VERSION = 2**64 - 1
+# Chunks are held whole in memory by readers; 64 MiB bounds what a manifest can ask for.
+MAX_CHUNK_SIZE = 64 * 1024 * 1024
 ED25519 = "Ed25519"
 ECDSA_P256 = "ECDSA-P256-SHA256"
 SIGNATURE_LABEL = b"segue/v1 manifest\x00"
 _TRACK_ID = re.compile(r"[a-z0-9]{8,64}")
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 def is_track_id(text: str) -> bool:
@@ -42,9 +47,9 @@ def b64e(data: bytes) -> str:
 
 
 def b64d(text: str) -> bytes:
-    """Decode unpadded (or padded) base64url; raises ManifestError on bad input."""
-    if not isinstance(text, str):
-        raise ManifestError("expected a base64url string")
+    """Decode strict unpadded base64url; raises ManifestError on anything else."""
+    if not isinstance(text, str) or not _B64URL.fullmatch(text) or len(text) % 4 == 1:
+        raise ManifestError("expected an unpadded base64url string")
     try:
         return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError):
@@ -137,7 +142,11 @@ def _verify_one(public: PublicKeyTypes, alg: str, sig: bytes, message: bytes) ->
         if alg == ED25519 and isinstance(public, ed25519.Ed25519PublicKey):
             public.verify(sig, message)
             return True
-        if alg == ECDSA_P256 and isinstance(public, ec.EllipticCurvePublicKey):
+        if (
+            alg == ECDSA_P256
+            and isinstance(public, ec.EllipticCurvePublicKey)
+            and isinstance(public.curve, ec.SECP256R1)
+        ):
             public.verify(sig, message, ec.ECDSA(hashes.SHA256()))
             return True
     except InvalidSignature:
@@ -154,7 +163,7 @@ def verify(data: bytes, trusted: Mapping[str, PublicKeyTypes]) -> Manifest:
         envelope = json.loads(data)
     except (ValueError, UnicodeDecodeError):
         raise ManifestError("manifest is not JSON") from None
-    if not isinstance(envelope, dict) or envelope.get("segue_manifest") != FORMAT:
+    if not isinstance(envelope, dict) or not _is_format(envelope.get("segue_manifest")):
         raise ManifestError(f"not a segue manifest of format {FORMAT}")
     payload = b64d(envelope.get("payload", ""))
     signatures = envelope.get("signatures")
@@ -173,6 +182,10 @@ def verify(data: bytes, trusted: Mapping[str, PublicKeyTypes]) -> Manifest:
     raise ManifestError(
         f"manifest carries no valid signature by a trusted packager key ({signers})"
     )
+
+
+def _is_format(value: Any) -> bool:
+    return type(value) is int and value == FORMAT
 
 
 def _parse_payload(payload: bytes) -> Manifest:
@@ -206,7 +219,15 @@ def _parse_payload(payload: bytes) -> Manifest:
         raise ManifestError(f"manifest payload is malformed: {e}") from None
     if not is_track_id(manifest.track_id):
         raise ManifestError(f"manifest names an invalid track id {manifest.track_id!r}")
+    if len(manifest.salt) != SALT_BYTES:
+        raise ManifestError(f"track {manifest.track_id}: salt must be {SALT_BYTES} bytes")
+    if not all(_SHA256_HEX.fullmatch(d) for d in manifest.chunk_digests):
+        raise ManifestError(f"track {manifest.track_id}: chunk digests must be SHA-256 in hex")
+    if manifest.content_version > MAX_CONTENT_VERSION or manifest.chunk_size > MAX_CHUNK_SIZE:
+        raise ManifestError(f"track {manifest.track_id}: content_version or chunk_size too large")
     expected = chunk_count(manifest.size, manifest.chunk_size)
+    if expected > MAX_CHUNKS:
+        raise ManifestError(f"track {manifest.track_id}: more than {MAX_CHUNKS} chunks")
     if declared_count != expected or manifest.chunk_count != expected:
         raise ManifestError(
             f"track {manifest.track_id}: {manifest.size} bytes in chunks of "
@@ -231,6 +252,18 @@ def _int(value: Any, minimum: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ValueError(f"expected an integer >= {minimum}, got {value!r}")
     return value
+
+
+def peek_version(data: bytes) -> int:
+    """The `version` of a manifest file, unverified (0 if unreadable).
+
+    Only for choosing the next version number when re-packing; never for trusting anything.
+    """
+    try:
+        version = json.loads(b64d(json.loads(data)["payload"]))["version"]
+    except (ValueError, KeyError, TypeError, ManifestError):
+        return 0
+    return version if type(version) is int else 0
 
 
 def check_not_rolled_back(manifest: Manifest, accepted_version: int | None) -> None:

@@ -18,6 +18,7 @@ from segue.seal.chunks import (
     ChunkCipher,
     chunk_count,
     derive_chunk_key,
+    slice_length,
 )
 from segue.seal.wrap import unwrap, wrap
 
@@ -56,8 +57,8 @@ class TrackSealer:
 
     def seal_chunk(self, index: int, plaintext: bytes) -> bytes:
         """Encrypt chunk `index` (its exact plaintext slice) and remember its digest."""
-        expected = min(self.chunk_size, self.size - index * self.chunk_size)
-        if len(plaintext) != max(expected, 0):
+        expected = slice_length(self.size, self.chunk_size, index)
+        if len(plaintext) != expected:
             raise ValueError(
                 f"chunk {index} of {self.track_id} must be {expected} bytes, got {len(plaintext)}"
             )
@@ -98,6 +99,10 @@ class OpenedTrack:
 
     manifest: mf.Manifest
     cipher: ChunkCipher
+
+    def plaintext_length(self, index: int) -> int:
+        """How many plaintext bytes chunk `index` holds: a full slice, or the remainder."""
+        return slice_length(self.manifest.size, self.manifest.chunk_size, index)
 
     def chunk_range(self, first_byte: int, last_byte: int) -> range:
         """The chunk indexes holding plaintext bytes first_byte..last_byte (inclusive)."""
