@@ -8,8 +8,10 @@ BIN    := $(VENV)/bin
 LISTEN ?= 127.0.0.1:8480
 DEMO   ?= demo
 
-# command:debian-package pairs the tests and the demo need.
-SYSTEM_COMMANDS := ffmpeg:ffmpeg ffprobe:ffmpeg curl:curl
+# command-or-file:debian-package pairs the tests and the demo need (libsystemd-dev, pkg-config
+# and gcc build systemd-python).
+SYSTEM_COMMANDS := ffmpeg:ffmpeg ffprobe:ffmpeg curl:curl gcc:gcc pkg-config:pkg-config \
+	/usr/include/systemd/sd-daemon.h:libsystemd-dev
 BENCH_COMMANDS  := nginx:nginx-light wrk:wrk taskset:util-linux
 
 .PHONY: run test lint typecheck bench setup system-deps bench-deps clean

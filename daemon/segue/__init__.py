@@ -1,3 +1,24 @@
-"""Segue: an edge-node daemon that serves encrypted music tracks to players."""
+"""Segue: an edge-node daemon that serves encrypted music tracks to players.
+
+The public plugin API is what this package exports: ``hookimpl``, ``PLUGIN_API_VERSION``,
+``Health``, ``Route``, ``Request``, ``Response``, ``PluginConfigError`` and ``NodeView``
+(see docs/plugins.md and segue/hookspecs.py).
+"""
 
 __version__ = "0.1.0"
+
+from segue.hookspecs import PLUGIN_API_VERSION, hookimpl
+from segue.http.messages import Request, Response
+from segue.plugin_types import Health, NodeView, PluginConfigError, Route
+
+__all__ = [
+    "PLUGIN_API_VERSION",
+    "Health",
+    "NodeView",
+    "PluginConfigError",
+    "Request",
+    "Response",
+    "Route",
+    "__version__",
+    "hookimpl",
+]

@@ -59,8 +59,13 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the daemon in the foreground")
     _add_run_args(p)
 
-    p = sub.add_parser("check-config", help="validate the configuration")
+    p = sub.add_parser("check-config", help="validate the configuration and every plugin's")
     p.add_argument("--config", required=True, type=Path, metavar="CONF")
+
+    p = sub.add_parser("plugins", help="list plugins: name, version, hooks, health")
+    p.add_argument("--config", type=Path, metavar="CONF",
+                   help="configuration (for plugin tables, allow/deny lists, live health)")
+    p.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
 
@@ -93,7 +98,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         "token": cmd_token,
         "run": cmd_run,
         "check-config": cmd_check_config,
+        "plugins": cmd_plugins,
     }[args.command]
+    from segue import log
+
+    # Commands other than `run` speak through stdout; their log lines are warnings at most, on
+    # stderr. `run` sets the configured format and level once it has read the configuration.
+    log.configure("auto", "warning")
     try:
         return handler(args)
     except ConfigError as e:
@@ -267,23 +278,33 @@ def cmd_run(args: argparse.Namespace) -> int:
     import trio
 
     from segue import log, node
+    from segue.plugins import PluginHost
 
     try:
         settings = _load(args)
     except ValueError as e:
         raise UsageError(f"--listen: {e}") from None
     log.configure(settings.log.format, settings.log.level)
-    trio.run(node.run, settings, strict_exception_groups=True)
+    host = PluginHost.load(settings)
+    try:
+        trio.run(node.run, settings, host, strict_exception_groups=True)
+    except node.StartupError as e:
+        if args.debug:
+            raise
+        print(f"segue: {e}", file=sys.stderr)
+        return EXIT_FAILURE
     return EXIT_OK
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     from segue.node import build_app
+    from segue.plugins import PluginHost
     from segue.seal.keyring import load_recipients, load_signing_key
 
     settings = _load(args)
     errors: list[str] = []
-    checks: list[Callable[[], object]] = [lambda: build_app(settings)]
+    checks: list[Callable[[], object]] = [lambda: build_app(settings),
+                                          lambda: PluginHost.load(settings)]
     if settings.packer.signing_key is not None or settings.packer.recipients:
         checks.append(
             lambda: load_signing_key(settings.packer.signing_key, "packer.signing_key", settings)
@@ -302,3 +323,47 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         raise ConfigError(errors)
     print(f"{settings.path}: OK")
     return EXIT_OK
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from segue import config
+    from segue.plugins import PluginHost
+
+    if args.config is not None:
+        settings = _load(args)
+    else:
+        settings = config.from_mapping({}, Path.cwd() / "segued.toml")
+    host = PluginHost.load(settings)
+    plugins = host.describe()
+    live = _live_health(settings)
+    for plugin in plugins:
+        plugin["health"] = live.get(plugin["name"], {"status": "not running", "reason": ""})
+    if args.json:
+        print(json.dumps({"plugins": plugins}, indent=2))
+        return EXIT_OK
+    if not plugins:
+        print("no plugins loaded")
+    for plugin in plugins:
+        health = plugin["health"]
+        reason = f" ({health['reason']})" if health["reason"] else ""
+        print(f"{plugin['name']} {plugin['version']} [{plugin['distribution']}]: "
+              f"{health['status']}{reason}")
+        print(f"  hooks: {', '.join(plugin['hooks']) or 'none'}")
+    return EXIT_OK
+
+
+def _live_health(settings: Settings) -> dict[str, dict[str, str]]:
+    """Plugin health from the node running with this configuration, if one answers."""
+    import urllib.request
+
+    listen = settings.http.listen
+    host = "127.0.0.1" if listen.host in ("0.0.0.0", "") else listen.host  # noqa: S104
+    if ":" in host:
+        host = f"[{'::1' if host == '::' else host}]"
+    try:
+        with urllib.request.urlopen(f"http://{host}:{listen.port}/v1/status",
+                                    timeout=1) as response:
+            status = json.load(response)
+    except (OSError, ValueError):
+        return {}
+    return {p["name"]: p["health"] for p in status.get("plugins", [])}

@@ -9,6 +9,7 @@ documents each of them.
 from __future__ import annotations
 
 import difflib
+import os
 import socket
 import tomllib
 from dataclasses import dataclass, field
@@ -56,7 +57,10 @@ def parse_listen(text: str) -> Listen:
 # section -> key -> (type, default). A default of None means "not set".
 # Types: "str", "int", "float", "path", "paths", "listen".
 SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
-    "node": {"id": ("str", None)},
+    "node": {
+        "id": ("str", None),
+        "drain_timeout_s": ("float", 30.0),
+    },
     "http": {
         "listen": ("listen", DEFAULT_LISTEN),
         "max_header_bytes": ("int", 16 * 1024),
@@ -90,12 +94,23 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "open_tracks": ("int", 1024),
     },
     "log": {"format": ("str", "auto"), "level": ("str", "info")},
+    "plugin_host": {
+        "allow": ("strs", []),
+        "deny": ("strs", []),
+        "optional": ("strs", []),
+        "trace": ("bool", False),
+        "hook_timeout_s": ("float", 10.0),
+        "health_interval_s": ("float", 5.0),
+    },
 }
 _CHOICES = {
-    ("log", "format"): ("auto", "json", "console"),
+    ("log", "format"): ("auto", "json", "console", "journald"),
     ("log", "level"): ("debug", "info", "warning", "error"),
 }
 _POSITIVE = {
+    ("node", "drain_timeout_s"),
+    ("plugin_host", "hook_timeout_s"),
+    ("plugin_host", "health_interval_s"),
     ("http", "max_header_bytes"),
     ("http", "header_timeout_s"),
     ("http", "idle_timeout_s"),
@@ -155,11 +170,22 @@ class LogSettings:
 
 
 @dataclass(frozen=True)
+class PluginHostSettings:
+    allow: tuple[str, ...]
+    deny: tuple[str, ...]
+    optional: tuple[str, ...]
+    trace: bool
+    hook_timeout_s: float
+    health_interval_s: float
+
+
+@dataclass(frozen=True)
 class Settings:
     """The whole validated configuration of one node."""
 
     path: Path
     node_id: str
+    drain_timeout_s: float
     http: HttpSettings
     seal: SealSettings
     packer: PackerSettings
@@ -168,6 +194,7 @@ class Settings:
     catalogue_path: Path
     limits: LimitSettings
     log: LogSettings
+    plugin_host: PluginHostSettings
     plugins: dict[str, Any] = field(default_factory=dict)
 
 
@@ -195,8 +222,8 @@ def from_mapping(raw: dict[str, Any], path: Path) -> Settings:
     values: dict[tuple[str, str], Any] = {}
     for section, value in raw.items():
         if section == "plugins":
-            if not isinstance(value, dict):
-                errors.append(f"{path}: [plugins] must be a table of [plugins.NAME] tables")
+            if not isinstance(value, dict) or not all(isinstance(t, dict) for t in value.values()):
+                errors.append(f"{path}: [plugins] must hold only [plugins.NAME] tables")
             continue
         if section not in SCHEMA:
             errors.append(f"{path}: unknown section [{section}]{_suggest(section, SCHEMA)}")
@@ -230,6 +257,7 @@ def from_mapping(raw: dict[str, Any], path: Path) -> Settings:
     return Settings(
         path=path,
         node_id=values["node", "id"] or socket.gethostname(),
+        drain_timeout_s=values["node", "drain_timeout_s"],
         http=HttpSettings(**sect("http")),
         seal=SealSettings(**sect("seal")),
         packer=PackerSettings(**sect("packer")),
@@ -238,8 +266,33 @@ def from_mapping(raw: dict[str, Any], path: Path) -> Settings:
         catalogue_path=values["catalogue", "path"],
         limits=LimitSettings(**sect("limits")),
         log=LogSettings(**sect("log")),
+        plugin_host=PluginHostSettings(**sect("plugin_host")),
         plugins=dict(raw.get("plugins", {})),
     )
+
+
+CREDENTIAL_PREFIX = "credential:"
+
+
+def resolve_path(value: Any, base: Path) -> Path:
+    """A configured file path: relative to the config file's folder, or `credential:NAME`.
+
+    `credential:NAME` names a file that systemd passed with LoadCredential= (or
+    LoadCredentialEncrypted=): $CREDENTIALS_DIRECTORY/NAME. Plugins use this for their secrets
+    too. Raises ValueError with the fix.
+    """
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a file path, got {value!r}")
+    if value.startswith(CREDENTIAL_PREFIX):
+        name = value[len(CREDENTIAL_PREFIX):]
+        directory = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not name or "/" in name:
+            raise ValueError(f"{value!r}: a credential name is one file name")
+        if not directory:
+            raise ValueError(f"{value!r}: $CREDENTIALS_DIRECTORY is not set; pass the file with "
+                             "LoadCredential= in the systemd unit, or give a path")
+        return Path(directory) / name
+    return (base / value).resolve() if not Path(value).is_absolute() else Path(value)
 
 
 def _suggest(name: str, known: dict[str, Any]) -> str:
@@ -266,10 +319,16 @@ def _coerce(section: str, key: str, kind: str, value: Any, base: Path) -> Any:
         if (section, key) in _POSITIVE and value <= 0:
             raise ValueError(f"must be greater than 0, got {value!r}")
         return value if kind == "int" else float(value)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"expected true or false, got {value!r}")
+        return value
+    if kind == "strs":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"expected a list of strings, got {value!r}")
+        return tuple(value)
     if kind == "path":
-        if not isinstance(value, str) or not value:
-            raise ValueError(f"expected a file path, got {value!r}")
-        return (base / value).resolve() if not Path(value).is_absolute() else Path(value)
+        return resolve_path(value, base)
     if kind == "paths":
         if not isinstance(value, list):
             raise ValueError(f"expected a list of file paths, got {value!r}")

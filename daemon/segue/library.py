@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
 
 import structlog
 import trio
 
 from segue.buffers import BufferPool, Lease
 from segue.catalogue import Catalogue
+from segue.metrics import Metrics
 from segue.seal.chunks import TAG_BYTES
 from segue.seal.errors import ChunkAuthenticationError, SealError
 from segue.seal.keyring import EdgeKeys
@@ -46,7 +46,7 @@ class Library:
         limiter: trio.CapacityLimiter,
         *,
         open_tracks: int,
-        on_auth_failure: Callable[[str, int], None] = lambda track, chunk: None,
+        metrics: Metrics,
     ) -> None:
         self._store = store
         self._catalogue = catalogue
@@ -54,7 +54,7 @@ class Library:
         self._limiter = limiter
         self._capacity = open_tracks
         self._opened: OrderedDict[str, OpenedTrack] = OrderedDict()
-        self._on_auth_failure = on_auth_failure
+        self._metrics = metrics
         self._pools: dict[int, BufferPool] = {}
         self._keep_buffers = 4 * int(limiter.total_tokens)
         self._thread = threading.local()
@@ -64,7 +64,9 @@ class Library:
         opened = self._opened.get(track_id)
         if opened is not None:
             self._opened.move_to_end(track_id)
+            self._metrics.open_tracks.labels("hit").inc()
             return opened
+        self._metrics.open_tracks.labels("miss").inc()
         opened = await trio.to_thread.run_sync(self._open_blocking, track_id, limiter=self._limiter)
         self._opened[track_id] = opened
         while len(self._opened) > self._capacity:
@@ -133,12 +135,13 @@ class Library:
             size = track.cipher.open_into(index, memoryview(sealed)[:length], plain)
         except ChunkAuthenticationError as e:
             pool.give_back(plain)
-            self._on_auth_failure(track_id, index)
+            self._metrics.chunk_auth_failures.inc()
             log.error("chunk failed verification", track=track_id, chunk=index,
                       store=str(self._store.root))
             raise TrackUnavailable(str(e)) from None
         return Lease(plain, size, pool)
 
-    def forget(self) -> None:
-        """Drop every cached track (after a key or trust change)."""
+    def set_keys(self, keys: EdgeKeys) -> None:
+        """Use new keys and trust (after a reload); tracks are opened again with them."""
+        self._keys = keys
         self._opened.clear()

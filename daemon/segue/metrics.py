@@ -41,5 +41,15 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.plugin_health = Gauge(
+            "segue_plugin_health", "Each plugin's health: 0 ok, 1 degraded, 2 failing.",
+            ["plugin"], registry=self.registry,
+        )
+        self.open_tracks = Counter(
+            "segue_open_track_lookups",
+            "Track opens by outcome: hit (verified manifest and key cached) or miss.",
+            ["outcome"], registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,32 +1,53 @@
-"""The daemon's life: build the node from its settings, listen, serve, stop on a signal.
+"""The daemon's life: start, serve, reload on SIGHUP, drain on SIGTERM, stop.
 
-    run(settings)
-      load keys, token verifier, catalogue, store   (ConfigError -> exit 2)
-      lifespan nursery
-        connections: serve() on the configured address   -> state "ready"
-        signals: SIGTERM / SIGINT                        -> state "draining", cancel
+    run()
+      plugins: configure (already done by PluginHost.load) -> metrics -> startup -> routes
+      lifespan nursery: signals, watchdog, health
+        connections nursery: listeners (bound) -> ready hooks
+          services nursery: plugin services -> READY=1 ... serve ...
+          SIGTERM: /healthz 503 draining -> drain hooks, wait for in-flight requests
+                   (both under [node] drain_timeout_s) -> STOPPING=1 -> stop hooks
+                   -> cancel services -> cancel connections -> exit 0
+          second SIGTERM (or SIGINT): stop at once
+      SIGHUP: RELOADING=1 -> new config, keys, plugin tables (all or nothing) -> READY=1
+
+Every wait has a deadline; the shutdown steps that must run are shielded with their own.
 """
 
 from __future__ import annotations
 
 import signal
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
 
 import structlog
 import trio
 
+from segue import __version__, config
 from segue.catalogue import Catalogue
 from segue.config import ConfigError, Settings
 from segue.http.app import EdgeApp, NodeState
 from segue.http.server import serve
 from segue.library import Library
 from segue.metrics import Metrics
+from segue.plugin_types import Health, Route
+from segue.plugins import Plugin, PluginHost
 from segue.seal.keyring import load_edge_keys, load_token_verifier
 from segue.storage.local import LocalStore
+from segue.systemd import Notifier, watchdog_interval
 
 log = structlog.get_logger("segue.node")
 
+RESERVED_PREFIXES = ("/v1/", "/healthz", "/metrics")
+_HEALTH_GAUGE = {"ok": 0, "degraded": 1, "failing": 2}
 
-def build_app(settings: Settings) -> EdgeApp:
+
+class StartupError(Exception):
+    """The node cannot start (a plugin's startup failed); exit status 1."""
+
+
+def build_app(settings: Settings, metrics: Metrics | None = None) -> EdgeApp:
     """Everything a node serves with, loaded and checked; raises ConfigError."""
     errors: list[str] = []
     try:
@@ -41,16 +62,16 @@ def build_app(settings: Settings) -> EdgeApp:
         errors.append(f"{settings.path}: store.path {settings.store_path} is not a directory")
     if errors:
         raise ConfigError(errors)
+    metrics = metrics or Metrics()
     catalogue = Catalogue.create(settings.catalogue_path)
     limiter = trio.CapacityLimiter(settings.limits.worker_threads)
-    metrics = Metrics()
     library = Library(
         LocalStore(settings.store_path),
         catalogue,
         keys,
         limiter,
         open_tracks=settings.limits.open_tracks,
-        on_auth_failure=lambda track, chunk: metrics.chunk_auth_failures.inc(),
+        metrics=metrics,
     )
     return EdgeApp(
         node_id=settings.node_id,
@@ -62,27 +83,240 @@ def build_app(settings: Settings) -> EdgeApp:
     )
 
 
-async def run(settings: Settings) -> None:
-    """Serve until SIGTERM or SIGINT."""
-    app = build_app(settings)
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with trio.open_nursery() as lifespan:
-            listeners = await lifespan.start(serve, app, settings.http)
-            app.state = NodeState.READY
-            log.info(
-                "listening",
-                node_id=settings.node_id,
-                addresses=[_address(listener) for listener in listeners],
-                config=str(settings.path),
-            )
-            async for signum in signals:
-                log.info("stopping", signal=signal.Signals(signum).name)
-                app.state = NodeState.DRAINING
+class Node:
+    """One running edge node; plugins see it through the NodeView protocol."""
+
+    def __init__(self, settings: Settings, host: PluginHost) -> None:
+        self.settings = settings
+        self.host = host
+        self.notifier = Notifier()
+        self.metrics = Metrics()
+        self.app = build_app(settings, self.metrics)
+        self.app.plugins = host.describe
+        self._addresses: list[tuple[str, int]] = []
+        self._stop = trio.Event()
+
+    # --- NodeView ---
+    @property
+    def node_id(self) -> str:
+        return self.settings.node_id
+
+    @property
+    def version(self) -> str:
+        return __version__
+
+    @property
+    def state(self) -> str:
+        return self.app.state
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        return list(self._addresses)
+
+    @property
+    def streams_in_flight(self) -> int:
+        return self.app.in_flight
+
+    @property
+    def config_path(self) -> Path:
+        return self.settings.path
+
+    def plugin_config(self, name: str) -> Mapping[str, Any]:
+        return self.settings.plugins.get(name, {})
+
+    # --- life ---
+    async def run(self) -> None:
+        """Start, serve until asked to stop, drain, stop."""
+        await self._start_plugins()
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async with trio.open_nursery() as lifespan:
+                lifespan.start_soon(self._handle_signals, signals, lifespan.cancel_scope)
+                lifespan.start_soon(self._watchdog)
+                async with trio.open_nursery() as connections:
+                    listeners = await connections.start(serve, self.app, self.settings.http)
+                    self._addresses = [listener.socket.getsockname()[:2] for listener in listeners]
+                    async with trio.open_nursery() as services:
+                        await self._become_ready(services)
+                        await self._stop.wait()
+                        await self._drain_and_stop()
+                        services.cancel_scope.cancel()
+                    connections.cancel_scope.cancel()
                 lifespan.cancel_scope.cancel()
-                break
-    log.info("stopped")
+        log.info("stopped")
+
+    async def _start_plugins(self) -> None:
+        for outcome in self.host.call("segue_metrics", registry=self.metrics.registry):
+            if outcome.error is not None:
+                log.error("plugin metrics failed", plugin=outcome.plugin.name,
+                          error=str(outcome.error))
+        timeout = self.settings.plugin_host.hook_timeout_s
+        for outcome in await self.host.call_async("segue_startup", timeout, node=self):
+            if outcome.error is None:
+                continue
+            if outcome.plugin.optional:
+                log.warning("optional plugin disabled", plugin=outcome.plugin.name,
+                            reason=f"startup failed: {outcome.error}")
+                self.host.disable(outcome.plugin)
+                continue
+            raise StartupError(f"plugin {outcome.plugin.name!r} failed to start: "
+                               f"{type(outcome.error).__name__}: {outcome.error}")
+        routes: list[Route] = []
+        for outcome in self.host.call("segue_routes", node=self):
+            if outcome.error is not None:
+                raise StartupError(f"plugin {outcome.plugin.name!r} failed to list its routes: "
+                                   f"{outcome.error}")
+            for route in outcome.value or ():
+                if not isinstance(route, Route) or route.path.startswith(RESERVED_PREFIXES):
+                    raise ConfigError([f"plugin {outcome.plugin.name!r} route {route!r} is not "
+                                       f"a segue.Route outside {', '.join(RESERVED_PREFIXES)}"])
+                routes.append(route)
+        self.app.routes = routes
+
+    async def _become_ready(self, services: trio.Nursery) -> None:
+        timeout = self.settings.plugin_host.hook_timeout_s
+        await self.host.call_async("segue_ready", timeout, node=self)
+        for outcome in self.host.call("segue_services", node=self):
+            if outcome.error is not None:
+                self._degrade(outcome.plugin.name, f"services hook failed: {outcome.error}")
+                continue
+            for service in outcome.value or ():
+                services.start_soon(self._run_service, outcome.plugin.name, service)
+        await self._check_health()
+        services.start_soon(self._health_loop)
+        self.app.state = NodeState.READY
+        self.notifier.ready(self._status_line())
+        log.info("listening", node_id=self.node_id, addresses=[_format(a) for a in self._addresses],
+                 config=str(self.settings.path), plugins=[p.name for p in self.host.plugins])
+
+    async def _run_service(self, plugin: str, service: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await service()
+        except Exception as e:
+            log.exception("plugin service failed", plugin=plugin)
+            self._degrade(plugin, f"service {getattr(service, '__name__', '?')} failed: {e}")
+
+    def _degrade(self, name: str, reason: str) -> None:
+        for plugin in self.host.plugins:
+            if plugin.name == name:
+                plugin.health = Health("degraded", reason)
+        self._publish_health()
+
+    async def _health_loop(self) -> None:
+        while True:
+            await trio.sleep(self.settings.plugin_host.health_interval_s)
+            await self._check_health()
+
+    async def _check_health(self) -> None:
+        timeout = self.settings.plugin_host.hook_timeout_s
+        for outcome in await self.host.call_async("segue_health", timeout, node=self):
+            if outcome.error is not None:
+                health = Health("degraded", f"health check failed: {outcome.error}")
+            elif outcome.value is None:
+                health = Health.ok()
+            elif isinstance(outcome.value, Health):
+                health = outcome.value
+            else:
+                health = Health("degraded", f"health hook returned {outcome.value!r}")
+            outcome.plugin.health = health
+        self._publish_health()
+
+    def _publish_health(self) -> None:
+        self.app.health = self.host.health()
+        for plugin in self.host.plugins:
+            self.metrics.plugin_health.labels(plugin.name).set(_HEALTH_GAUGE[plugin.health.status])
+        if self.app.state == NodeState.READY:
+            self.notifier.status(self._status_line())
+
+    def _status_line(self) -> str:
+        health = self.app.health
+        detail = f" ({health.reason})" if health.reason else ""
+        return (f"{self.app.state}; {self.app.in_flight} streams; health {health.status}"
+                f"{detail}")
+
+    async def _watchdog(self) -> None:
+        """WATCHDOG=1 from the event loop itself: a blocked loop stops the pings."""
+        interval = watchdog_interval()
+        if interval is None:
+            return
+        while True:
+            self.notifier.watchdog()
+            await trio.sleep(interval)
+
+    async def _handle_signals(self, signals: Any, lifespan: trio.CancelScope) -> None:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                await self._reload()
+            elif not self._stop.is_set():
+                log.info("draining", signal=signal.Signals(signum).name,
+                         deadline_s=self.settings.drain_timeout_s)
+                self._stop.set()
+            else:
+                log.warning("stopping at once", signal=signal.Signals(signum).name)
+                self.notifier.stopping()
+                lifespan.cancel()
+
+    async def _drain_and_stop(self) -> None:
+        """Drain under the deadline, then STOPPING=1 and the stop hooks.
+
+        Not shielded: the only thing that cancels it is a second SIGTERM, which means "now".
+        """
+        deadline = trio.current_time() + self.settings.drain_timeout_s
+        self.app.start_draining()
+        self.notifier.status(self._status_line())
+        with trio.move_on_at(deadline) as waited:
+            async with trio.open_nursery() as draining:
+                draining.start_soon(self._drain_hooks, self.settings.drain_timeout_s)
+                draining.start_soon(self.app.wait_idle)
+        if waited.cancelled_caught:
+            log.warning("drain deadline passed", streams_in_flight=self.app.in_flight)
+        self.app.state = NodeState.STOPPING
+        self.notifier.stopping()
+        await self.host.call_async("segue_stop", self.settings.plugin_host.hook_timeout_s,
+                                   node=self)
+
+    async def _drain_hooks(self, deadline_s: float) -> None:
+        await self.host.call_async("segue_drain", deadline_s, node=self, deadline_s=deadline_s)
+
+    async def _reload(self) -> None:
+        """SIGHUP: take a new configuration whole, or keep the old one whole."""
+        self.notifier.reloading()
+        old = self.settings
+        try:
+            new = await trio.to_thread.run_sync(config.load, old.path)
+            keys = await trio.to_thread.run_sync(load_edge_keys, new)
+            tokens = await trio.to_thread.run_sync(load_token_verifier, new)
+        except ConfigError as e:
+            log.error("reload refused; the old configuration keeps serving", errors=e.errors)
+            self.notifier.ready(self._status_line())
+            return
+        accepted: list[Plugin] = []
+        for plugin in list(self.host.plugins):
+            error = self.host.configure(plugin, new)
+            if error is not None:
+                for earlier in accepted:
+                    self.host.configure(earlier, old)
+                log.error("reload refused; the old configuration keeps serving",
+                          plugin=plugin.name, errors=[error])
+                self.notifier.ready(self._status_line())
+                return
+            accepted.append(plugin)
+        for key in ("listen", "max_connections"):
+            if getattr(new.http, key) != getattr(old.http, key):
+                log.warning("setting needs a restart to take effect", key=f"http.{key}")
+        self.settings = new
+        self.host.settings = new
+        self.app.tokens = tokens
+        self.app.library.set_keys(keys)
+        await self.host.call_async("segue_reload", new.plugin_host.hook_timeout_s, node=self)
+        log.info("configuration reloaded", config=str(new.path))
+        self.notifier.ready(self._status_line())
 
 
-def _address(listener: trio.SocketListener) -> str:
-    host, port = listener.socket.getsockname()[:2]
+def _format(address: tuple[str, int]) -> str:
+    host, port = address
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def run(settings: Settings, host: PluginHost) -> None:
+    """Run one node until it is stopped."""
+    await Node(settings, host).run()

@@ -8,7 +8,10 @@ line goes out, so a track whose first chunk is bad is refused with a 503 rather 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -20,6 +23,7 @@ from segue.http.messages import Request, Response, Send, error, json_response, t
 from segue.library import Library, TrackNotFound, TrackUnavailable
 from segue.log import user_hash
 from segue.metrics import CONTENT_TYPE, Metrics
+from segue.plugin_types import Health, Route
 from segue.seal.manifest import is_track_id
 from segue.seal.tokens import Grant, TokenError, TokenVerifier
 from segue.seal.track import OpenedTrack
@@ -30,11 +34,12 @@ _BEARER_REALM = 'Bearer realm="segue"'
 
 
 class NodeState:
-    """What /healthz reports: starting, ready or draining."""
+    """The node's life: what /healthz and /v1/status report."""
 
     STARTING = "starting"
     READY = "ready"
     DRAINING = "draining"
+    STOPPING = "stopping"
 
 
 @dataclass
@@ -48,11 +53,55 @@ class EdgeApp:
     metrics: Metrics
     limiter: trio.CapacityLimiter
     state: str = NodeState.STARTING
+    health: Health = field(default_factory=Health.ok)
+    routes: list[Route] = field(default_factory=list)
+    plugins: Callable[[], list[dict[str, Any]]] = list
     in_flight: int = 0
+    active_requests: int = 0
+    _idle: trio.Event = field(default_factory=trio.Event)
+    _idle_waits: set[trio.CancelScope] = field(default_factory=set)
+
+    def request_started(self) -> None:
+        self.active_requests += 1
+
+    def request_finished(self) -> None:
+        self.active_requests -= 1
+        if self.active_requests == 0:
+            self._idle.set()
+            self._idle = trio.Event()
+
+    async def wait_idle(self) -> None:
+        """Return once no request is being answered."""
+        while self.active_requests:
+            await self._idle.wait()
+
+    @contextmanager
+    def idle_wait(self) -> Iterator[trio.CancelScope]:
+        """A cancel scope around a kept-alive connection's wait for its next request.
+
+        Draining cancels these waits, so idle keep-alive connections close at once instead of
+        holding the node up until their idle timeout.
+        """
+        with trio.CancelScope() as scope:
+            if self.state not in (NodeState.STARTING, NodeState.READY):
+                scope.cancel()
+            self._idle_waits.add(scope)
+            try:
+                yield scope
+            finally:
+                self._idle_waits.discard(scope)
+
+    def start_draining(self) -> None:
+        self.state = NodeState.DRAINING
+        for scope in list(self._idle_waits):
+            scope.cancel()
 
     async def handle(self, request: Request) -> Response:
         """Route one request to its handler."""
         seg = request.segments()
+        for route in self.routes:
+            if route.matches(request.method, request.path):
+                return await route.handler(request)
         if request.method not in ("GET", "HEAD"):
             return error(405, f"{request.method} is not supported here", ("Allow", "GET, HEAD"))
         if seg == ["healthz"]:
@@ -74,9 +123,14 @@ class EdgeApp:
         return error(404, "no such resource")
 
     def healthz(self) -> Response:
-        if self.state == NodeState.READY:
-            return text(200, "ok")
-        return text(503, self.state)
+        """What load balancers poll: 200 while the node should get players, else 503."""
+        if self.state != NodeState.READY:
+            return text(503, self.state)
+        if self.health.status == "failing":
+            return text(503, f"failing: {self.health.reason}")
+        if self.health.status == "degraded":
+            return text(200, f"degraded: {self.health.reason}")
+        return text(200, "ok")
 
     def status(self) -> Response:
         return json_response(
@@ -86,6 +140,8 @@ class EdgeApp:
                 "version": __version__,
                 "state": self.state,
                 "streams_in_flight": self.in_flight,
+                "health": {"status": self.health.status, "reason": self.health.reason},
+                "plugins": self.plugins(),
             },
         )
 

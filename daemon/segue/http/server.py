@@ -46,17 +46,17 @@ class Connection:
 
     async def serve(self) -> None:
         """Answer requests until the peer closes, a deadline passes, or HTTP goes wrong."""
-        timeout = self.settings.header_timeout_s
+        first = True
         try:
             while True:
-                with trio.move_on_after(timeout) as scope:
-                    event = await self._next_event()
-                    if isinstance(event, h11.Request):
-                        await self._read_body()
-                if scope.cancelled_caught:
-                    if self.h11.trailing_data[0]:
-                        await self.send_and_close(error(408, "request headers took too long"))
-                    return
+                if first:
+                    event = await self._await_request(self.settings.header_timeout_s)
+                    first = False
+                else:
+                    with self.app.idle_wait() as idle:
+                        event = await self._await_request(self.settings.idle_timeout_s)
+                    if idle.cancelled_caught:
+                        return  # the node is draining: close kept-alive connections
                 if not isinstance(event, h11.Request):
                     return
                 if event.http_version not in (b"1.0", b"1.1"):
@@ -71,7 +71,6 @@ class Connection:
                 if self.h11.our_state is h11.MUST_CLOSE or self.h11.their_state is not h11.DONE:
                     return
                 self.h11.start_next_cycle()
-                timeout = self.settings.idle_timeout_s
         except h11.RemoteProtocolError as e:
             self.app.metrics.bad_requests.inc()
             status = e.error_status_hint if e.error_status_hint in REASONS else 400
@@ -84,6 +83,17 @@ class Connection:
             with trio.move_on_after(1) as cleanup:
                 cleanup.shield = True
                 await self.stream.aclose()
+
+    async def _await_request(self, timeout: float) -> Any:
+        """The next request (its body read and dropped), or None after `timeout` seconds."""
+        with trio.move_on_after(timeout):
+            event = await self._next_event()
+            if isinstance(event, h11.Request):
+                await self._read_body()
+            return event
+        if self.h11.trailing_data[0]:
+            await self.send_and_close(error(408, "request headers took too long"))
+        return None
 
     async def _read_body(self) -> None:
         """Read (and drop) a request body: no route takes one, but keep-alive needs it read."""
@@ -111,12 +121,19 @@ class Connection:
     async def _respond(self, event: h11.Request) -> None:
         started = time.perf_counter()
         request = Request.from_h11(event.method, event.target, event.headers)
+        self.app.request_started()
+        try:
+            await self._answer(request, started)
+        finally:
+            self.app.request_finished()
+
+    async def _answer(self, request: Request, started: float) -> None:
         try:
             response = await self.app.handle(request)
         except Exception:
             log.exception("request handler failed", method=request.method, path=request.path)
             response = error(500, "internal error")
-        if self.app.state == NodeState.DRAINING:
+        if self.app.state != NodeState.READY:
             response.headers.append(("Connection", "close"))
         sent = 0
         outcome = "ok"

@@ -1,0 +1,194 @@
+"""THE plugin API: every hook a Segue plugin may implement.
+
+Plugins are registered through the ``segue.plugins`` entry-point group; the entry point's name
+is the plugin's name and selects its ``[plugins.NAME]`` configuration table. Implement a hook by
+decorating a function of the same name with ``segue.hookimpl``; a hook implementation may accept
+any subset of the arguments listed in its specification.
+
+Async hooks: pluggy calls hooks synchronously, so a hook that needs to wait returns an
+awaitable (define it with ``async def``). The host awaits it inside its own nursery, under the
+timeout ``[plugin_host] hook_timeout_s`` unless the hook says otherwise. Blocking I/O belongs in
+``trio.to_thread.run_sync``; a hook that blocks the event loop stops every player.
+
+Each hook is called once per plugin, and every hook states what happens when it raises.
+The order over a node's life::
+
+    segue_configure -> segue_metrics -> segue_startup -> segue_routes -> (listening)
+    -> segue_ready -> segue_services -> segue_health (every health_interval_s)
+    -> segue_reload (each SIGHUP) -> segue_drain (SIGTERM) -> segue_stop
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pluggy
+from prometheus_client import CollectorRegistry
+
+from segue.plugin_types import Health, NodeView, Route
+
+PROJECT = "segue"
+#: The version of this plugin API. Hooks say in which version they appeared.
+PLUGIN_API_VERSION = 1
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+#: The marker plugins use: ``@segue.hookimpl``.
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# --- configuration -----------------------------------------------------------------------------
+
+
+@hookspec
+def segue_configure(config: Mapping[str, Any], config_path: Path) -> None:
+    """Validate and take this plugin's configuration.
+
+    Called: when the plugin is loaded (``segue run``, ``segue check-config``,
+    ``segue plugins``) and again on every SIGHUP reload, before anything else of the plugin.
+
+    :param config: the ``[plugins.NAME]`` table (empty if the file has none).
+    :param config_path: the configuration file; resolve relative paths against its folder.
+
+    Return: nothing. Keep the validated settings for the other hooks.
+
+    Raises: ``segue.PluginConfigError`` with one message per problem, naming the key and the
+    fix. At start-up that stops the node with exit status 2 (unless the plugin is listed in
+    ``[plugin_host] optional``, which disables it); on reload the new configuration is refused
+    as a whole and the old one keeps serving.
+
+    Sync only. Since API version 1.
+    """
+
+
+@hookspec
+def segue_metrics(registry: CollectorRegistry) -> None:
+    """Register the plugin's Prometheus collectors.
+
+    Called: once at start-up, after ``segue_configure``.
+
+    :param registry: the node's registry, served at ``/metrics``. Name metrics ``segue_NAME_*``.
+
+    Return: nothing. Raises: logged with the plugin's name; the node goes on without them.
+
+    Sync only. Since API version 1.
+    """
+
+
+# --- lifecycle ---------------------------------------------------------------------------------
+
+
+@hookspec
+def segue_startup(node: NodeView) -> Awaitable[None] | None:
+    """Prepare the plugin before the node listens (open connections, load state).
+
+    Called: once, after configuration, before the listening socket is bound.
+
+    Raises: start-up stops and the node exits with status 1, naming the plugin, unless the
+    plugin is ``optional`` (then it is disabled and the node goes on). A plugin whose outside
+    service may be down (a load balancer, a database) should not raise here: report
+    ``degraded`` through ``segue_health`` and retry in a service instead.
+
+    May be async (awaited under hook_timeout_s). Since API version 1.
+    """
+
+
+@hookspec
+def segue_routes(node: NodeView) -> Iterable[Route] | None:
+    """Add HTTP routes.
+
+    Called: once, after ``segue_startup``, before the node listens.
+
+    Return: ``segue.Route`` objects. Paths under ``/v1/``, ``/healthz`` and ``/metrics`` are
+    refused (start-up stops with exit status 2, naming the plugin). Handlers receive a
+    ``segue.Request`` and return a ``segue.Response``; they are not behind player tokens.
+    A handler that raises gets a 500 for that request only.
+
+    Sync only (the handlers themselves are async). Since API version 1.
+    """
+
+
+@hookspec
+def segue_ready(node: NodeView) -> Awaitable[None] | None:
+    """The node is listening; it will report READY=1 to systemd once every plugin returned.
+
+    Called: once, after the listener is bound and before READY=1. A load-balancer plugin enables
+    the node here.
+
+    Raises: logged with the plugin's name; the node goes on serving.
+
+    May be async (awaited under hook_timeout_s). Since API version 1.
+    """
+
+
+@hookspec
+def segue_services(node: NodeView) -> Iterable[Callable[[], Awaitable[None]]] | None:
+    """Long-running tasks to start in the node's service nursery.
+
+    Called: once, after ``segue_ready``.
+
+    Return: async functions taking no arguments. Each runs until it returns or the node stops
+    (it is cancelled after ``segue_stop``). Use deadlines on every outside wait.
+
+    Raises (the hook, or later a service): logged with the plugin's name, and the plugin's health
+    becomes ``degraded``; the node goes on serving.
+
+    Since API version 1.
+    """
+
+
+@hookspec
+def segue_health(node: NodeView) -> Health | Awaitable[Health] | None:
+    """Report the plugin's health.
+
+    Called: every ``[plugin_host] health_interval_s`` seconds. The results feed ``/healthz``
+    (``failing`` makes it 503), ``/v1/status``, ``/metrics`` and systemd's STATUS= line.
+
+    Return: a ``segue.Health``; None means ok.
+
+    Raises or times out: the plugin is reported ``degraded`` with that reason; the node goes on.
+
+    May be async (awaited under hook_timeout_s). Since API version 1.
+    """
+
+
+@hookspec
+def segue_reload(node: NodeView) -> Awaitable[None] | None:
+    """The configuration was reloaded (SIGHUP) and the new one is in force.
+
+    Called: after every plugin accepted its new table in ``segue_configure``.
+
+    Raises: logged with the plugin's name; the node goes on with the new configuration.
+
+    May be async (awaited under hook_timeout_s). Since API version 1.
+    """
+
+
+@hookspec
+def segue_drain(node: NodeView, deadline_s: float) -> Awaitable[None] | None:
+    """The node is draining (SIGTERM): stop sending it new players.
+
+    Called: once, right after ``/healthz`` starts answering 503 ``draining``, concurrently for
+    all plugins. In-flight streams keep going meanwhile.
+
+    :param deadline_s: seconds left before the node stops regardless; the hook may wait (for a
+        load balancer's connection count to reach zero, say) up to that long.
+
+    Raises: logged with the plugin's name; draining goes on.
+
+    May be async (awaited up to ``deadline_s``). Since API version 1.
+    """
+
+
+@hookspec
+def segue_stop(node: NodeView) -> Awaitable[None] | None:
+    """The node is stopping: no streams are in flight (or the drain deadline passed).
+
+    Called: once, after STOPPING=1 and before the plugin's services are cancelled. Release what
+    ``segue_startup`` took.
+
+    Raises: logged with the plugin's name; stopping goes on.
+
+    May be async (awaited under hook_timeout_s). Since API version 1.
+    """

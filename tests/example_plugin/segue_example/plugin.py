@@ -1,0 +1,118 @@
+"""Implements every Segue hook and records each call, so tests can check the order.
+
+Its [plugins.example] table:
+    record = "calls.jsonl"      # where each hook call is appended (one JSON object per line)
+    health = "ok"               # what segue_health reports: ok, degraded or failing
+    reason = ""                 # ...with this reason
+    raise_in = []               # hooks that raise instead (startup, health, drain, ...)
+    drain_wait_s = 0.0          # how long segue_drain waits, as a load balancer's would
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import trio
+from prometheus_client import Counter
+
+import segue
+from segue import Health, PluginConfigError, Request, Response, Route
+
+_KNOWN = {"record", "health", "reason", "raise_in", "drain_wait_s"}
+settings: dict = {}
+hello_count: Counter | None = None
+
+
+def _record(hook: str, node: segue.NodeView | None = None, **extra: object) -> None:
+    if hook in settings.get("raise_in", []):
+        raise RuntimeError(f"example plugin told to fail in {hook}")
+    path = settings.get("record")
+    if path:
+        entry = {"hook": hook, "time": time.time(), **extra}
+        if node is not None:
+            entry["state"] = node.state
+        with open(path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+
+@segue.hookimpl
+def segue_configure(config, config_path: Path) -> None:
+    unknown = set(config) - _KNOWN
+    if unknown:
+        raise PluginConfigError(*(f"unknown key {k!r}" for k in sorted(unknown)))
+    if config.get("health", "ok") not in ("ok", "degraded", "failing"):
+        raise PluginConfigError("health must be ok, degraded or failing")
+    settings.clear()
+    settings.update(config)
+    if "record" in settings:
+        settings["record"] = str(config_path.parent / settings["record"])
+    _record("segue_configure", config_keys=sorted(config))
+
+
+@segue.hookimpl
+def segue_metrics(registry) -> None:
+    global hello_count
+    hello_count = Counter("segue_example_hellos", "Hellos answered.", registry=registry)
+    _record("segue_metrics")
+
+
+@segue.hookimpl
+async def segue_startup(node) -> None:
+    await trio.sleep(0)
+    _record("segue_startup", node)
+
+
+@segue.hookimpl
+def segue_routes(node):
+    async def hello(request: Request) -> Response:
+        if hello_count is not None:
+            hello_count.inc()
+        body = f"hello from {node.node_id}\n".encode()
+        return Response(200, [("Content-Type", "text/plain")], body)
+
+    async def block(request: Request) -> Response:
+        # Blocks the event loop on purpose: the watchdog test needs a stuck loop.
+        time.sleep(float(request.query_one("seconds") or "1"))
+        return Response(200, [("Content-Type", "text/plain")], b"unblocked\n")
+
+    _record("segue_routes", node)
+    return [Route("GET", "/example/hello", hello), Route("GET", "/example/block", block)]
+
+
+@segue.hookimpl
+async def segue_ready(node) -> None:
+    _record("segue_ready", node, addresses=node.addresses)
+
+
+@segue.hookimpl
+def segue_services(node):
+    async def heartbeat() -> None:
+        _record("service_started", node)
+        await trio.sleep_forever()
+
+    _record("segue_services", node)
+    return [heartbeat]
+
+
+@segue.hookimpl
+def segue_health(node) -> Health:
+    _record("segue_health", node)
+    return Health(settings.get("health", "ok"), settings.get("reason", ""))
+
+
+@segue.hookimpl
+async def segue_reload(node) -> None:
+    _record("segue_reload", node)
+
+
+@segue.hookimpl
+async def segue_drain(node, deadline_s: float) -> None:
+    _record("segue_drain", node, deadline_s=deadline_s, streams=node.streams_in_flight)
+    await trio.sleep(float(settings.get("drain_wait_s", 0.0)))
+
+
+@segue.hookimpl
+async def segue_stop(node) -> None:
+    _record("segue_stop", node, streams=node.streams_in_flight)
