@@ -1,0 +1,73 @@
+"""What a sysadmin relies on: secrets from systemd credentials, metrics, journald fields."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+import structlog
+from conftest import MP3, SEGUE, Node, make_tone
+
+from segue import log
+
+
+def test_private_keys_from_systemd_credentials(fresh_node: Node, tmp_path: Path) -> None:
+    (track,) = fresh_node.pack(make_tone(tmp_path / "t.mp3", MP3, seconds=2, title="t"))
+    creds = tmp_path / "credentials"
+    creds.mkdir(mode=0o700)
+    for name in ("edge-x25519.pem", "edge-rsa.pem"):
+        shutil.move(fresh_node.root / "keys" / name, creds / name)
+    fresh_node.conf.write_text(fresh_node.conf.read_text().replace(
+        'edge_keys = ["keys/edge-x25519.pem", "keys/edge-rsa.pem"]',
+        'edge_keys = ["credential:edge-x25519.pem", "credential:edge-rsa.pem"]'))
+    without = subprocess.run([*SEGUE, "run", "--config", str(fresh_node.conf)],
+                             capture_output=True, text=True, timeout=30)
+    assert without.returncode == 2
+    assert "seal.edge_keys" in without.stderr and "CREDENTIALS_DIRECTORY" in without.stderr
+    fresh_node.start(env={"CREDENTIALS_DIRECTORY": str(creds)})
+    with urllib.request.urlopen(fresh_node.url(track, fresh_node.token()), timeout=10) as r:
+        assert r.status == 200
+
+
+def test_metrics_cover_requests_bytes_streams_latency_failures_and_cache(node: Node) -> None:
+    track = next(iter(node.tracks))
+    for _ in range(2):
+        with urllib.request.urlopen(node.url(track, node.token()), timeout=10) as r:
+            size = len(r.read())
+    with urllib.request.urlopen(node.base + "/metrics", timeout=10) as r:
+        assert r.headers["Content-Type"].startswith("text/plain")
+        text = r.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    assert samples['segue_http_requests_total{status="200"}'] >= 2
+    assert samples['segue_http_response_bytes_total{status="200"}'] >= 2 * size
+    assert "segue_streams_in_flight" in samples
+    assert samples["segue_time_to_first_byte_seconds_count"] >= 2
+    assert "segue_chunk_auth_failures_total" in samples
+    assert samples['segue_open_track_lookups_total{outcome="hit"}'] >= 1
+
+
+def test_journald_entries_have_upper_case_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+    from systemd import journal
+
+    sent = []
+    monkeypatch.setattr(journal, "send", lambda message, **fields: sent.append((message, fields)))
+    log.configure("journald", "info")
+    try:
+        structlog.get_logger("test").info("request", track="abc", duration_ms=1.5,
+                                          **{"weird-key": 1})
+    finally:
+        log.configure("auto", "warning")
+    ((message, fields),) = sent
+    assert message == "request"
+    assert fields["TRACK"] == "abc"
+    assert fields["DURATION_MS"] == "1.5"
+    assert fields["WEIRD_KEY"] == "1"
+    assert fields["PRIORITY"] == "6"
+    assert fields["SYSLOG_IDENTIFIER"] == "segued"
