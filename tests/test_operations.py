@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import structlog
-from conftest import MP3, SEGUE, Node, make_tone
 
+from conftest import MP3, SEGUE, Node, make_tone
 from segue import log
 
 
