@@ -30,7 +30,7 @@ def test_an_empty_file_gives_the_documented_defaults(tmp_path: Path) -> None:
     settings = load_text(tmp_path, "")
     assert settings.http.listen == Listen("127.0.0.1", 8480)
     assert settings.packer.chunk_size == 256 * 1024
-    assert settings.store_path == (tmp_path / "store").resolve()
+    assert settings.store.path == (tmp_path / "store").resolve()
     assert settings.auth.audience == "segue"
 
 

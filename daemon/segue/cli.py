@@ -220,12 +220,12 @@ def cmd_pack(args: argparse.Namespace) -> int:
     from segue.packer import Packer
     from segue.progress import Progress
     from segue.seal.keyring import load_recipients, load_signing_key
-    from segue.storage.local import LocalStore
+    from segue.storage.shares import open_shares
 
     settings = _load(args)
     signer = load_signing_key(settings.packer.signing_key, "packer.signing_key", settings)
     packer = Packer(
-        store=LocalStore(settings.store_path),
+        shares=open_shares(settings),
         catalogue=Catalogue.create(settings.catalogue_path),
         signer=signer,
         recipients=load_recipients(settings),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import socket
 import tomllib
 from dataclasses import dataclass, field
@@ -87,7 +88,12 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "leeway_s": ("float", 30.0),
         "default_ttl_s": ("int", 3600),
     },
-    "store": {"path": ("path", "store")},
+    "store": {
+        "path": ("path", "store"),
+        "shares": ("shares", []),
+        "replicas": ("int", 2),
+        "read_timeout_s": ("float", 10.0),
+    },
     "catalogue": {"path": ("path", "catalogue.sqlite")},
     "limits": {
         "worker_threads": ("int", 8),
@@ -117,6 +123,8 @@ _POSITIVE = {
     ("http", "send_timeout_s"),
     ("http", "max_connections"),
     ("packer", "chunk_size"),
+    ("store", "replicas"),
+    ("store", "read_timeout_s"),
     ("auth", "default_ttl_s"),
     ("limits", "worker_threads"),
     ("limits", "open_tracks"),
@@ -131,6 +139,29 @@ class HttpSettings:
     idle_timeout_s: float
     send_timeout_s: float
     max_connections: int
+
+
+@dataclass(frozen=True)
+class ShareSettings:
+    """One [[store.shares]] entry: a local path (or CIFS mount) or an smb:// URL."""
+
+    name: str
+    url: str
+    password_file: Path | None
+    encrypt: bool
+    require_signing: bool
+
+    @property
+    def is_smb(self) -> bool:
+        return self.url.startswith("smb://")
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    path: Path
+    shares: tuple[ShareSettings, ...]
+    replicas: int
+    read_timeout_s: float
 
 
 @dataclass(frozen=True)
@@ -190,7 +221,7 @@ class Settings:
     seal: SealSettings
     packer: PackerSettings
     auth: AuthSettings
-    store_path: Path
+    store: StoreSettings
     catalogue_path: Path
     limits: LimitSettings
     log: LogSettings
@@ -262,13 +293,56 @@ def from_mapping(raw: dict[str, Any], path: Path) -> Settings:
         seal=SealSettings(**sect("seal")),
         packer=PackerSettings(**sect("packer")),
         auth=AuthSettings(**sect("auth")),
-        store_path=values["store", "path"],
+        store=StoreSettings(**sect("store")),
         catalogue_path=values["catalogue", "path"],
         limits=LimitSettings(**sect("limits")),
         log=LogSettings(**sect("log")),
         plugin_host=PluginHostSettings(**sect("plugin_host")),
         plugins=dict(raw.get("plugins", {})),
     )
+
+
+_SHARE_KEYS = {"name", "url", "password_file", "encrypt", "require_signing"}
+_SHARE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+
+
+def _shares(value: Any, base: Path) -> tuple[ShareSettings, ...]:
+    """Validate [[store.shares]]: each needs a unique name and a url (a path or smb://)."""
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise ValueError("expected [[store.shares]] tables")
+    shares = []
+    for i, table in enumerate(value):
+        where = f"[[store.shares]] #{i + 1}"
+        unknown = set(table) - _SHARE_KEYS
+        if unknown:
+            key = sorted(unknown)[0]
+            hint = _suggest(key, dict.fromkeys(_SHARE_KEYS))
+            raise ValueError(f"{where}: unknown key {key!r}{hint}")
+        name, url = table.get("name"), table.get("url")
+        if not isinstance(name, str) or not _SHARE_NAME.fullmatch(name):
+            raise ValueError(f"{where}: name must be 1-32 of a-z 0-9 _ -, got {name!r}")
+        if not isinstance(url, str) or not url:
+            raise ValueError(f"{where} ({name}): url is required: a path or smb://USER@HOST/SHARE")
+        for flag in ("encrypt", "require_signing"):
+            if flag in table and not isinstance(table[flag], bool):
+                raise ValueError(f"{where} ({name}): {flag} must be true or false")
+        if url.startswith("smb://"):
+            if "password_file" not in table:
+                raise ValueError(f"{where} ({name}): an smb:// share needs password_file")
+        else:
+            url = str(resolve_path(url, base))
+        password = table.get("password_file")
+        shares.append(ShareSettings(
+            name=name,
+            url=url,
+            password_file=None if password is None else resolve_path(password, base),
+            encrypt=table.get("encrypt", False),
+            require_signing=table.get("require_signing", True),
+        ))
+    names = [s.name for s in shares]
+    if len(set(names)) != len(names):
+        raise ValueError(f"share names must be unique, got {', '.join(names)}")
+    return tuple(shares)
 
 
 CREDENTIAL_PREFIX = "credential:"
@@ -334,6 +408,8 @@ def _coerce(section: str, key: str, kind: str, value: Any, base: Path) -> Any:
         if not isinstance(value, list):
             raise ValueError(f"expected a list of file paths, got {value!r}")
         return tuple(_coerce(section, key, "path", v, base) for v in value)
+    if kind == "shares":
+        return _shares(value, base)
     if kind == "listen":
         if not isinstance(value, str):
             raise ValueError(f"expected HOST:PORT, got {value!r}")

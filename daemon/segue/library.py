@@ -1,9 +1,11 @@
 """The tracks this node can open: verified manifests and unwrapped keys (cached), and chunks
-read and decrypted in worker threads.
+read from a healthy copy, verified and decrypted in worker threads.
 
 Opening a track costs a signature check and an RSA or HPKE unwrap; both happen once per track
-and the result is kept in a bounded LRU. Reading a chunk is one worker-thread hop that reads the
-file and verifies and decrypts it, so no unverified byte ever reaches the event loop.
+and the result is kept in a bounded LRU. Reading a chunk is one worker-thread hop per copy
+tried: the thread reads the file and verifies and decrypts it, so no unverified byte reaches the
+event loop. A copy that cannot be read (share down, file missing, too slow) or fails
+verification is skipped for the next copy; the player never notices while one good copy exists.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from segue.seal.errors import ChunkAuthenticationError, SealError
 from segue.seal.keyring import EdgeKeys
 from segue.seal.track import OpenedTrack, open_track
 from segue.storage.errors import NotInStoreError, StoreError
-from segue.storage.local import LocalStore
+from segue.storage.shares import Share, ShareSet
 
 log = structlog.get_logger("segue.library")
 
@@ -35,26 +37,32 @@ class TrackNotFound(Exception):
     """No such track on this node."""
 
 
+class _CopyFailed(Exception):
+    """One copy of a chunk could not be used; the next copy may be."""
+
+
 class Library:
     """Opens tracks and reads their plaintext chunks for the HTTP layer."""
 
     def __init__(
         self,
-        store: LocalStore,
+        shares: ShareSet,
         catalogue: Catalogue,
         keys: EdgeKeys,
         limiter: trio.CapacityLimiter,
         *,
         open_tracks: int,
         metrics: Metrics,
+        read_timeout_s: float,
     ) -> None:
-        self._store = store
+        self.shares = shares
         self._catalogue = catalogue
         self._keys = keys
         self._limiter = limiter
         self._capacity = open_tracks
         self._opened: OrderedDict[str, OpenedTrack] = OrderedDict()
         self._metrics = metrics
+        self._read_timeout = read_timeout_s
         self._pools: dict[int, BufferPool] = {}
         self._keep_buffers = 4 * int(limiter.total_tokens)
         self._thread = threading.local()
@@ -67,42 +75,76 @@ class Library:
             self._metrics.open_tracks.labels("hit").inc()
             return opened
         self._metrics.open_tracks.labels("miss").inc()
-        opened = await trio.to_thread.run_sync(self._open_blocking, track_id, limiter=self._limiter)
+        with trio.fail_after(self._read_timeout * len(self.shares.shares)):
+            opened = await trio.to_thread.run_sync(
+                self._open_blocking, track_id, limiter=self._limiter, abandon_on_cancel=True
+            )
         self._opened[track_id] = opened
         while len(self._opened) > self._capacity:
             self._opened.popitem(last=False)
         return opened
 
     def _open_blocking(self, track_id: str) -> OpenedTrack:
-        try:
-            data = self._store.read_manifest(track_id)
-        except NotInStoreError:
-            raise TrackNotFound(track_id) from None
-        except StoreError as e:
-            log.error("manifest unreadable", track=track_id, error=str(e))
-            raise TrackUnavailable(str(e)) from None
+        """The first copy of the manifest, in share-health order, that verifies."""
         accepted = self._catalogue.accepted_version(track_id)
-        try:
-            opened = open_track(data, self._keys.trusted_packagers, self._keys.private, accepted)
-        except SealError as e:
-            log.error("manifest refused", track=track_id, error=str(e))
-            raise TrackUnavailable(str(e)) from None
-        if opened.manifest.track_id != track_id:
-            log.error("manifest names another track", track=track_id,
-                      manifest_track=opened.manifest.track_id)
-            raise TrackUnavailable(f"manifest at {track_id} is for {opened.manifest.track_id}")
-        if accepted != opened.manifest.version:
-            self._catalogue.accept_version(track_id, opened.manifest.version)
-        return opened
+        missing = 0
+        problems = []
+        for share in self.shares.in_health_order():
+            try:
+                data = share.store.read_manifest(track_id)
+            except NotInStoreError:
+                missing += 1
+                continue
+            except StoreError as e:
+                share.failed(str(e))
+                problems.append(f"{share.name}: {e}")
+                continue
+            try:
+                opened = open_track(data, self._keys.trusted_packagers, self._keys.private,
+                                    accepted)
+                if opened.manifest.track_id != track_id:
+                    raise SealError(f"the manifest is for track {opened.manifest.track_id}")
+            except SealError as e:
+                log.error("manifest refused", track=track_id, share=share.name, error=str(e))
+                problems.append(f"{share.name}: {e}")
+                continue
+            if accepted != opened.manifest.version:
+                self._catalogue.accept_version(track_id, opened.manifest.version)
+            return opened
+        if missing == len(self.shares.shares):
+            raise TrackNotFound(track_id)
+        raise TrackUnavailable(f"track {track_id}: no usable manifest ({'; '.join(problems)})")
 
     async def chunk(self, track: OpenedTrack, index: int) -> Lease:
         """Plaintext of chunk `index`, verified, in a pooled buffer the caller must release.
 
-        Raises TrackUnavailable if the chunk cannot be read or fails verification.
+        Tries each copy in turn; raises TrackUnavailable when none can be used.
         """
-        return await trio.to_thread.run_sync(
-            self._chunk_blocking, track, index, limiter=self._limiter
-        )
+        track_id = track.manifest.track_id
+        tried = []
+        for attempt, share in enumerate(
+            self.shares.holders(track_id, index, track.manifest.extra.get("placement"))
+        ):
+            if attempt:
+                self._metrics.failovers.inc()
+            try:
+                with trio.fail_after(self._read_timeout):
+                    lease = await trio.to_thread.run_sync(
+                        self._read_copy, share, track, index,
+                        limiter=self._limiter, abandon_on_cancel=True,
+                    )
+            except trio.TooSlowError:
+                share.failed(f"read timed out after {self._read_timeout:g} s")
+                self._metrics.store_reads.labels(share.name, "timeout").inc()
+                tried.append(f"{share.name} (timed out)")
+                continue
+            except _CopyFailed as e:
+                tried.append(f"{share.name} ({e})")
+                continue
+            self._metrics.store_reads.labels(share.name, "ok").inc()
+            return lease
+        log.error("no readable copy of a chunk", track=track_id, chunk=index, tried=tried)
+        raise TrackUnavailable(f"chunk {index} of track {track_id}: no readable copy")
 
     def _pool(self, size: int) -> BufferPool:
         pool = self._pools.get(size)
@@ -117,28 +159,36 @@ class Library:
             buf = self._thread.buf = bytearray(size)
         return buf
 
-    def _chunk_blocking(self, track: OpenedTrack, index: int) -> Lease:
+    def _read_copy(self, share: Share, track: OpenedTrack, index: int) -> Lease:
+        """Read, verify and decrypt one copy of a chunk (in a worker thread)."""
         track_id = track.manifest.track_id
         chunk_size = track.manifest.chunk_size
         sealed = self._read_buffer(chunk_size + TAG_BYTES + 1)
         try:
-            length = self._store.read_chunk_into(track_id, index, sealed)
+            length = share.store.read_chunk_into(track_id, index, sealed)
+        except NotInStoreError:
+            self._metrics.store_reads.labels(share.name, "missing").inc()
+            log.warning("chunk copy missing", track=track_id, chunk=index, share=share.name)
+            raise _CopyFailed("missing") from None
         except StoreError as e:
-            log.error("chunk unreadable", track=track_id, chunk=index, error=str(e))
-            raise TrackUnavailable(str(e)) from None
+            share.failed(str(e))
+            self._metrics.store_reads.labels(share.name, "error").inc()
+            log.warning("share read failed", track=track_id, chunk=index, share=share.name,
+                        error=str(e))
+            raise _CopyFailed("unreadable") from None
         pool = self._pool(chunk_size)
         plain = pool.take()
         try:
-            expected = track.plaintext_length(index)
-            if length != expected + TAG_BYTES:
+            if length != track.plaintext_length(index) + TAG_BYTES:
                 raise ChunkAuthenticationError(track_id, index)
             size = track.cipher.open_into(index, memoryview(sealed)[:length], plain)
-        except ChunkAuthenticationError as e:
+        except ChunkAuthenticationError:
             pool.give_back(plain)
             self._metrics.chunk_auth_failures.inc()
+            self._metrics.store_reads.labels(share.name, "corrupt").inc()
             log.error("chunk failed verification", track=track_id, chunk=index,
-                      store=str(self._store.root))
-            raise TrackUnavailable(str(e)) from None
+                      share=share.name)
+            raise _CopyFailed("failed verification") from None
         return Lease(plain, size, pool)
 
     def set_keys(self, keys: EdgeKeys) -> None:

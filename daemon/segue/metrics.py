@@ -51,5 +51,19 @@ class Metrics:
             ["outcome"], registry=self.registry,
         )
 
+        self.store_reads = Counter(
+            "segue_store_reads", "Chunk copy reads by share and outcome "
+            "(ok, missing, error, timeout, corrupt).", ["share", "outcome"],
+            registry=self.registry,
+        )
+        self.failovers = Counter(
+            "segue_store_failovers", "Chunk reads that went on to another copy.",
+            registry=self.registry,
+        )
+        self.share_up = Gauge(
+            "segue_share_up", "1 while a share answers, 0 while it is marked down.", ["share"],
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -17,6 +17,7 @@ Every wait has a deadline; the shutdown steps that must run are shielded with th
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -34,12 +35,14 @@ from segue.metrics import Metrics
 from segue.plugin_types import Health, Route
 from segue.plugins import Plugin, PluginHost
 from segue.seal.keyring import load_edge_keys, load_token_verifier
-from segue.storage.local import LocalStore
+from segue.storage.errors import StoreError
+from segue.storage.shares import open_shares
 from segue.systemd import Notifier, watchdog_interval
 
 log = structlog.get_logger("segue.node")
 
 RESERVED_PREFIXES = ("/v1/", "/healthz", "/metrics")
+PROBE_TICK_S = 0.25
 _HEALTH_GAUGE = {"ok": 0, "degraded": 1, "failing": 2}
 
 
@@ -58,20 +61,23 @@ def build_app(settings: Settings, metrics: Metrics | None = None) -> EdgeApp:
         tokens = load_token_verifier(settings)
     except ConfigError as e:
         errors += e.errors
-    if not settings.store_path.is_dir():
-        errors.append(f"{settings.path}: store.path {settings.store_path} is not a directory")
+    try:
+        shares = open_shares(settings)
+    except ConfigError as e:
+        errors += e.errors
     if errors:
         raise ConfigError(errors)
     metrics = metrics or Metrics()
     catalogue = Catalogue.create(settings.catalogue_path)
     limiter = trio.CapacityLimiter(settings.limits.worker_threads)
     library = Library(
-        LocalStore(settings.store_path),
+        shares,
         catalogue,
         keys,
         limiter,
         open_tracks=settings.limits.open_tracks,
         metrics=metrics,
+        read_timeout_s=settings.store.read_timeout_s,
     )
     return EdgeApp(
         node_id=settings.node_id,
@@ -183,6 +189,7 @@ class Node:
                 services.start_soon(self._run_service, outcome.plugin.name, service)
         await self._check_health()
         services.start_soon(self._health_loop)
+        services.start_soon(self._probe_shares)
         self.app.state = NodeState.READY
         self.notifier.ready(self._status_line())
         log.info("listening", node_id=self.node_id, addresses=[_format(a) for a in self._addresses],
@@ -220,8 +227,41 @@ class Node:
             outcome.plugin.health = health
         self._publish_health()
 
+    async def _probe_shares(self) -> None:
+        """Probe shares marked down (with their backoff) and restore those that answer."""
+        shares = self.app.library.shares
+        timeout = self.settings.store.read_timeout_s
+        known = {s.name: s.healthy for s in shares.shares}
+        while True:
+            now = trio.current_time()
+            for share in shares.shares:
+                if not share.due_for_probe(_monotonic()):
+                    continue
+                try:
+                    with trio.fail_after(timeout):
+                        await trio.to_thread.run_sync(share.store.probe, abandon_on_cancel=True)
+                except trio.TooSlowError:
+                    share.failed(f"probe timed out after {timeout:g} s")
+                except StoreError as e:
+                    share.failed(str(e))
+                else:
+                    share.answered()
+            changed = {s.name: s.healthy for s in shares.shares}
+            if changed != known:
+                for share in shares.shares:
+                    if share.healthy != known.get(share.name):
+                        log.warning("share up" if share.healthy else "share down",
+                                    share=share.name, error=share.last_error)
+                known = changed
+                self._publish_health()
+            await trio.sleep_until(now + PROBE_TICK_S)
+
     def _publish_health(self) -> None:
-        self.app.health = self.host.health()
+        shares = self.app.library.shares
+        storage, plugins = shares.health(), self.host.health()
+        self.app.health = storage if storage.worse_than(plugins) else plugins
+        for share in shares.shares:
+            self.metrics.share_up.labels(share.name).set(1 if share.healthy else 0)
         for plugin in self.host.plugins:
             self.metrics.plugin_health.labels(plugin.name).set(_HEALTH_GAUGE[plugin.health.status])
         if self.app.state == NodeState.READY:
@@ -310,6 +350,11 @@ class Node:
         await self.host.call_async("segue_reload", new.plugin_host.hook_timeout_s, node=self)
         log.info("configuration reloaded", config=str(new.path))
         self.notifier.ready(self._status_line())
+
+
+def _monotonic() -> float:
+    """The clock Share's backoff uses (threads mark shares down, so not trio's clock)."""
+    return time.monotonic()
 
 
 def _format(address: tuple[str, int]) -> str:

@@ -13,8 +13,9 @@ from segue.media import MediaError, probe, track_id_of
 from segue.seal.chunks import chunk_count
 from segue.seal.manifest import peek_version
 from segue.seal.track import TrackSealer
-from segue.storage.errors import StoreError
-from segue.storage.local import LocalStore
+from segue.storage.errors import NotInStoreError
+from segue.storage.placement import placement
+from segue.storage.shares import Share, ShareSet
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class Packed:
 class Packer:
     """Everything packing needs: where to put tracks, whom to wrap keys for, who signs."""
 
-    store: LocalStore
+    shares: ShareSet
     catalogue: Catalogue
     signer: PrivateKeyTypes
     recipients: Sequence[PublicKeyTypes]
@@ -46,7 +47,8 @@ class Packer:
         meta = probe(path)
         track_id = track_id_of(path)
         existing = self.catalogue.get(track_id)
-        if existing is not None and self.store.has_manifest(track_id):
+        if existing is not None and all(s.store.has_manifest(track_id)
+                                        for s in self.shares.shares):
             return Packed(existing, path, already_packed=True)
         size = path.stat().st_size
         # A new sealing must be newer than anything an edge may have accepted for this track,
@@ -54,13 +56,20 @@ class Packer:
         version = self._next_version(track_id)
         sealer = TrackSealer(track_id, size, self.chunk_size, version=version,
                              content_version=version)
+        layout = self.shares.placement_doc()
         with open(path, "rb") as f:
             for index in range(chunk_count(size, self.chunk_size)):
                 plaintext = f.read(self.chunk_size)
-                self.store.write_chunk(track_id, index, sealer.seal_chunk(index, plaintext))
+                sealed = sealer.seal_chunk(index, plaintext)
+                for name in placement(layout["shares"], layout["replicas"], track_id, index):
+                    self._share(name).store.write_chunk(track_id, index, sealed)
                 if progress is not None:
                     progress(len(plaintext))
-        self.store.write_manifest(track_id, sealer.manifest(meta, self.recipients, self.signer))
+        manifest = sealer.manifest(meta, self.recipients, self.signer,
+                                   extra={"placement": layout})
+        # The manifest goes on every share, last: its presence says the chunks are in place.
+        for share in self.shares.shares:
+            share.store.write_manifest(track_id, manifest)
         record = TrackRecord(
             track_id=track_id,
             title=meta.title,
@@ -74,10 +83,16 @@ class Packer:
         self.catalogue.put(record)
         return Packed(record, path, already_packed=False)
 
+    def _share(self, name: str) -> Share:
+        share = self.shares.get(name)
+        assert share is not None, name
+        return share
+
     def _next_version(self, track_id: str) -> int:
-        accepted = self.catalogue.accepted_version(track_id) or 0
-        try:
-            existing = peek_version(self.store.read_manifest(track_id))
-        except StoreError:
-            existing = 0
-        return max(accepted, existing) + 1
+        versions = [self.catalogue.accepted_version(track_id) or 0]
+        for share in self.shares.shares:
+            try:
+                versions.append(peek_version(share.store.read_manifest(track_id)))
+            except NotInStoreError:
+                continue
+        return max(versions) + 1

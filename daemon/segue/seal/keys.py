@@ -116,18 +116,28 @@ def _read(path: Path, what: str) -> bytes:
         raise KeyFileError(f"cannot read {what} {path}: {e.strerror}") from None
 
 
-def load_private_key(path: Path) -> PrivateKeyTypes:
-    """Load a PEM private key, refusing a file that group or others can read."""
+def _read_private(path: Path, what: str) -> bytes:
+    """Read a secret file, refusing one that group or others can read."""
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
-        raise KeyFileError(f"private key {path} does not exist") from None
+        raise KeyFileError(f"{what} {path} does not exist") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise KeyFileError(
-            f"private key {path} is accessible by group or others "
+            f"{what} {path} is accessible by group or others "
             f"(mode {stat.S_IMODE(mode):04o}); fix it with: chmod 600 {path}"
         )
-    data = _read(path, "private key")
+    return _read(path, what)
+
+
+def read_secret(path: Path) -> str:
+    """A password or token from a secret file (mode 0600), without its trailing newline."""
+    return _read_private(path, "secret file").decode("utf-8").rstrip("\r\n")
+
+
+def load_private_key(path: Path) -> PrivateKeyTypes:
+    """Load a PEM private key, refusing a file that group or others can read."""
+    data = _read_private(path, "private key")
     try:
         return serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as e:

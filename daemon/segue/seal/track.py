@@ -71,8 +71,12 @@ class TrackSealer:
         meta: mf.TrackMeta,
         recipients: Sequence[PublicKeyTypes],
         signer: PrivateKeyTypes,
+        extra: Mapping[str, object] | None = None,
     ) -> bytes:
-        """The signed manifest file, once every chunk has been sealed."""
+        """The signed manifest file, once every chunk has been sealed.
+
+        `extra` holds further signed top-level fields (the chunk placement, say).
+        """
         missing = [i for i, d in enumerate(self._digests) if d is None]
         if missing:
             raise ValueError(f"{self.track_id}: chunks {missing[:5]} were never sealed")
@@ -89,6 +93,7 @@ class TrackSealer:
             chunk_digests=tuple(d for d in self._digests if d is not None),
             recipients=tuple(wrap(self._content_key, r, self.track_id) for r in recipients),
             meta=meta,
+            extra=dict(extra or {}),
         )
         return mf.sign(manifest, signer)
 

@@ -77,3 +77,18 @@ class LocalStore:
         except OSError as e:
             tmp.unlink(missing_ok=True)
             raise StoreError(f"cannot write {path}: {e.strerror}") from None
+
+    def track_ids(self) -> list[str]:
+        """Every track with a folder in this store (for fsck)."""
+        tracks = self.root / "tracks"
+        if not tracks.is_dir():
+            return []
+        return sorted(p.name for prefix in tracks.iterdir() if prefix.is_dir()
+                      for p in prefix.iterdir() if p.is_dir())
+
+    def probe(self) -> None:
+        """Raise StoreError unless the store's root can be listed."""
+        try:
+            next(os.scandir(self.root), None)
+        except OSError as e:
+            raise StoreError(f"cannot list {self.root}: {e.strerror}") from None

@@ -1,0 +1,181 @@
+"""A chunk store read and written directly over SMB2/3 with smbprotocol (no kernel mount).
+
+URL form: smb://USER@HOST[:PORT]/SHARE[/PATH]. The password comes from a secret file. Sessions
+and connections are pooled per store (a connection cache of its own) and reused; after any
+connection error the pool is dropped so that the next call reconnects. Every method blocks and
+is called from worker threads; smbprotocol has no per-read timeout, so callers bound each call
+with their own deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import threading
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from urllib.parse import unquote, urlsplit
+
+import smbclient
+from smbprotocol.exceptions import SMBException
+
+from segue.storage import layout
+from segue.storage.errors import NotInStoreError, StoreError
+
+CONNECT_TIMEOUT_S = 5
+
+
+@dataclass(frozen=True)
+class SmbUrl:
+    """The parts of smb://USER@HOST[:PORT]/SHARE[/PATH]."""
+
+    user: str
+    host: str
+    port: int
+    share: str
+    path: str
+
+    @classmethod
+    def parse(cls, url: str) -> SmbUrl:
+        parts = urlsplit(url)
+        if parts.scheme != "smb" or not parts.hostname:
+            raise ValueError(f"{url!r} is not smb://USER@HOST[:PORT]/SHARE[/PATH]")
+        segments = [unquote(s) for s in parts.path.split("/") if s]
+        if not segments:
+            raise ValueError(f"{url!r} names no share: smb://USER@HOST[:PORT]/SHARE[/PATH]")
+        if not parts.username:
+            raise ValueError(f"{url!r} names no user: smb://USER@HOST[:PORT]/SHARE[/PATH]")
+        if parts.password:
+            raise ValueError(f"{url!r}: put the password in password_file, not in the URL")
+        return cls(unquote(parts.username), parts.hostname, parts.port or 445, segments[0],
+                   "/".join(segments[1:]))
+
+    def __str__(self) -> str:
+        port = "" if self.port == 445 else f":{self.port}"
+        path = f"/{self.path}" if self.path else ""
+        return f"smb://{self.user}@{self.host}{port}/{self.share}{path}"
+
+
+class SmbStore:
+    """The track layout below one folder of one SMB share."""
+
+    def __init__(self, url: SmbUrl, password: str, *, encrypt: bool = False,
+                 require_signing: bool = True) -> None:
+        self.url = url
+        self.root = str(url)
+        self._password = password
+        self._encrypt = encrypt
+        self._require_signing = require_signing
+        self._cache: dict = {}
+        self._lock = threading.Lock()
+        self._registered = False
+
+    def __repr__(self) -> str:
+        return f"SmbStore({self.root!r})"
+
+    def _unc(self, rel: PurePosixPath | str = "") -> str:
+        parts = [p for p in (self.url.path, str(rel)) if p and p != "."]
+        tail = "\\".join("\\".join(p.split("/")) for p in parts)
+        base = rf"\\{self.url.host}\{self.url.share}"
+        return f"{base}\\{tail}" if tail else base
+
+    def _session(self) -> dict:
+        """Connection keywords for smbclient, registering the session once per connection."""
+        with self._lock:
+            if not self._registered:
+                smbclient.register_session(
+                    self.url.host, username=self.url.user, password=self._password,
+                    port=self.url.port, encrypt=self._encrypt or None,
+                    connection_timeout=CONNECT_TIMEOUT_S, connection_cache=self._cache,
+                    require_signing=self._require_signing,
+                )
+                self._registered = True
+        return {"port": self.url.port, "connection_cache": self._cache}
+
+    def reset(self) -> None:
+        """Drop the pooled connections; the next call connects afresh."""
+        with self._lock:
+            self._registered = False
+            cache, self._cache = self._cache, {}
+        # A dead connection may fail to close; it is gone either way.
+        with contextlib.suppress(Exception):
+            smbclient.reset_connection_cache(fail_on_error=False, connection_cache=cache)
+
+    def _fail(self, what: str, e: Exception) -> StoreError:
+        if isinstance(e, OSError) and e.errno == errno.ENOENT:
+            return NotInStoreError(f"{what} is not in {self.root}")
+        self.reset()
+        return StoreError(f"cannot access {what} on {self.root}: {type(e).__name__}: {e}")
+
+    def read_manifest(self, track_id: str) -> bytes:
+        what = f"manifest of track {track_id}"
+        try:
+            with smbclient.open_file(self._unc(layout.manifest_path(track_id)), mode="rb",
+                                     buffering=0, **self._session()) as f:
+                return f.readall()
+        except (OSError, SMBException, ValueError) as e:
+            raise self._fail(what, e) from None
+
+    def read_chunk_into(self, track_id: str, index: int, buf: bytearray) -> int:
+        what = f"chunk {index} of track {track_id}"
+        try:
+            with smbclient.open_file(self._unc(layout.chunk_path(track_id, index)), mode="rb",
+                                     buffering=0, **self._session()) as f:
+                view = memoryview(buf)
+                filled = 0
+                while filled < len(buf) and (n := f.readinto(view[filled:])):
+                    filled += n
+                return filled
+        except (OSError, SMBException, ValueError) as e:
+            raise self._fail(what, e) from None
+
+    def has_manifest(self, track_id: str) -> bool:
+        try:
+            smbclient.stat(self._unc(layout.manifest_path(track_id)), **self._session())
+        except (OSError, SMBException, ValueError) as e:
+            if isinstance(e, OSError) and e.errno == errno.ENOENT:
+                return False
+            raise self._fail(f"manifest of track {track_id}", e) from None
+        return True
+
+    def write_chunk(self, track_id: str, index: int, data: bytes) -> None:
+        self._write(layout.chunk_path(track_id, index), data)
+
+    def write_manifest(self, track_id: str, data: bytes) -> None:
+        self._write(layout.manifest_path(track_id), data)
+
+    def _write(self, rel: PurePosixPath, data: bytes) -> None:
+        """Write through a temporary name and rename, so readers never see half a file."""
+        target = self._unc(rel)
+        tmp = self._unc(rel.with_name(f".{rel.name}.tmp"))
+        try:
+            kw = self._session()
+            smbclient.makedirs(self._unc(rel.parent), exist_ok=True, **kw)
+            with smbclient.open_file(tmp, mode="wb", **kw) as f:
+                f.write(data)
+            smbclient.replace(tmp, target, **kw)
+        except (OSError, SMBException, ValueError) as e:
+            raise self._fail(str(rel), e) from None
+
+    def track_ids(self) -> list[str]:
+        """Every track with a folder on this share (for fsck)."""
+        try:
+            kw = self._session()
+            root = self._unc("tracks")
+            found = []
+            for prefix in smbclient.scandir(root, **kw):
+                if prefix.is_dir():
+                    found += [e.name for e in smbclient.scandir(f"{root}\\{prefix.name}", **kw)
+                              if e.is_dir()]
+            return sorted(found)
+        except (OSError, SMBException, ValueError) as e:
+            if isinstance(e, OSError) and e.errno == errno.ENOENT:
+                return []
+            raise self._fail("the track list", e) from None
+
+    def probe(self) -> None:
+        """Raise StoreError unless the share answers (a stat of its root)."""
+        try:
+            smbclient.stat(self._unc(), **self._session())
+        except (OSError, SMBException, ValueError) as e:
+            raise self._fail("the share root", e) from None

@@ -1,0 +1,32 @@
+"""What every chunk store backend provides (a local path, an SMB share)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class ChunkStore(Protocol):
+    """Blocking access to the track layout on one share; called from worker threads.
+
+    Reads raise NotInStoreError for a file that is not there and StoreError for a share that
+    cannot be read.
+    """
+
+    @property
+    def root(self) -> object:
+        """Where the store is, for people: a path or an smb:// URL."""
+        ...
+
+    def read_manifest(self, track_id: str) -> bytes: ...
+
+    def read_chunk_into(self, track_id: str, index: int, buf: bytearray) -> int: ...
+
+    def has_manifest(self, track_id: str) -> bool: ...
+
+    def write_chunk(self, track_id: str, index: int, data: bytes) -> None: ...
+
+    def write_manifest(self, track_id: str, data: bytes) -> None: ...
+
+    def track_ids(self) -> list[str]: ...
+
+    def probe(self) -> None: ...
