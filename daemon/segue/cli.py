@@ -62,6 +62,11 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="validate the configuration and every plugin's")
     p.add_argument("--config", required=True, type=Path, metavar="CONF")
 
+    p = sub.add_parser("fsck", help="check (and repair) manifests and chunks on every share")
+    p.add_argument("--config", required=True, type=Path, metavar="CONF")
+    p.add_argument("--repair", action="store_true", help="rewrite bad copies from good ones")
+    p.add_argument("--track", metavar="ID", help="check only this track")
+
     p = sub.add_parser("plugins", help="list plugins: name, version, hooks, health")
     p.add_argument("--config", type=Path, metavar="CONF",
                    help="configuration (for plugin tables, allow/deny lists, live health)")
@@ -99,6 +104,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         "run": cmd_run,
         "check-config": cmd_check_config,
         "plugins": cmd_plugins,
+        "fsck": cmd_fsck,
     }[args.command]
     from segue import log
 
@@ -367,3 +373,22 @@ def _live_health(settings: Settings) -> dict[str, dict[str, str]]:
     except (OSError, ValueError):
         return {}
     return {p["name"]: p["health"] for p in status.get("plugins", [])}
+
+
+def cmd_fsck(args: argparse.Namespace) -> int:
+    from segue.seal.keyring import load_trusted_packagers
+    from segue.seal.manifest import is_track_id
+    from segue.storage.fsck import check
+    from segue.storage.shares import open_shares
+
+    settings = _load(args)
+    if args.track is not None and not is_track_id(args.track):
+        raise UsageError(f"--track: {args.track!r} is not a track id")
+    trusted = load_trusted_packagers(settings)
+    shares = open_shares(settings)
+    report = check(shares, trusted, track_ids=None if args.track is None else [args.track],
+                   repair=args.repair, report_problem=lambda p: print(p, flush=True))
+    problems = report.problems or []
+    print(f"checked {report.tracks} tracks, {report.chunks} chunks on {len(shares.shares)} "
+          f"shares: {len(problems)} problems, {len(problems) - len(report.unrepaired)} repaired")
+    return EXIT_FAILURE if report.unrepaired else EXIT_OK

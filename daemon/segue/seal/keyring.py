@@ -41,6 +41,20 @@ def _load_many(
     return loaded
 
 
+def load_trusted_packagers(settings: Settings) -> dict[str, PublicKeyTypes]:
+    """The packager public keys of [seal] trusted_packagers; raises ConfigError."""
+    errors: list[str] = []
+    if not settings.seal.trusted_packagers:
+        errors.append(
+            f"{settings.path}: seal.trusted_packagers is empty; list the packager public keys"
+        )
+    trusted = _load_many(settings.seal.trusted_packagers, "seal.trusted_packagers", settings,
+                         load_public_key, errors)
+    if errors:
+        raise ConfigError(errors)
+    return trusted  # type: ignore[return-value]
+
+
 def load_edge_keys(settings: Settings) -> EdgeKeys:
     """Load [seal] edge_keys and trusted_packagers; raises ConfigError listing every problem."""
     errors: list[str] = []

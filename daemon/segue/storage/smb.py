@@ -174,8 +174,11 @@ class SmbStore:
             raise self._fail("the track list", e) from None
 
     def probe(self) -> None:
-        """Raise StoreError unless the share answers (a stat of its root)."""
+        """Raise StoreError unless the share answers (a stat of the store's folder; a folder
+        not made yet still means the server answered)."""
         try:
             smbclient.stat(self._unc(), **self._session())
         except (OSError, SMBException, ValueError) as e:
-            raise self._fail("the share root", e) from None
+            failure = self._fail("the store folder", e)
+            if not isinstance(failure, NotInStoreError):
+                raise failure from None

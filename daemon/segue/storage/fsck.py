@@ -1,0 +1,166 @@
+"""`segue fsck`: every manifest signature and every chunk digest on every share.
+
+Needs no private key: manifests are checked against the trusted packager keys and chunks
+against the SHA-256 digests the signed manifest lists. With repair, a missing or bad copy is
+rewritten from a good one (the newest valid manifest; a chunk copy whose digest matches).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+
+from segue.seal import manifest as mf
+from segue.seal.chunks import TAG_BYTES
+from segue.seal.errors import ManifestError
+from segue.storage.errors import NotInStoreError, StoreError
+from segue.storage.shares import Share, ShareSet
+from segue.storage.store import ChunkStore
+
+
+@dataclass
+class Problem:
+    """One thing wrong with one copy."""
+
+    track_id: str
+    share: str
+    what: str
+    repaired: bool = False
+
+    def __str__(self) -> str:
+        state = "repaired" if self.repaired else "NOT repaired"
+        return f"{self.track_id} on {self.share}: {self.what} ({state})"
+
+
+@dataclass
+class Report:
+    tracks: int = 0
+    chunks: int = 0
+    problems: list[Problem] | None = None
+
+    @property
+    def unrepaired(self) -> list[Problem]:
+        return [p for p in self.problems or [] if not p.repaired]
+
+
+def check(
+    shares: ShareSet,
+    trusted: Mapping[str, PublicKeyTypes],
+    *,
+    track_ids: Iterable[str] | None = None,
+    repair: bool = False,
+    report_problem: Callable[[Problem], None] = lambda p: None,
+) -> Report:
+    """Check (and with `repair`, mend) the given tracks, or every track on any share."""
+    if track_ids is None:
+        found: set[str] = set()
+        for share in shares.shares:
+            found.update(share.store.track_ids())
+        track_ids = sorted(found)
+    report = Report(problems=[])
+    assert report.problems is not None
+
+    def problem(p: Problem) -> None:
+        assert report.problems is not None
+        report.problems.append(p)
+        report_problem(p)
+
+    for track_id in track_ids:
+        report.tracks += 1
+        manifest = _check_manifests(shares, trusted, track_id, repair, problem)
+        if manifest is None:
+            continue
+        for index, digest in enumerate(manifest.chunk_digests):
+            report.chunks += 1
+            _check_chunk(shares, manifest, index, digest, repair, problem)
+    return report
+
+
+def _check_manifests(
+    shares: ShareSet,
+    trusted: Mapping[str, PublicKeyTypes],
+    track_id: str,
+    repair: bool,
+    problem: Callable[[Problem], None],
+) -> mf.Manifest | None:
+    """The newest valid manifest of a track; copies that are missing, bad or older are
+    problems (rewritten from the newest with `repair`)."""
+    raw: dict[str, bytes] = {}
+    states: dict[str, str] = {}
+    valid: dict[str, mf.Manifest] = {}
+    for share in shares.shares:
+        try:
+            raw[share.name] = share.store.read_manifest(track_id)
+            valid[share.name] = mf.verify(raw[share.name], trusted)
+        except NotInStoreError:
+            states[share.name] = "missing"
+        except StoreError as e:
+            states[share.name] = f"unreadable: {e}"
+        except ManifestError as e:
+            states[share.name] = f"invalid: {e}"
+    if not valid:
+        for name, state in states.items():
+            problem(Problem(track_id, name, f"manifest {state}; no valid copy on any share"))
+        return None
+    newest = max(valid, key=lambda name: valid[name].version)
+    best, data = valid[newest], raw[newest]
+    for share in shares.shares:
+        if share.name in valid and valid[share.name].version == best.version:
+            continue
+        what = (f"manifest version {valid[share.name].version} older than {best.version}"
+                if share.name in valid else f"manifest {states[share.name]}")
+        found = Problem(track_id, share.name, what)
+        if repair:
+            found.repaired = _write(share, lambda store: store.write_manifest(track_id, data))
+        problem(found)
+    return best
+
+
+def _check_chunk(
+    shares: ShareSet,
+    manifest: mf.Manifest,
+    index: int,
+    digest: str,
+    repair: bool,
+    problem: Callable[[Problem], None],
+) -> None:
+    """Every copy placement says should exist must match the signed digest."""
+    track_id = manifest.track_id
+    holders = sorted(shares.holders(track_id, index, manifest.extra.get("placement")),
+                     key=lambda s: s.name)
+    buf = bytearray(manifest.chunk_size + TAG_BYTES + 1)
+    states: dict[str, str] = {}
+    good: bytes | None = None
+    for share in holders:
+        try:
+            copy = bytes(buf[:share.store.read_chunk_into(track_id, index, buf)])
+        except NotInStoreError:
+            states[share.name] = "missing"
+            continue
+        except StoreError as e:
+            states[share.name] = f"unreadable: {e}"
+            continue
+        if hashlib.sha256(copy).hexdigest() == digest:
+            good = copy
+        else:
+            states[share.name] = "corrupt (digest mismatch)"
+    for name, state in sorted(states.items()):
+        found = Problem(track_id, name, f"chunk {index} {state}")
+        share = shares.get(name)
+        if good is None:
+            found.what += "; no good copy on any share"
+        elif repair and share is not None:
+            found.repaired = _write(share, lambda store, g=good: store.write_chunk(track_id,
+                                                                                   index, g))
+        problem(found)
+
+
+def _write(share: Share, write: Callable[[ChunkStore], None]) -> bool:
+    try:
+        write(share.store)
+    except StoreError:
+        return False
+    return True
