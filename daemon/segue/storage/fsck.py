@@ -149,13 +149,19 @@ def _check_chunk(
             states[share.name] = "corrupt (digest mismatch)"
     for name, state in sorted(states.items()):
         found = Problem(track_id, name, f"chunk {index} {state}")
-        share = shares.get(name)
+        target = shares.get(name)
         if good is None:
             found.what += "; no good copy on any share"
-        elif repair and share is not None:
-            found.repaired = _write(share, lambda store, g=good: store.write_chunk(track_id,
-                                                                                   index, g))
+        elif repair and target is not None:
+            found.repaired = _write(target, _chunk_writer(track_id, index, good))
         problem(found)
+
+
+def _chunk_writer(track_id: str, index: int, data: bytes) -> Callable[[ChunkStore], None]:
+    def write(store: ChunkStore) -> None:
+        store.write_chunk(track_id, index, data)
+
+    return write
 
 
 def _write(share: Share, write: Callable[[ChunkStore], None]) -> bool:
