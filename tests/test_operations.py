@@ -71,3 +71,26 @@ def test_journald_entries_have_upper_case_fields(monkeypatch: pytest.MonkeyPatch
     assert fields["WEIRD_KEY"] == "1"
     assert fields["PRIORITY"] == "6"
     assert fields["SYSLOG_IDENTIFIER"] == "segued"
+
+
+def test_a_sequential_stream_reads_ahead_and_a_second_play_comes_from_the_cache(
+        fresh_node: Node, tmp_path: Path) -> None:
+    source = make_tone(tmp_path / "long.wav", ["-c:a", "pcm_s16le"], seconds=20, title="L")
+    (track,) = fresh_node.pack(source)
+    fresh_node.start()
+
+    def samples() -> dict[str, float]:
+        with urllib.request.urlopen(fresh_node.base + "/metrics", timeout=10) as r:
+            lines = r.read().decode().splitlines()
+        return {n: float(v) for n, _, v in (line.rpartition(" ") for line in lines)
+                if n and not n.startswith("#")}
+
+    for _ in range(2):
+        with urllib.request.urlopen(fresh_node.url(track, fresh_node.token()), timeout=30) as r:
+            assert r.read() == source.read_bytes()
+    after = samples()
+    chunks = -(-source.stat().st_size // (256 * 1024))
+    assert after['segue_read_ahead_chunks_total{outcome="started"}'] >= chunks // 2
+    # The second play read nothing from the store: every chunk was a cache hit.
+    assert after['segue_store_reads_total{outcome="ok",share="local"}'] == chunks
+    assert after['segue_chunk_cache_lookups_total{outcome="hit"}'] >= chunks

@@ -30,22 +30,38 @@ class BufferPool:
 
 
 class Lease:
-    """`length` bytes of plaintext in a pooled buffer, until `release` hands it back."""
+    """`length` bytes of plaintext in a pooled buffer, shared by reference count.
 
-    __slots__ = ("_buf", "_pool", "length")
+    Whoever holds a Lease holds one reference: `share` takes another (the chunk cache and each
+    stream sending the chunk hold one each) and `release` gives one back. The buffer returns to
+    its pool with the last reference. References are counted on the event loop's thread only;
+    a worker thread creates the Lease (one reference) and hands it over.
+    """
+
+    __slots__ = ("_buf", "_pool", "_refs", "length")
 
     def __init__(self, buf: bytearray, length: int, pool: BufferPool) -> None:
         self._buf: bytearray | None = buf
         self.length = length
         self._pool = pool
+        self._refs = 1
 
     def view(self, start: int, stop: int) -> memoryview:
         if self._buf is None:
             raise ValueError("buffer already released")
         return memoryview(self._buf)[start:min(stop, self.length)]
 
+    def share(self) -> Lease:
+        if self._buf is None:
+            raise ValueError("buffer already released")
+        self._refs += 1
+        return self
+
     def release(self) -> None:
-        """Give the buffer back; the caller must hold no view of it any more."""
-        if self._buf is not None:
+        """Give one reference back; the caller must hold no view of the buffer any more."""
+        if self._buf is None:
+            return
+        self._refs -= 1
+        if self._refs == 0:
             self._pool.give_back(self._buf)
             self._buf = None

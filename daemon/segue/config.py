@@ -95,6 +95,10 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "read_timeout_s": ("float", 10.0),
     },
     "catalogue": {"path": ("path", "catalogue.sqlite")},
+    "cache": {
+        "bytes": ("int", 256 * 1024 * 1024),
+        "read_ahead_chunks": ("int", 2),
+    },
     "limits": {
         "worker_threads": ("int", 8),
         "open_tracks": ("int", 1024),
@@ -189,6 +193,12 @@ class AuthSettings:
 
 
 @dataclass(frozen=True)
+class CacheSettings:
+    bytes: int
+    read_ahead_chunks: int
+
+
+@dataclass(frozen=True)
 class LimitSettings:
     worker_threads: int
     open_tracks: int
@@ -223,6 +233,7 @@ class Settings:
     auth: AuthSettings
     store: StoreSettings
     catalogue_path: Path
+    cache: CacheSettings
     limits: LimitSettings
     log: LogSettings
     plugin_host: PluginHostSettings
@@ -295,6 +306,7 @@ def from_mapping(raw: dict[str, Any], path: Path) -> Settings:
         auth=AuthSettings(**sect("auth")),
         store=StoreSettings(**sect("store")),
         catalogue_path=values["catalogue", "path"],
+        cache=CacheSettings(**sect("cache")),
         limits=LimitSettings(**sect("limits")),
         log=LogSettings(**sect("log")),
         plugin_host=PluginHostSettings(**sect("plugin_host")),
@@ -393,6 +405,8 @@ def _coerce(section: str, key: str, kind: str, value: Any, base: Path) -> Any:
             raise ValueError(f"expected {expected}, got {value!r}")
         if (section, key) in _POSITIVE and value <= 0:
             raise ValueError(f"must be greater than 0, got {value!r}")
+        if value < 0:
+            raise ValueError(f"must not be negative, got {value!r}")
         return value if kind == "int" else float(value)
     if kind == "bool":
         if not isinstance(value, bool):

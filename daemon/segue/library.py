@@ -18,6 +18,7 @@ import trio
 
 from segue.buffers import BufferPool, Lease
 from segue.catalogue import Catalogue
+from segue.chunk_cache import ChunkCache, Key
 from segue.metrics import Metrics
 from segue.seal.chunks import TAG_BYTES
 from segue.seal.errors import ChunkAuthenticationError, SealError
@@ -54,6 +55,8 @@ class Library:
         open_tracks: int,
         metrics: Metrics,
         read_timeout_s: float,
+        cache_bytes: int = 0,
+        read_ahead_chunks: int = 0,
     ) -> None:
         self.shares = shares
         self._catalogue = catalogue
@@ -66,6 +69,13 @@ class Library:
         self._pools: dict[int, BufferPool] = {}
         self._keep_buffers = 4 * int(limiter.total_tokens)
         self._thread = threading.local()
+        self.cache = ChunkCache(cache_bytes, metrics)
+        self._loading: dict[Key, trio.Event] = {}
+        self.read_ahead_chunks = read_ahead_chunks if cache_bytes else 0
+        # Read-ahead may use half the worker threads at most, so that it never starves the
+        # reads players are waiting for.
+        self._prefetch_limiter = trio.CapacityLimiter(max(1, int(limiter.total_tokens) // 2))
+        self._prefetch_nursery: trio.Nursery | None = None
 
     async def open(self, track_id: str) -> OpenedTrack:
         """The verified, unwrapped track; raises TrackNotFound or TrackUnavailable."""
@@ -115,11 +125,67 @@ class Library:
             raise TrackNotFound(track_id)
         raise TrackUnavailable(f"track {track_id}: no usable manifest ({'; '.join(problems)})")
 
+    def start_read_ahead(self, nursery: trio.Nursery) -> None:
+        """Run read-ahead tasks in `nursery` (the node's service nursery)."""
+        self._prefetch_nursery = nursery
+
+    def read_ahead(self, track: OpenedTrack, after: int, last: int) -> None:
+        """Warm the cache with the chunks after `after` (up to read_ahead_chunks, not past
+        `last`), as far as read-ahead capacity allows; never waits."""
+        if self._prefetch_nursery is None:
+            return
+        manifest = track.manifest
+        for index in range(after + 1, min(after + self.read_ahead_chunks, last) + 1):
+            key = (manifest.track_id, manifest.content_version, index)
+            if key in self._loading or self.cache.contains(key):
+                continue
+            token = object()
+            try:
+                self._prefetch_limiter.acquire_on_behalf_of_nowait(token)
+            except trio.WouldBlock:
+                self._metrics.read_ahead.labels("skipped").inc()
+                return
+            self._metrics.read_ahead.labels("started").inc()
+            self._prefetch_nursery.start_soon(self._prefetch, track, index, token)
+
+    async def _prefetch(self, track: OpenedTrack, index: int, token: object) -> None:
+        try:
+            (await self.chunk(track, index)).release()
+        except TrackUnavailable:
+            pass  # the stream that needs this chunk reports it, if it still does
+        finally:
+            self._prefetch_limiter.release_on_behalf_of(token)
+
     async def chunk(self, track: OpenedTrack, index: int) -> Lease:
         """Plaintext of chunk `index`, verified, in a pooled buffer the caller must release.
 
-        Tries each copy in turn; raises TrackUnavailable when none can be used.
+        From the cache when it is there; otherwise read once (a second request for a chunk
+        being read waits for that read) and cached. Raises TrackUnavailable when no copy can
+        be used.
         """
+        if self.cache.capacity == 0:
+            return await self._read_any_copy(track, index)
+        key = (track.manifest.track_id, track.manifest.content_version, index)
+        while (lease := self.cache.get(key)) is None:
+            loading = self._loading.get(key)
+            if loading is None:
+                break
+            await loading.wait()
+            if key not in self._loading and not self.cache.contains(key):
+                break  # that read failed or was not cached: try our own
+        else:
+            return lease
+        done = self._loading[key] = trio.Event()
+        try:
+            lease = await self._read_any_copy(track, index)
+        finally:
+            del self._loading[key]
+            done.set()
+        self.cache.put(key, lease)
+        return lease
+
+    async def _read_any_copy(self, track: OpenedTrack, index: int) -> Lease:
+        """Try each copy of the chunk in turn; raises TrackUnavailable when none can be used."""
         track_id = track.manifest.track_id
         tried = []
         for attempt, share in enumerate(
@@ -195,3 +261,4 @@ class Library:
         """Use new keys and trust (after a reload); tracks are opened again with them."""
         self._keys = keys
         self._opened.clear()
+        self.cache.clear()

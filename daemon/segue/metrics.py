@@ -65,5 +65,22 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.cache_lookups = Counter(
+            "segue_chunk_cache_lookups", "Decrypted-chunk cache lookups by outcome (hit, miss).",
+            ["outcome"], registry=self.registry,
+        )
+        self.cache_evictions = Counter(
+            "segue_chunk_cache_evictions", "Chunks evicted from the decrypted-chunk cache.",
+            registry=self.registry,
+        )
+        self.cache_bytes = Gauge(
+            "segue_chunk_cache_bytes", "Plaintext bytes held by the decrypted-chunk cache.",
+            registry=self.registry,
+        )
+        self.read_ahead = Counter(
+            "segue_read_ahead_chunks", "Chunks read ahead of sequential streams, by outcome "
+            "(started, skipped: no capacity).", ["outcome"], registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -78,6 +78,8 @@ def build_app(settings: Settings, metrics: Metrics | None = None) -> EdgeApp:
         open_tracks=settings.limits.open_tracks,
         metrics=metrics,
         read_timeout_s=settings.store.read_timeout_s,
+        cache_bytes=settings.cache.bytes,
+        read_ahead_chunks=settings.cache.read_ahead_chunks,
     )
     return EdgeApp(
         node_id=settings.node_id,
@@ -187,6 +189,7 @@ class Node:
                 continue
             for service in outcome.value or ():
                 services.start_soon(self._run_service, outcome.plugin.name, service)
+        self.app.library.start_read_ahead(services)
         await self._check_health()
         services.start_soon(self._health_loop)
         services.start_soon(self._probe_shares)

@@ -261,6 +261,7 @@ class EdgeApp:
             for index in chunks:
                 if lease is None:
                     lease = await self.library.chunk(opened, index)
+                self.library.read_ahead(opened, index, chunks[-1])
                 base = index * chunk_size
                 await send(lease.view(max(span.first - base, 0), span.last + 1 - base))
                 lease.release()
