@@ -11,7 +11,8 @@ DEMO   ?= demo
 # command-or-file:debian-package pairs the tests and the demo need (libsystemd-dev, pkg-config
 # and gcc build systemd-python).
 SYSTEM_COMMANDS := ffmpeg:ffmpeg ffprobe:ffmpeg curl:curl gcc:gcc pkg-config:pkg-config \
-	/usr/include/systemd/sd-daemon.h:libsystemd-dev smbd:samba smbpasswd:samba
+	/usr/include/systemd/sd-daemon.h:libsystemd-dev smbd:samba smbpasswd:samba \
+	haproxy:haproxy
 BENCH_COMMANDS  := nginx:nginx-light wrk:wrk taskset:util-linux
 
 .PHONY: run test lint typecheck bench setup system-deps bench-deps clean

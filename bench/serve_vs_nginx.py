@@ -21,7 +21,7 @@ Run it with the project's interpreter, since the `segue` script next to it is wh
 and the trio + h11 peer runs on it too:
 
     .venv/bin/python bench/serve_vs_nginx.py [--rounds 3] [--duration 10] [--json]
-        [--servers segue,nginx,h11]
+        [--servers segue,nginx,h11] [--segue-cache BYTES]
 
 Needs the Debian packages ffmpeg, nginx-light (or any nginx) and wrk.
 """
@@ -259,13 +259,18 @@ def make_audio(ffmpeg: str, out: Path, seconds: int) -> None:
          str(out)], timeout=300)
 
 
-def setup_segue(segue: Path, t: Path, audio: Path, port: int) -> tuple[Path, str, str]:
-    """Make a node with `audio` packed in it; return (config, track path, bearer header)."""
+def setup_segue(segue: Path, t: Path, audio: Path, port: int,
+                cache_bytes: int | None = None) -> tuple[Path, str, str]:
+    """Make a node with `audio` packed in it; return (config, track path, bearer header).
+
+    `cache_bytes`, if given, becomes [cache] bytes (0: every chunk is read and decrypted)."""
     node = t / "node"
     run([str(segue), "init", str(node), "--listen", f"127.0.0.1:{port}"], timeout=120)
     conf = node / "segued.toml"
     with conf.open("a") as f:
         f.write('\n[log]\nformat = "json"\nlevel = "warning"\n')
+        if cache_bytes is not None:  # `segue init` writes no [cache] table
+            f.write(f"\n[cache]\nbytes = {cache_bytes}\n")
     log("packing the WAV into the Segue node")
     packed = run([str(segue), "pack", "--config", str(conf), "--json", str(audio)], timeout=900)
     docs = [json.loads(line) for line in packed.stdout.splitlines() if line.startswith("{")]
@@ -444,16 +449,20 @@ def print_table(report: dict[str, object]) -> None:
           f"load average {facts['loadavg_1m_before']} before the run")
     assert isinstance(versions, dict)
     print("Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    results = report["results"]
+    assert isinstance(results, dict)
     print(f"Load: wrk -t{setup['threads']} -c{setup['connections']} "
           f"-d{setup['duration_s']}s, {setup['rounds']} round(s) (median), random "
           f"256 KiB-aligned ranges of a {setup['file_bytes'] / 1e6:.1f} MB WAV, "
           f"pinning: {setup['pinning']}")
+    if "segue" in results:
+        cache = setup["segue_cache_bytes"]
+        print("Segue cache: " + ("the node's default ([cache] bytes not set)" if cache is None
+                                 else f"[cache] bytes = {cache}"))
     print()
     w = max(len(label) for label in (*LABELS.values(), *(r[2] for r in RATIOS)))
     print(f"{'server':<{w}} {'requests/s':>11} {'MB/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
           f"{'errors':>7}")
-    results = report["results"]
-    assert isinstance(results, dict)
     for name, r in results.items():
         print(f"{LABELS[name]:<{w}} {r['requests_per_s']:>11.1f} {r['mb_per_s']:>9.1f} "
               f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['errors']:>7d}")
@@ -499,7 +508,7 @@ def bench(args: argparse.Namespace, t: Path) -> dict[str, object]:
     for name in names:
         path, auth = "/" + audio.name, None
         if name == "segue":
-            conf, path, auth = setup_segue(segue, t, audio, ports[name])
+            conf, path, auth = setup_segue(segue, t, audio, ports[name], args.segue_cache)
         servers.append(Server(name, ports[name], path, auth, t / f"{name}.lua"))
         write_lua(servers[-1], size, args.seed)
 
@@ -537,6 +546,7 @@ def bench(args: argparse.Namespace, t: Path) -> dict[str, object]:
             "file_bytes": size,
             "pinning": (f"server on CPU {pin_server[-1]}, wrk on CPU {pin_wrk[-1]}"
                         if pin_server else "none"),
+            "segue_cache_bytes": args.segue_cache,
             "servers": {s.name: s.label for s in servers},
         },
         "results": results,
@@ -558,12 +568,17 @@ def main() -> int:
     parser.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--segue-cache", type=int, default=None, metavar="BYTES",
+                        help="write [cache] bytes = BYTES into Segue's config; 0 makes it read "
+                             "and decrypt every chunk (default: the node's default cache)")
     parser.add_argument("--servers", default=",".join(LABELS),
                         help="comma list of the servers to measure, in this order, out of "
                              f"{', '.join(LABELS)} (default {','.join(LABELS)})")
     args = parser.parse_args()
     if args.rounds < 1 or args.duration < 1 or args.connections < 1 or args.threads < 1:
         parser.error("--rounds, --duration, --connections and --threads must be at least 1")
+    if args.segue_cache is not None and args.segue_cache < 0:
+        parser.error("--segue-cache must not be negative")
     names = [n.strip().lower() for n in args.servers.split(",") if n.strip()]
     unknown = sorted(set(names) - set(LABELS))
     if unknown or not names:

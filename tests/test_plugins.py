@@ -186,7 +186,8 @@ def test_a_table_for_a_plugin_that_is_not_installed_is_an_error(fresh_node: Node
 def test_deny_list_and_tracing(fresh_node: Node, plugin_path: str) -> None:
     listed = run_segue("plugins", "--json", plugin_path=plugin_path, allow="",
                        SEGUE_PLUGINS_DENY="example,broken")
-    assert json.loads(listed.stdout)["plugins"] == []
+    names = {p["name"] for p in json.loads(listed.stdout)["plugins"]}
+    assert not names & {"example", "broken"}
     with_example(fresh_node)
     fresh_node.start(env=env(plugin_path, SEGUE_TRACE_PLUGINS="1"))
     traced = [e for e in fresh_node.log_events() if e.get("event") in ("hook called",

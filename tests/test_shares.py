@@ -245,3 +245,30 @@ def test_fsck_on_local_directories(fresh_node: Node, tmp_path: Path) -> None:
     assert result.returncode == 1
     assert f"{track} on local: chunk 1 missing; no good copy on any share (NOT repaired)" \
         in result.stdout
+
+
+def test_two_readers_of_one_smb_file_at_once(tmp_path: Path) -> None:
+    """Players share chunks: concurrent opens of one file must not be sharing violations."""
+    server = Smbd(tmp_path / "smb", "solo")
+    server.start()
+    try:
+        store = SmbStore(SmbUrl.parse(server.url), PASSWORD)
+        store.write_chunk("0123456789abcdef", 0, b"x" * CHUNK)
+        errors: list[BaseException] = []
+
+        def reader() -> None:
+            try:
+                for _ in range(20):
+                    buf = bytearray(CHUNK + 1)
+                    assert store.read_chunk_into("0123456789abcdef", 0, buf) == CHUNK
+            except BaseException as e:  # reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=reader) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert errors == []
+    finally:
+        server.stop()

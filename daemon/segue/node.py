@@ -126,6 +126,10 @@ class Node:
         return self.app.in_flight
 
     @property
+    def health(self) -> Health:
+        return self.app.health
+
+    @property
     def config_path(self) -> Path:
         return self.settings.path
 

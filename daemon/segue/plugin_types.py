@@ -91,6 +91,11 @@ class NodeView(Protocol):
         ...
 
     @property
+    def health(self) -> Health:
+        """The node's overall health (storage and every plugin), as /healthz reports it."""
+        ...
+
+    @property
     def config_path(self) -> Path: ...
 
     def plugin_config(self, name: str) -> Mapping[str, Any]:

@@ -23,6 +23,10 @@ from segue.storage import layout
 from segue.storage.errors import NotInStoreError, StoreError
 
 CONNECT_TIMEOUT_S = 5
+# Readers let others read, and delete or rename over, a file they have open. smbclient's
+# default shares nothing: two players reading one chunk (or a node and `segue fsck`) would get
+# STATUS_SHARING_VIOLATION, and a re-pack could not replace a chunk being read.
+READ_SHARING = "rwd"
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,8 @@ class SmbStore:
         what = f"manifest of track {track_id}"
         try:
             with smbclient.open_file(self._unc(layout.manifest_path(track_id)), mode="rb",
-                                     buffering=0, **self._session()) as f:
+                                     buffering=0, share_access=READ_SHARING,
+                                     **self._session()) as f:
                 return f.readall()
         except (OSError, SMBException, ValueError) as e:
             raise self._fail(what, e) from None
@@ -120,7 +125,8 @@ class SmbStore:
         what = f"chunk {index} of track {track_id}"
         try:
             with smbclient.open_file(self._unc(layout.chunk_path(track_id, index)), mode="rb",
-                                     buffering=0, **self._session()) as f:
+                                     buffering=0, share_access=READ_SHARING,
+                                     **self._session()) as f:
                 view = memoryview(buf)
                 filled = 0
                 while filled < len(buf) and (n := f.readinto(view[filled:])):
