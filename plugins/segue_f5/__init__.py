@@ -108,10 +108,12 @@ class F5Plugin:
                              self.settings.reconcile_interval_s)
 
     async def _converge(self, desired: MemberState, first: bool) -> None:
+        """Set the member to `desired` when the node's wish changed; otherwise put a member
+        changed by hand back ("fix") or only say so ("report")."""
         assert self.member is not None and self.settings is not None
         if self.draining:
             return
-        if self.settings.reconcile == "report" and not first:
+        if self.settings.reconcile == "report" and not first and desired == self.state:
             current = await self.member.read()
             if current is None or read_state(current) != desired:
                 log.warning("F5 member differs from what the node wants", desired=desired,
