@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from conftest import Node, make_tone
 from fake_f5 import FakeF5
 
