@@ -13,7 +13,7 @@ from samba import free_port
 
 
 class HAProxy:
-    def __init__(self, root: Path, slots: int = 4) -> None:
+    def __init__(self, root: Path, slots: int = 4, servers: list[str] | None = None) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.root = root
         self.port = free_port()
@@ -33,8 +33,8 @@ backend be
     balance roundrobin
     option httpchk GET /healthz
     default-server inter 200ms fastinter 100ms downinter 200ms rise 1 fall 2 check
-    server-template edge 1-{slots} 127.0.0.1:1 disabled
-""")
+""" + (f"    server-template edge 1-{slots} 127.0.0.1:1 disabled\n" if slots else "")
+          + "".join(f"    {line}\n" for line in servers or ()))
         self.proc: subprocess.Popen | None = None
 
     @property

@@ -226,3 +226,14 @@ def test_a_failing_node_disables_its_member(fresh_node: Node, f5: FakeF5, tmp_pa
     wait_until(lambda: f5.member(POOL, member_of(fresh_node)) is not None)
     time.sleep(1.0)
     assert session_of(f5, fresh_node) == "user-disabled"
+
+
+def test_an_http_monitor_on_healthz_is_created_and_attached(fresh_node: Node,
+                                                            f5: FakeF5) -> None:
+    configure(fresh_node, f5, create_monitor=True)
+    fresh_node.start()
+    wait_until(lambda: session_of(f5, fresh_node) == "monitor-enabled")
+    monitor = next(iter(f5.monitors.values()))
+    assert monitor["send"].startswith("GET /healthz HTTP/1.1\r\n")
+    assert "ok" in monitor["recv"]
+    assert f5.pool_config[f"/Common/{POOL}"]["monitor"].strip() == "/Common/segue_healthz"

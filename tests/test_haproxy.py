@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import socket
 import threading
 import time
 import urllib.request
@@ -15,6 +16,7 @@ import pytest
 
 from conftest import Node, make_tone
 from haproxy import HAProxy
+from samba import free_port
 from segue_haproxy.runtime import parse_stat
 
 MAINT, DRAIN = 0x01, 0x08
@@ -111,3 +113,55 @@ def test_a_draining_node_finishes_its_stream_and_no_request_fails(
     finally:
         for node in nodes.values():
             node.stop()
+
+
+def test_add_server_mode_registers_and_deletes_the_server(tmp_path: Path,
+                                                         haproxy: HAProxy) -> None:
+    node = Node.init(tmp_path / "dyn")
+    node.conf.write_text(node.conf.read_text() + (
+        f'\n[plugins.haproxy]\nmode = "add"\nadmin_socket = "{haproxy.socket}"\n'
+        'backend = "be"\nserver = "dyn1"\n'))
+    node.start()
+    try:
+        wait_until(lambda: "be,dyn1," in haproxy.command("show stat")
+                   and haproxy.status("dyn1") == "UP")
+        assert node.stop() == 0
+        assert "be,dyn1," not in haproxy.command("show stat")
+    finally:
+        node.stop()
+
+
+def test_agent_mode_answers_haproxys_agent_check(tmp_path: Path) -> None:
+    node = Node.init(tmp_path / "agent")
+    node_port, agent_port = free_port(), free_port()
+    node.conf.write_text(node.conf.read_text().replace(
+        'listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{node_port}"') + (
+        f'\n[plugins.haproxy]\nmode = "agent"\nbackend = "be"\nserver = "edge1"\n'
+        f"agent_port = {agent_port}\n"))
+    proxy = HAProxy(tmp_path / "haproxy", slots=0,
+                    servers=[f"server edge1 127.0.0.1:{node_port} check agent-check "
+                             f"agent-port {agent_port} agent-inter 200ms"])
+    (track,) = node.pack(make_tone(tmp_path / "t.wav", ["-c:a", "pcm_s16le"], seconds=30,
+                                   title="t"))
+    proxy.start()
+    node.start()
+
+    def agent_says() -> str:
+        with socket.create_connection(("127.0.0.1", agent_port), timeout=5) as s:
+            return s.recv(100).decode().strip()
+
+    try:
+        wait_until(lambda: proxy.status("edge1") == "UP")
+        assert agent_says() == "up ready"
+        held = socket.create_connection(("127.0.0.1", node_port), timeout=10)
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        held.sendall(f"GET /v1/tracks/{track}?token={node.token()} HTTP/1.1\r\nHost: x\r\n\r\n"
+                     .encode())
+        held.recv(1024)  # the stream has begun; it stays in flight while we do not read
+        node.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: agent_says() == "drain")
+        held.close()
+        assert node.proc.wait(timeout=30) == 0
+    finally:
+        node.stop()
+        proxy.stop()
