@@ -78,6 +78,17 @@ def test_a_token_with_altered_claims_is_401(node: Node, track: str) -> None:
     assert get(node.url(track), f"{header}.{altered}.{signature}")[0] == 401
 
 
+@pytest.mark.parametrize("header", [{"kid": 1}, {"kid": "x", "crit": ["nope"]}])
+def test_a_token_with_a_malformed_header_is_401(node: Node, track: str, header: dict) -> None:
+    claims = {"sub": "eve", "exp": int(time.time()) + 600, "aud": "segue", "tracks": "*"}
+
+    def part(doc: dict) -> str:
+        return jwt.utils.base64url_encode(json.dumps(doc).encode()).decode()
+
+    token = f"{part({'alg': 'EdDSA', 'typ': 'JWT', **header})}.{part(claims)}.c2lnbmF0dXJl"
+    assert get(node.url(track), token)[0] == 401
+
+
 def test_an_unsigned_token_is_401(node: Node, track: str) -> None:
     claims = {"sub": "eve", "exp": int(time.time()) + 600, "aud": "segue", "tracks": "*"}
     unsigned = jwt.encode(claims, None, algorithm="none")

@@ -132,3 +132,19 @@ def test_a_stalled_request_is_dropped_after_the_header_timeout(fresh_node: Node,
     answer = raw(n, b"GET /healthz HTTP/1.1\r\nHost: x\r\n", timeout=10)
     assert status_of(answer) == 408
     assert time.monotonic() - started < 5
+
+
+def test_a_malformed_request_never_echoes_or_logs_what_it_carried(node: Node) -> None:
+    secret = "eyJhbGciOiJFZERTQSJ9.c2VjcmV0LXRva2Vu.c2lnbmF0dXJl"
+    for garbage in (f"GET /v1/search?q=x&token={secret} HTTP/1.1x\r\n\r\n",
+                    f"GET / HTTP/1.1\r\nAuthorization : Bearer {secret}\r\n\r\n"):
+        answer = raw(node, garbage.encode())
+        assert status_of(answer) == 400
+        assert secret.encode() not in answer
+    assert secret not in node.log_text()
+
+
+def test_too_many_query_fields_get_400(node: Node) -> None:
+    query = "&".join(f"a{i}=1" for i in range(80))
+    answer = raw(node, f"GET /healthz?{query} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert status_of(answer) == 400

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import subprocess
 import threading
 import time
 import urllib.error
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MP3, Node, make_tone
+from conftest import MP3, SEGUE, Node, make_tone
 from segue.seal import keys
 
 
@@ -225,6 +226,37 @@ def test_sighup_with_a_broken_config_keeps_the_old_one(fresh_node: Node, tmp_pat
         time.sleep(0.05)
     assert status_of(fresh_node.url(track, token))[0] == 200
     assert status_of(fresh_node.base + "/healthz") == (200, "ok")
+
+
+def test_sighup_with_an_unreadable_key_path_keeps_the_old_config(fresh_node: Node,
+                                                                 tmp_path: Path) -> None:
+    (track,) = fresh_node.pack(make_tone(tmp_path / "t.mp3", MP3, seconds=2, title="t"))
+    fresh_node.start()
+    fresh_node.conf.write_text(fresh_node.conf.read_text().replace(
+        '"keys/edge-rsa.pem"]', '"segued.toml/not-a-dir.pem"]'))
+    fresh_node.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while not any(e.get("event", "").startswith("reload refused")
+                  for e in fresh_node.log_events()):
+        assert time.monotonic() < deadline, fresh_node.log_text()
+        time.sleep(0.05)
+    assert fresh_node.proc.poll() is None
+    assert status_of(fresh_node.url(track, fresh_node.token()))[0] == 200
+
+
+def test_a_port_in_use_is_one_clear_line(fresh_node: Node) -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        fresh_node.conf.write_text(fresh_node.conf.read_text().replace(
+            'listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{port}"'))
+        result = subprocess.run([*SEGUE, "run", "--config", str(fresh_node.conf)],
+                                capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("segue:")]
+    assert len(errors) == 1 and "ExceptionGroup" not in errors[0], result.stderr
+    assert "address already in use" in errors[0].lower()
 
 
 def test_sighup_with_a_new_packager_key_serves_tracks_it_signed(fresh_node: Node,

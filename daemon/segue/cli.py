@@ -129,6 +129,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     except Exception as e:
         if args.debug:
             raise
+        while isinstance(e, ExceptionGroup) and len(e.exceptions) == 1:
+            e = e.exceptions[0]  # the one error a nursery wrapped
         print(f"segue: {type(e).__name__}: {e} (run with --debug for details)", file=sys.stderr)
         return EXIT_FAILURE
 

@@ -85,10 +85,13 @@ class Library:
             self._metrics.open_tracks.labels("hit").inc()
             return opened
         self._metrics.open_tracks.labels("miss").inc()
-        with trio.fail_after(self._read_timeout * len(self.shares.shares)):
-            opened = await trio.to_thread.run_sync(
-                self._open_blocking, track_id, limiter=self._limiter, abandon_on_cancel=True
-            )
+        try:
+            with trio.fail_after(self._read_timeout * len(self.shares.shares)):
+                opened = await trio.to_thread.run_sync(
+                    self._open_blocking, track_id, limiter=self._limiter, abandon_on_cancel=True
+                )
+        except trio.TooSlowError:
+            raise TrackUnavailable(f"track {track_id}: manifest reads timed out") from None
         self._opened[track_id] = opened
         while len(self._opened) > self._capacity:
             self._opened.popitem(last=False)
@@ -153,6 +156,8 @@ class Library:
             (await self.chunk(track, index)).release()
         except TrackUnavailable:
             pass  # the stream that needs this chunk reports it, if it still does
+        except Exception:  # a read-ahead is an optimisation: it must never stop the node
+            log.exception("read-ahead failed", track=track.manifest.track_id, chunk=index)
         finally:
             self._prefetch_limiter.release_on_behalf_of(token)
 
@@ -197,10 +202,12 @@ class Library:
                 with trio.fail_after(self._read_timeout):
                     lease = await trio.to_thread.run_sync(
                         self._read_copy, share, track, index,
-                        limiter=self._limiter, abandon_on_cancel=True,
+                        limiter=share.limiter, abandon_on_cancel=True,
                     )
             except trio.TooSlowError:
                 share.failed(f"read timed out after {self._read_timeout:g} s")
+                # The stuck connection is dropped; the next read or probe connects afresh.
+                await trio.to_thread.run_sync(share.store.reset, abandon_on_cancel=True)
                 self._metrics.store_reads.labels(share.name, "timeout").inc()
                 tried.append(f"{share.name} (timed out)")
                 continue
@@ -210,6 +217,9 @@ class Library:
             self._metrics.store_reads.labels(share.name, "ok").inc()
             return lease
         log.error("no readable copy of a chunk", track=track_id, chunk=index, tried=tried)
+        # The track may have been sealed again (re-packed) since it was opened: the next
+        # request opens its manifest afresh instead of failing until eviction.
+        self._opened.pop(track_id, None)
         raise TrackUnavailable(f"chunk {index} of track {track_id}: no readable copy")
 
     def _pool(self, size: int) -> BufferPool:

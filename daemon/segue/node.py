@@ -246,7 +246,8 @@ class Node:
                     continue
                 try:
                     with trio.fail_after(timeout):
-                        await trio.to_thread.run_sync(share.store.probe, abandon_on_cancel=True)
+                        await trio.to_thread.run_sync(share.store.probe, abandon_on_cancel=True,
+                                                      limiter=share.limiter)
                 except trio.TooSlowError:
                     share.failed(f"probe timed out after {timeout:g} s")
                 except StoreError as e:
@@ -292,7 +293,11 @@ class Node:
     async def _handle_signals(self, signals: Any, lifespan: trio.CancelScope) -> None:
         async for signum in signals:
             if signum == signal.SIGHUP:
-                await self._reload()
+                if self.app.state == NodeState.READY:
+                    await self._reload()
+                else:
+                    log.warning("reload ignored", state=self.app.state,
+                                reason="the node reloads only while it is ready")
             elif not self._stop.is_set():
                 log.info("draining", signal=signal.Signals(signum).name,
                          deadline_s=self.settings.drain_timeout_s)
@@ -334,6 +339,11 @@ class Node:
             tokens = await trio.to_thread.run_sync(load_token_verifier, new)
         except ConfigError as e:
             log.error("reload refused; the old configuration keeps serving", errors=e.errors)
+            self.notifier.ready(self._status_line())
+            return
+        except Exception as e:  # whatever a new configuration does, the old one keeps serving
+            log.exception("reload refused; the old configuration keeps serving",
+                          errors=[f"{type(e).__name__}: {e}"])
             self.notifier.ready(self._status_line())
             return
         accepted: list[Plugin] = []

@@ -40,6 +40,7 @@ class F5Plugin:
         self.last_error = ""
         self.draining = False
         self.state: MemberState | None = None
+        self._loop: trio.CancelScope | None = None
 
     @segue.hookimpl
     def segue_configure(self, config, config_path: Path) -> None:
@@ -88,7 +89,12 @@ class F5Plugin:
         return [lambda: self._reconcile_forever(node)]
 
     async def _reconcile_forever(self, node) -> None:
-        """Keep the member as the node wants it, retrying while F5 is away."""
+        """Keep the member as the node wants it, retrying while F5 is away (until draining,
+        which cancels this loop so that no registration in progress can undo the drain)."""
+        with trio.CancelScope() as self._loop:
+            await self._reconcile(node)
+
+    async def _reconcile(self, node) -> None:
         assert self.settings is not None
         first = True
         while not self.draining:
@@ -104,6 +110,9 @@ class F5Plugin:
             except (F5Unreachable, F5Error) as e:
                 self.last_error = str(e)
                 log.warning("F5 registration failed; retrying", error=str(e))
+            except Exception as e:  # an answer F5 should not give: keep trying, say so
+                self.last_error = f"{type(e).__name__}: {e}"
+                log.exception("F5 registration failed unexpectedly; retrying")
             await trio.sleep(1.0 if first or self.last_error else
                              self.settings.reconcile_interval_s)
 
@@ -134,6 +143,8 @@ class F5Plugin:
     async def segue_drain(self, node, deadline_s: float) -> None:
         """Disable at once, wait for F5's connections and our streams to end, then finish."""
         self.draining = True
+        if self._loop is not None:
+            self._loop.cancel()
         if self.member is None:
             return
         final = trio.current_time() + max(deadline_s - FINAL_STEP_S, 0)

@@ -41,6 +41,7 @@ class HAProxyPlugin:
         self.registered = False
         self.draining = False
         self.last_error = ""
+        self._loop: trio.CancelScope | None = None
 
     @segue.hookimpl
     def segue_configure(self, config, config_path: Path) -> None:
@@ -70,7 +71,12 @@ class HAProxyPlugin:
         return f"{self.settings.backend}/{self.settings.server}"
 
     async def _register_forever(self, node) -> None:
-        """Make HAProxy send players here once the node is ready; retry while it is away."""
+        """Make HAProxy send players here once the node is ready; retry while it is away
+        (until draining, which cancels this loop so that it cannot undo the drain)."""
+        with trio.CancelScope() as self._loop:
+            await self._register_loop(node)
+
+    async def _register_loop(self, node) -> None:
         assert self.settings is not None and self.api is not None
         while not self.draining:
             try:
@@ -86,6 +92,9 @@ class HAProxyPlugin:
             except HAProxyError as e:
                 self.last_error = str(e)
                 log.warning("HAProxy registration failed; retrying", error=str(e))
+            except Exception as e:  # an answer HAProxy should not give: keep trying, say so
+                self.last_error = f"{type(e).__name__}: {e}"
+                log.exception("HAProxy registration failed unexpectedly; retrying")
             await trio.sleep(0.2 if not self.registered else self.settings.reconcile_interval_s)
 
     async def _register(self) -> None:
@@ -131,6 +140,8 @@ class HAProxyPlugin:
     @segue.hookimpl
     async def segue_drain(self, node, deadline_s: float) -> None:
         self.draining = True
+        if self._loop is not None:
+            self._loop.cancel()
         if self.settings is None or self.api is None:
             return  # agent mode: the agent answers "drain" from now on
         final = trio.current_time() + max(deadline_s - FINAL_STEP_S, 0)

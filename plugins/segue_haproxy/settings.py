@@ -54,6 +54,13 @@ def parse(table: Mapping[str, Any], config_path: Path) -> HAProxySettings:
     elif not isinstance(values["admin_socket"], str) or not values["admin_socket"]:
         problems.append("admin_socket is required: a UNIX socket path or HOST:PORT "
                         "(stats socket ... level admin)")
+    if any(c in str(values["add_options"]) for c in ";\n"):
+        problems.append("add_options must be one line of server options, without ';'")
+    socket = values["admin_socket"]
+    if isinstance(socket, str) and ":" in socket and not socket.startswith("/"):
+        port = socket.rpartition(":")[2]
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            problems.append("admin_socket HOST:PORT needs a port number")
     if values["address"] is not None:
         try:
             ipaddress.ip_address(values["address"])

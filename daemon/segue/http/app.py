@@ -29,6 +29,7 @@ from segue.seal.tokens import Grant, TokenError, TokenVerifier
 from segue.seal.track import OpenedTrack
 
 SEARCH_DEFAULT_LIMIT = 20
+CATALOGUE_TIMEOUT_S = 10.0
 SEARCH_MAX_LIMIT = 100
 _BEARER_REALM = 'Bearer realm="segue"'
 
@@ -171,7 +172,13 @@ class EdgeApp:
         grant = self.authorize(request, track_id)
         if isinstance(grant, Response):
             return grant
-        record = await trio.to_thread.run_sync(self.catalogue.get, track_id, limiter=self.limiter)
+        try:
+            with trio.fail_after(CATALOGUE_TIMEOUT_S):
+                record = await trio.to_thread.run_sync(self.catalogue.get, track_id,
+                                                       limiter=self.limiter,
+                                                       abandon_on_cancel=True)
+        except trio.TooSlowError:
+            return error(503, "the catalogue is not answering", ("Retry-After", "5"))
         if record is None:
             return error(404, f"no track {track_id}")
         return json_response(200, record.to_json(), ("Cache-Control", "private"))
@@ -190,9 +197,14 @@ class EdgeApp:
             return error(400, f"limit must be a whole number from 1 to {SEARCH_MAX_LIMIT}")
         if not 1 <= limit <= SEARCH_MAX_LIMIT:
             return error(400, f"limit must be a whole number from 1 to {SEARCH_MAX_LIMIT}")
-        found = await trio.to_thread.run_sync(
-            self.catalogue.search, q, limit, limiter=self.limiter
-        )
+        try:
+            with trio.fail_after(CATALOGUE_TIMEOUT_S):
+                found = await trio.to_thread.run_sync(
+                    self.catalogue.search, q, limit, limiter=self.limiter,
+                    abandon_on_cancel=True,
+                )
+        except trio.TooSlowError:
+            return error(503, "the catalogue is not answering", ("Retry-After", "5"))
         results = [r.to_json() for r in found if grant.allows(r.track_id)]
         return json_response(200, {"results": results}, ("Cache-Control", "private"))
 

@@ -74,9 +74,11 @@ class Connection:
         except h11.RemoteProtocolError as e:
             self.app.metrics.bad_requests.inc()
             status = e.error_status_hint if e.error_status_hint in REASONS else 400
-            log.info("malformed request", status=status, error=str(e))
+            # h11's message quotes the offending bytes, which may hold a token: neither the log
+            # nor the answer repeats it.
+            log.info("malformed request", status=status)
             if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                await self.send_and_close(error(status, f"malformed request: {e}"))
+                await self.send_and_close(error(status, "malformed HTTP request"))
         except _ClosedByPeer:
             return
         finally:
@@ -120,7 +122,12 @@ class Connection:
 
     async def _respond(self, event: h11.Request) -> None:
         started = time.perf_counter()
-        request = Request.from_h11(event.method, event.target, event.headers)
+        try:
+            request = Request.from_h11(event.method, event.target, event.headers)
+        except ValueError:
+            self.app.metrics.bad_requests.inc()
+            await self.send_and_close(error(400, "malformed request target"))
+            raise _ClosedByPeer() from None
         self.app.request_started()
         try:
             await self._answer(request, started)

@@ -122,6 +122,8 @@ def _read_private(path: Path, what: str) -> bytes:
         mode = path.stat().st_mode
     except FileNotFoundError:
         raise KeyFileError(f"{what} {path} does not exist") from None
+    except OSError as e:
+        raise KeyFileError(f"cannot read {what} {path}: {e.strerror}") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise KeyFileError(
             f"{what} {path} is accessible by group or others "

@@ -141,8 +141,10 @@ class TokenVerifier:
     def _decode(self, token: str, now: float) -> Grant:
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.DecodeError:
+        except jwt.InvalidTokenError:
             raise TokenError("token is not a JWT") from None
+        if not isinstance(header.get("kid", ""), str) or not isinstance(header.get("alg"), str):
+            raise TokenError("token header is malformed")
         kid = header.get("kid")
         candidates = [self._keys[kid]] if kid in self._keys else list(self._keys.values())
         alg = header.get("alg")

@@ -86,6 +86,9 @@ class LocalStore:
         return sorted(p.name for prefix in tracks.iterdir() if prefix.is_dir()
                       for p in prefix.iterdir() if p.is_dir())
 
+    def reset(self) -> None:
+        """Nothing is pooled for a local path."""
+
     def probe(self) -> None:
         """Raise StoreError unless the store's root can be listed."""
         try:

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import trio
+
 from segue.config import ConfigError, Settings, ShareSettings
 from segue.plugin_types import Health
 from segue.seal.errors import KeyFileError
@@ -32,6 +34,9 @@ class Share:
 
     name: str
     store: ChunkStore
+    # Reads of this share run under its own limiter: threads stuck on a hung share (they can
+    # only be abandoned, not stopped) use up this share's capacity and no other's.
+    limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(8))
     healthy: bool = True
     last_error: str = ""
     next_probe: float = 0.0
@@ -124,13 +129,15 @@ def open_shares(settings: Settings) -> ShareSet:
                 errors.append(f"{settings.path}: {key}: {e}")
                 continue
             shares.append(Share(share.name, SmbStore(url, password, encrypt=share.encrypt,
-                                                     require_signing=share.require_signing)))
+                                                     require_signing=share.require_signing),
+                                trio.CapacityLimiter(settings.limits.worker_threads)))
         else:
             path = Path(share.url)
             if not path.is_dir():
                 errors.append(f"{settings.path}: {key}: {path} is not a directory")
                 continue
-            shares.append(Share(share.name, LocalStore(path)))
+            shares.append(Share(share.name, LocalStore(path),
+                                trio.CapacityLimiter(settings.limits.worker_threads)))
     if errors:
         raise ConfigError(errors)
     return ShareSet(shares, settings.store.replicas)
