@@ -12,7 +12,7 @@ DEMO   ?= demo
 # and gcc build systemd-python).
 SYSTEM_COMMANDS := ffmpeg:ffmpeg ffprobe:ffmpeg curl:curl gcc:gcc pkg-config:pkg-config \
 	/usr/include/systemd/sd-daemon.h:libsystemd-dev smbd:samba smbpasswd:samba \
-	haproxy:haproxy
+	haproxy:haproxy mariadbd:mariadb-server mariadb-install-db:mariadb-server
 BENCH_COMMANDS  := nginx:nginx-light wrk:wrk taskset:util-linux
 
 .PHONY: run test lint typecheck bench setup system-deps bench-deps clean

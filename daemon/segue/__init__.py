@@ -8,6 +8,7 @@ The public plugin API is what this package exports: ``hookimpl``, ``PLUGIN_API_V
 
 __version__ = "0.1.0"
 
+from segue.catalogue import TrackRecord
 from segue.config import resolve_path
 from segue.hookspecs import PLUGIN_API_VERSION, hookimpl
 from segue.http.messages import Request, Response
@@ -22,6 +23,7 @@ __all__ = [
     "Request",
     "Response",
     "Route",
+    "TrackRecord",
     "__version__",
     "hookimpl",
     "read_secret",

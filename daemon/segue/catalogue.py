@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 import sqlite3
 import threading
+import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,11 @@ CREATE TRIGGER IF NOT EXISTS tracks_au AFTER UPDATE ON tracks BEGIN
     INSERT INTO tracks_fts(rowid, title, artist, album)
     VALUES (new.rowid, new.title, new.artist, new.album);
 END;
+CREATE TABLE IF NOT EXISTS replication_positions (
+    source     TEXT PRIMARY KEY,
+    position   TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS accepted_manifests (
     track_id TEXT PRIMARY KEY,
     version  INTEGER NOT NULL
@@ -61,6 +68,12 @@ _UPSERT = (
     "ON CONFLICT(track_id) DO UPDATE SET title=excluded.title, "
     "artist=excluded.artist, album=excluded.album, duration_s=excluded.duration_s, "
     "mime=excluded.mime, bytes=excluded.bytes, chunks=excluded.chunks"
+)
+_UPSERT_FROM = (
+    f"INSERT INTO tracks ({_COLUMNS}, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "  # noqa: S608
+    "ON CONFLICT(track_id) DO UPDATE SET title=excluded.title, "
+    "artist=excluded.artist, album=excluded.album, duration_s=excluded.duration_s, "
+    "mime=excluded.mime, bytes=excluded.bytes, chunks=excluded.chunks, source=excluded.source"
 )
 _GET = f"SELECT {_COLUMNS} FROM tracks WHERE track_id = ?"  # noqa: S608
 _SEARCH = (
@@ -118,6 +131,9 @@ class Catalogue:
         conn = catalogue._conn(create=True)
         with conn:
             conn.executescript(_SCHEMA)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(tracks)")}
+            if "source" not in columns:  # catalogues made before replication existed
+                conn.execute("ALTER TABLE tracks ADD COLUMN source TEXT")
         return catalogue
 
     def _conn(self, create: bool = False) -> sqlite3.Connection:
@@ -173,6 +189,50 @@ class Catalogue:
             return []
         rows = self._conn().execute(_SEARCH, (query, limit)).fetchall()
         return [TrackRecord(*row) for row in rows]
+
+    def apply_replicated(
+        self,
+        source: str,
+        upserts: Iterable[TrackRecord],
+        deletes: Iterable[str],
+        position: str,
+        *,
+        replace: bool = False,
+    ) -> None:
+        """Apply one replicated transaction and its new position in ONE SQLite transaction.
+
+        A restart resumes from the stored position with no duplicate and no gap. With
+        `replace`, every track of `source` is dropped first (a fresh snapshot). Blocking: call
+        it from a worker thread.
+        """
+        conn = self._conn()
+        with conn:
+            if replace:
+                conn.execute("DELETE FROM tracks WHERE source = ?", (source,))
+            conn.executemany(_UPSERT_FROM, [
+                (r.track_id, r.title, r.artist, r.album, r.duration_s, r.mime, r.bytes,
+                 r.chunks, source) for r in upserts])
+            conn.executemany("DELETE FROM tracks WHERE track_id = ? AND source = ?",
+                             [(track_id, source) for track_id in deletes])
+            conn.execute(
+                "INSERT INTO replication_positions (source, position, updated_at) "
+                "VALUES (?, ?, ?) ON CONFLICT(source) DO UPDATE SET "
+                "position = excluded.position, updated_at = excluded.updated_at",
+                (source, position, time.time()),
+            )
+
+    def replication_position(self, source: str) -> str | None:
+        """The position stored with the last transaction applied from `source`."""
+        row = self._conn().execute(
+            "SELECT position FROM replication_positions WHERE source = ?", (source,)
+        ).fetchone()
+        return row[0] if row else None
+
+    def count(self, source: str | None = None) -> int:
+        if source is None:
+            return self._conn().execute("SELECT count(*) FROM tracks").fetchone()[0]
+        return self._conn().execute(
+            "SELECT count(*) FROM tracks WHERE source = ?", (source,)).fetchone()[0]
 
     def accepted_version(self, track_id: str) -> int | None:
         row = (

@@ -133,6 +133,10 @@ class Node:
     def config_path(self) -> Path:
         return self.settings.path
 
+    @property
+    def catalogue(self) -> Catalogue:
+        return self.app.catalogue
+
     def plugin_config(self, name: str) -> Mapping[str, Any]:
         return self.settings.plugins.get(name, {})
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from segue.catalogue import Catalogue
 from segue.http.messages import Request, Response
 
 HealthStatus = Literal["ok", "degraded", "failing"]
@@ -97,6 +98,13 @@ class NodeView(Protocol):
 
     @property
     def config_path(self) -> Path: ...
+
+    @property
+    def catalogue(self) -> Catalogue:
+        """The local catalogue. Replication plugins write it with
+        ``apply_replicated(source, upserts, deletes, position, replace=False)`` and read their
+        position with ``replication_position(source)``; both block (use a worker thread)."""
+        ...
 
     def plugin_config(self, name: str) -> Mapping[str, Any]:
         """The raw [plugins.NAME] table of the configuration now in force."""

@@ -1,0 +1,172 @@
+"""One shard's replication into the local catalogue: snapshot, then follow the binlog.
+
+Runs in a worker thread (PyMySQL and mysql-replication block). Every source transaction and the
+binlog position after it are written to the local catalogue in one SQLite transaction, so a
+restart resumes exactly: the library's own reconnects are never trusted (they can replay from
+an old position); after any error the reader is rebuilt from the stored position.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pymysql
+from pymysqlreplication import BinLogStreamReader
+from pymysqlreplication.event import HeartbeatLogEvent, QueryEvent, RotateEvent, XidEvent
+from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
+
+import segue
+from segue_mysql.schema import COLUMNS, DATABASE
+
+# Server settings without which row events lose changes or column names.
+REQUIRED_SETTINGS = {
+    "binlog_format": "ROW",
+    "binlog_row_image": "FULL",
+    "binlog_row_metadata": "FULL",
+}
+ERROR_BINLOG_PURGED = 1236
+
+
+class SettingsError(Exception):
+    """The server's settings would lose changes; the message names the variable."""
+
+
+class BinlogPurged(Exception):
+    """The stored position is no longer in the server's binlogs: take a fresh snapshot."""
+
+
+@dataclass
+class Shard:
+    """A shard's connection settings and what the node knows of its replication."""
+
+    name: str
+    host: str
+    port: int
+    user: str
+    password: str
+    server_id: int
+    heartbeat_s: float = 2.0
+    connected: bool = False
+    last_error: str = ""
+    source_time: float = field(default_factory=time.time)  # source time of the last change seen
+    rows_applied: int = 0
+
+    def connection_settings(self) -> dict:
+        return {"host": self.host, "port": self.port, "user": self.user,
+                "passwd": self.password, "connect_timeout": 5,
+                "read_timeout": max(3 * self.heartbeat_s, 5)}
+
+    def connect(self) -> pymysql.Connection:
+        return pymysql.connect(host=self.host, port=self.port, user=self.user,
+                               password=self.password, connect_timeout=5,
+                               read_timeout=30, autocommit=True)
+
+    @property
+    def lag_s(self) -> float:
+        return max(0.0, time.time() - self.source_time)
+
+
+def check_settings(shard: Shard) -> None:
+    """Raise SettingsError naming the first server variable that would lose changes."""
+    conn = shard.connect()
+    try:
+        with conn.cursor() as cur:
+            for variable, wanted in REQUIRED_SETTINGS.items():
+                cur.execute(f"SELECT @@global.{variable}")  # constant names, not input
+                (value,) = cur.fetchone()
+                if str(value).upper() != wanted:
+                    raise SettingsError(
+                        f"shard {shard.name}: server variable {variable} is {value}; "
+                        f"replication needs {variable}={wanted}")
+    finally:
+        conn.close()
+
+
+def _record(values: dict) -> segue.TrackRecord:
+    return segue.TrackRecord(*(values[c] for c in COLUMNS))
+
+
+def snapshot(shard: Shard, node: segue.NodeView) -> None:
+    """All of the shard's tracks and the binlog position they correspond to, applied at once.
+
+    MariaDB reports the binlog position of a consistent snapshot (binlog_snapshot_file and
+    _position) inside the snapshot's own transaction, with no global lock.
+    """
+    conn = shard.connect()
+    try:
+        with conn.cursor(pymysql.cursors.DictCursor) as cur:
+            cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+            cur.execute("SHOW STATUS LIKE 'binlog_snapshot_%'")
+            status = {row["Variable_name"].lower(): row["Value"] for row in cur.fetchall()}
+            cur.execute(f"SELECT {', '.join(COLUMNS)} FROM {DATABASE}.tracks")  # noqa: S608
+            rows = [_record(row) for row in cur.fetchall()]
+            cur.execute("COMMIT")
+    finally:
+        conn.close()
+    position = json.dumps({"file": status["binlog_snapshot_file"],
+                           "pos": int(status["binlog_snapshot_position"])})
+    node.catalogue.apply_replicated(shard.name, rows, [], position, replace=True)
+    shard.rows_applied += len(rows)
+    shard.source_time = time.time()
+
+
+def stream(shard: Shard, node: segue.NodeView, stop: threading.Event,
+           on_progress: Callable[[], None] = lambda: None) -> None:
+    """Follow the binlog from the stored position until `stop` is set or an error."""
+    position = json.loads(node.catalogue.replication_position(shard.name) or "null")
+    if position is None:
+        raise BinlogPurged("no stored position")
+    reader = BinLogStreamReader(
+        connection_settings=shard.connection_settings(),
+        server_id=shard.server_id,
+        resume_stream=True,
+        log_file=position["file"],
+        log_pos=position["pos"],
+        blocking=True,
+        slave_heartbeat=shard.heartbeat_s,
+        only_events=[WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent, XidEvent, QueryEvent,
+                     RotateEvent, HeartbeatLogEvent],
+        enable_logging=False,
+    )
+    upserts: list[segue.TrackRecord] = []
+    deletes: list[str] = []
+    try:
+        for event in reader:
+            shard.connected = True
+            shard.last_error = ""
+            if stop.is_set():
+                return
+            if isinstance(event, HeartbeatLogEvent):
+                if not upserts and not deletes:
+                    shard.source_time = time.time()
+                continue
+            ours = getattr(event, "schema", None) == DATABASE
+            if isinstance(event, WriteRowsEvent | UpdateRowsEvent) and ours \
+                    and event.table == "tracks":
+                for row in event.rows:
+                    upserts.append(_record(row.get("after_values", row.get("values"))))
+            elif isinstance(event, DeleteRowsEvent) and ours and event.table == "tracks":
+                deletes.extend(row["values"]["track_id"] for row in event.rows)
+            elif isinstance(event, XidEvent) or (
+                    isinstance(event, QueryEvent) and event.query.strip().upper() != "BEGIN"):
+                # A commit (XidEvent) or a statement of its own (DDL, which MariaDB logs with
+                # no XidEvent): the group ends here, with the position after it.
+                new_position = json.dumps({"file": reader.log_file, "pos": reader.log_pos})
+                node.catalogue.apply_replicated(shard.name, upserts, deletes, new_position)
+                shard.rows_applied += len(upserts) + len(deletes)
+                shard.source_time = float(event.timestamp) if (upserts or deletes) \
+                    else time.time()
+                upserts, deletes = [], []
+                on_progress()
+    except pymysql.err.OperationalError as e:
+        if e.args and e.args[0] == ERROR_BINLOG_PURGED:
+            raise BinlogPurged(str(e.args[1] if len(e.args) > 1 else e)) from None
+        raise
+    finally:
+        shard.connected = False
+        reader.close()
