@@ -200,3 +200,26 @@ def test_a_server_logging_mixed_is_refused_naming_the_variable(fresh_node: Node,
         assert "binlog_format=ROW" in result.stderr
     finally:
         server.kill()
+
+
+def test_catalogue_init_and_pack_publish_to_the_right_shard(fresh_node: Node,
+                                                            tmp_path: Path) -> None:
+    from conftest import MP3, make_tone, segue
+
+    servers = {name: MariaDB(tmp_path / name, server_id=i + 1) for i, name in enumerate(RANGES)}
+    for server in servers.values():
+        server.start()
+    try:
+        configure(fresh_node, servers)
+        out = segue("catalogue", "init", "--config", fresh_node.conf).stdout
+        assert out.count("tracks ready") == 2
+        (track,) = fresh_node.pack(make_tone(tmp_path / "p.mp3", MP3, seconds=2,
+                                             title="Published Tune"))
+        home = servers[shard_of(track)]
+        other = next(s for s in servers.values() if s is not home)
+        assert home.execute("SELECT title, manifest_version FROM tracks WHERE track_id = %s",
+                            track) == [("Published Tune", 1)]
+        assert other.execute("SELECT count(*) FROM tracks") == [(0,)]
+    finally:
+        for server in servers.values():
+            server.kill()

@@ -49,6 +49,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per track")
     p.add_argument("files", nargs="+", type=Path, metavar="FILE")
 
+    p = sub.add_parser("catalogue", help="the central catalogue")
+    cat_sub = p.add_subparsers(dest="catalogue_command", required=True, metavar="ACTION")
+    c = cat_sub.add_parser("init", help="create the central catalogue's schema (every shard)")
+    c.add_argument("--config", required=True, type=Path, metavar="CONF")
+
     p = sub.add_parser("token", help="print a signed player token")
     p.add_argument("--config", required=True, type=Path, metavar="CONF")
     p.add_argument("--user", required=True)
@@ -105,6 +110,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         "check-config": cmd_check_config,
         "plugins": cmd_plugins,
         "fsck": cmd_fsck,
+        "catalogue": cmd_catalogue,
     }[args.command]
     from segue import log
 
@@ -239,6 +245,9 @@ def cmd_pack(args: argparse.Namespace) -> int:
         recipients=load_recipients(settings),
         chunk_size=settings.packer.chunk_size,
     )
+    from segue.plugins import PluginHost
+
+    host = PluginHost.load(settings)
     failed = 0
     files: list[Path] = args.files
     progress = Progress(sum(f.stat().st_size for f in files if f.is_file()))
@@ -252,6 +261,13 @@ def cmd_pack(args: argparse.Namespace) -> int:
             continue
         progress.clear()
         r = packed.record
+        if not packed.already_packed:
+            for outcome in host.call("segue_track_packed", track=r,
+                                     manifest_version=packed.manifest_version):
+                if outcome.error is not None:
+                    print(f"segue: plugin {outcome.plugin.name!r} could not publish track "
+                          f"{r.track_id}: {outcome.error}", file=sys.stderr)
+                    failed += 1
         if args.json:
             doc = {**r.to_json(), "file": str(path), "already_packed": packed.already_packed}
             print(json.dumps(doc, ensure_ascii=False), flush=True)
@@ -394,3 +410,17 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     print(f"checked {report.tracks} tracks, {report.chunks} chunks on {len(shares.shares)} "
           f"shares: {len(problems)} problems, {len(problems) - len(report.unrepaired)} repaired")
     return EXIT_FAILURE if report.unrepaired else EXIT_OK
+
+
+def cmd_catalogue(args: argparse.Namespace) -> int:
+    from segue.plugins import PluginHost
+
+    host = PluginHost.load(_load(args))
+    failed = 0
+    for outcome in host.call("segue_catalogue_init"):
+        if outcome.error is not None:
+            print(f"segue: plugin {outcome.plugin.name!r}: {outcome.error}", file=sys.stderr)
+            failed += 1
+        for line in outcome.value or ():
+            print(f"{outcome.plugin.name}: {line}")
+    return EXIT_FAILURE if failed else EXIT_OK

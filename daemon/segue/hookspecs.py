@@ -16,6 +16,9 @@ The order over a node's life::
     segue_configure -> segue_metrics -> segue_startup -> segue_routes -> (listening)
     -> segue_ready -> segue_services -> segue_health (every health_interval_s)
     -> segue_reload (each SIGHUP) -> segue_drain (SIGTERM) -> segue_stop
+
+Two hooks serve commands rather than the running node: ``segue_catalogue_init`` (``segue
+catalogue init``) and ``segue_track_packed`` (``segue pack``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 import pluggy
 from prometheus_client import CollectorRegistry
 
+from segue.catalogue import TrackRecord
 from segue.plugin_types import Health, NodeView, Route
 
 PROJECT = "segue"
@@ -191,4 +195,37 @@ def segue_stop(node: NodeView) -> Awaitable[None] | None:
     Raises: logged with the plugin's name; stopping goes on.
 
     May be async (awaited under hook_timeout_s). Since API version 1.
+    """
+
+
+# --- the central catalogue (commands, not the running node) -----------------------------------
+
+
+@hookspec
+def segue_catalogue_init() -> list[str] | None:
+    """Create the central catalogue's schema where the plugin keeps it.
+
+    Called: by ``segue catalogue init --config CONF``, after ``segue_configure``; no node runs.
+
+    Return: lines to print (what was created where), or None.
+
+    Raises: the command prints one line naming the plugin and exits 1.
+
+    Sync only (block as you need: this is a command). Since API version 1.
+    """
+
+
+@hookspec
+def segue_track_packed(track: TrackRecord, manifest_version: int) -> None:
+    """A track was packed into the configured stores: publish it to the central catalogue.
+
+    Called: by ``segue pack`` after each track it sealed (not for tracks already packed).
+
+    :param track: the catalogue record (id, title, artist, album, duration, MIME type, sizes).
+    :param manifest_version: the version of the manifest just written.
+
+    Raises: ``segue pack`` prints one line naming the plugin and the track, goes on with the
+    other files, and exits 1; the track stays packed locally.
+
+    Sync only. Since API version 1.
     """

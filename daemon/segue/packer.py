@@ -25,6 +25,7 @@ class Packed:
     record: TrackRecord
     source: Path
     already_packed: bool
+    manifest_version: int = 0
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ class Packer:
             chunks=sealer.count,
         )
         self.catalogue.put(record)
-        return Packed(record, path, already_packed=False)
+        return Packed(record, path, already_packed=False, manifest_version=version)
 
     def _share(self, name: str) -> Share:
         share = self.shares.get(name)

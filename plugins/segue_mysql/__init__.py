@@ -29,7 +29,7 @@ import trio
 from prometheus_client import Gauge
 
 import segue
-from segue_mysql import replicator
+from segue_mysql import publish, replicator
 from segue_mysql.schema import KeyRange, check_cover
 
 log = structlog.get_logger("segue_mysql")
@@ -41,6 +41,7 @@ BACKOFF_MAX_S = 10.0
 class MySQLPlugin:
     def __init__(self) -> None:
         self.shards: list[replicator.Shard] = []
+        self.ranges: list[KeyRange] = []
         self.heartbeat_s = 2.0
         self.lag: Gauge | None = None
         self.rows: Gauge | None = None
@@ -91,6 +92,7 @@ class MySQLPlugin:
         if problems:
             raise segue.PluginConfigError(*problems)
         self.shards = shards
+        self.ranges = ranges
         self.heartbeat_s = float(heartbeat)
 
     @segue.hookimpl
@@ -165,3 +167,12 @@ class MySQLPlugin:
     @segue.hookimpl
     def segue_stop(self, node) -> None:
         self._stop.set()
+
+    @segue.hookimpl
+    def segue_catalogue_init(self) -> list[str]:
+        return [publish.create_schema(shard) for shard in self.shards]
+
+    @segue.hookimpl
+    def segue_track_packed(self, track: segue.TrackRecord, manifest_version: int) -> None:
+        if self.shards:
+            publish.publish(self.shards, self.ranges, track, manifest_version)

@@ -108,6 +108,9 @@ def snapshot(shard: Shard, node: segue.NodeView) -> None:
             cur.execute("COMMIT")
     finally:
         conn.close()
+    if "binlog_snapshot_file" not in status:
+        raise SettingsError(f"shard {shard.name}: the server reports no Binlog_snapshot_file "
+                            "status; consistent snapshots need MariaDB (docs/catalogue.md)")
     position = json.dumps({"file": status["binlog_snapshot_file"],
                            "pos": int(status["binlog_snapshot_position"])})
     node.catalogue.apply_replicated(shard.name, rows, [], position, replace=True)

@@ -116,3 +116,14 @@ async def segue_drain(node, deadline_s: float) -> None:
 @segue.hookimpl
 async def segue_stop(node) -> None:
     _record("segue_stop", node, streams=node.streams_in_flight)
+
+
+@segue.hookimpl
+def segue_catalogue_init() -> list[str]:
+    _record("segue_catalogue_init")
+    return ["example catalogue ready"]
+
+
+@segue.hookimpl
+def segue_track_packed(track, manifest_version: int) -> None:
+    _record("segue_track_packed", track_id=track.track_id, manifest_version=manifest_version)
