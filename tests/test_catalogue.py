@@ -54,3 +54,15 @@ def test_accepted_manifest_versions_never_go_down(catalogue: Catalogue) -> None:
     catalogue.accept_version("a" * 32, 3)
     catalogue.accept_version("a" * 32, 2)
     assert catalogue.accepted_version("a" * 32) == 3
+
+
+def test_a_huge_match_set_is_answered_unranked_and_fast(tmp_path: Path) -> None:
+    from segue.catalogue import RANK_AT_MOST
+
+    c = Catalogue.create(tmp_path / "big.sqlite")
+    c.apply_replicated("s0", [record(f"{n:032x}", f"common song {n}")
+                              for n in range(RANK_AT_MOST + 50)], [], "{}")
+    c.put(record("f" * 32, "rare gem"))
+    found = c.search("common", 20)
+    assert len(found) == 20 and all("common" in r.title for r in found)
+    assert [r.title for r in c.search("rare", 20)] == ["rare gem"]

@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS tracks (
 CREATE VIRTUAL TABLE IF NOT EXISTS tracks_fts USING fts5(
     title, artist, album,
     content='tracks', content_rowid='rowid',
-    tokenize='unicode61 remove_diacritics 2'
+    tokenize='unicode61 remove_diacritics 2',
+    prefix='2 3'
 );
 CREATE TRIGGER IF NOT EXISTS tracks_ai AFTER INSERT ON tracks BEGIN
     INSERT INTO tracks_fts(rowid, title, artist, album)
@@ -81,6 +82,15 @@ _SEARCH = (
     "FROM tracks_fts JOIN tracks t ON t.rowid = tracks_fts.rowid "
     "WHERE tracks_fts MATCH ? ORDER BY bm25(tracks_fts, 10.0, 4.0, 1.0) LIMIT ?"
 )  # bm25 column weights: a title match counts most, then artist, then album.
+# Ranking scores every match: fine for hundreds, hundreds of milliseconds for a common word in a
+# million tracks. Past RANK_AT_MOST matches the answer comes unranked (newest rows first).
+RANK_AT_MOST = 2000
+_MATCHES = "SELECT count(*) FROM (SELECT 1 FROM tracks_fts WHERE tracks_fts MATCH ? LIMIT ?)"
+_SEARCH_UNRANKED = (
+    f"SELECT {', '.join('t.' + c for c in _COLUMNS.split(', '))} "  # noqa: S608
+    "FROM tracks_fts JOIN tracks t ON t.rowid = tracks_fts.rowid "
+    "WHERE tracks_fts MATCH ? ORDER BY tracks_fts.rowid DESC LIMIT ?"
+)
 
 
 @dataclass(frozen=True)
@@ -183,11 +193,15 @@ class Catalogue:
         return TrackRecord(*row) if row else None
 
     def search(self, text: str, limit: int) -> list[TrackRecord]:
-        """Tracks matching `text`, best first (FTS5 bm25, title before artist before album)."""
+        """Tracks matching `text`, best first (FTS5 bm25, title before artist before album);
+        unranked when more than RANK_AT_MOST tracks match (type more to get a ranking)."""
         query = fts_query(text)
         if query is None:
             return []
-        rows = self._conn().execute(_SEARCH, (query, limit)).fetchall()
+        conn = self._conn()
+        (matches,) = conn.execute(_MATCHES, (query, RANK_AT_MOST + 1)).fetchone()
+        statement = _SEARCH if matches <= RANK_AT_MOST else _SEARCH_UNRANKED
+        rows = conn.execute(statement, (query, limit)).fetchall()
         return [TrackRecord(*row) for row in rows]
 
     def apply_replicated(
