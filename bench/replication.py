@@ -44,7 +44,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -57,6 +56,7 @@ import pymysql
 from segue.catalogue import Catalogue, TrackRecord
 from segue_mysql import replicator
 from segue_mysql.schema import DATABASE, TRACKS_DDL, keyspace_id
+from serve_vs_nginx import BenchError, log, run_in_temp_dir
 
 PARTS = ("snapshot", "catchup", "lag", "search")
 TARGETS = {
@@ -95,14 +95,6 @@ SOURCE_FLAGS = [
     "--innodb-buffer-pool-size=256M", "--innodb-log-file-size=256M",
     "--max-allowed-packet=64M",
 ]
-
-
-class BenchError(Exception):
-    """Setup or a part went wrong; the message says what."""
-
-
-def log(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
 def free_port() -> int:
@@ -737,23 +729,7 @@ def main() -> int:
         parts.append("snapshot")
     args.parts = [p for p in PARTS if p in parts]
 
-    t = Path(tempfile.mkdtemp(prefix="segue-bench-replication-")).resolve()
-    try:
-        report = bench(args, t)
-    except BenchError as e:
-        print(f"replication: {e}", file=sys.stderr)
-        return 1
-    finally:
-        if args.keep:
-            log(f"kept {t}")
-        else:
-            shutil.rmtree(t, ignore_errors=True)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print_table(report)
-    return 0
-
+    return run_in_temp_dir("replication", args, bench, print_table)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -45,7 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -555,6 +555,28 @@ def bench(args: argparse.Namespace, t: Path) -> dict[str, object]:
     }
 
 
+def run_in_temp_dir(name: str, args: argparse.Namespace,
+                    bench_fn: Callable[[argparse.Namespace, Path], dict],
+                    print_fn: Callable[[dict], None]) -> int:
+    """Run one benchmark in a fresh temp dir (kept with --keep) and print its report."""
+    t = Path(tempfile.mkdtemp(prefix=f"segue-bench-{name}-")).resolve()
+    try:
+        report = bench_fn(args, t)
+    except BenchError as e:
+        print(f"{name}: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if args.keep:
+            log(f"kept {t}")
+        else:
+            shutil.rmtree(t, ignore_errors=True)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_fn(report)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="measured rounds (default 3)")
@@ -586,23 +608,7 @@ def main() -> int:
                      f"got {args.servers!r}")
     args.servers = list(dict.fromkeys(names))
 
-    t = Path(tempfile.mkdtemp(prefix="segue-bench-")).resolve()
-    try:
-        report = bench(args, t)
-    except BenchError as e:
-        print(f"serve_vs_nginx: {e}", file=sys.stderr)
-        return 1
-    finally:
-        if args.keep:
-            log(f"kept {t}")
-        else:
-            shutil.rmtree(t, ignore_errors=True)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print_table(report)
-    return 0
-
+    return run_in_temp_dir("serve_vs_nginx", args, bench, print_table)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -33,13 +33,11 @@ import os
 import platform
 import re
 import secrets
-import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -54,6 +52,7 @@ from serve_vs_nginx import (
     make_audio,
     need,
     run,
+    run_in_temp_dir,
     stop,
     tail,
     wait_ready,
@@ -476,23 +475,7 @@ def main() -> int:
     if min(args.clients, args.repeats, args.rounds, args.audio_seconds) < 1:
         parser.error("--clients, --repeats, --rounds and --audio-seconds must be at least 1")
 
-    t = Path(tempfile.mkdtemp(prefix="segue-bench-stores-")).resolve()
-    try:
-        report = bench(args, t)
-    except BenchError as e:
-        print(f"stores: {e}", file=sys.stderr)
-        return 1
-    finally:
-        if args.keep:
-            log(f"kept {t}")
-        else:
-            shutil.rmtree(t, ignore_errors=True)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print_table(report)
-    return 0
-
+    return run_in_temp_dir("stores", args, bench, print_table)
 
 if __name__ == "__main__":
     sys.exit(main())
