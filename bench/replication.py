@@ -29,15 +29,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.metadata
 import itertools
 import json
 import math
 import multiprocessing
 import os
-import platform
 import random
-import re
 import shutil
 import signal
 import socket
@@ -56,7 +53,7 @@ import pymysql
 from segue.catalogue import Catalogue, TrackRecord
 from segue_mysql import replicator
 from segue_mysql.schema import DATABASE, TRACKS_DDL, keyspace_id
-from serve_vs_nginx import BenchError, log, run_in_temp_dir
+from serve_vs_nginx import BenchError, log, machine, run_in_temp_dir
 
 PARTS = ("snapshot", "catchup", "lag", "search")
 TARGETS = {
@@ -591,21 +588,8 @@ def part_search(t: Path, rows: int, queries: int, seed: int) -> dict[str, Any]:
 
 
 def machine_facts(load_before: float) -> dict[str, Any]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        match = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-        if match:
-            cpu = match.group(1).strip()
-    versions: dict[str, str] = {"python": platform.python_version(),
-                                "sqlite": sqlite3.sqlite_version}
-    for dist in ("segue", "PyMySQL", "mysql-replication"):
-        try:
-            versions[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            versions[dist] = "not installed"
-    return {"nproc": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
-            "cpu_model": cpu, "kernel": platform.release(),
-            "loadavg_1m_before": round(load_before, 2), "versions": versions}
+    return machine(load_before, ("segue", "PyMySQL", "mysql-replication"),
+                   sqlite=sqlite3.sqlite_version)
 
 
 def print_table(report: dict[str, Any]) -> None:

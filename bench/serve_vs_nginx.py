@@ -390,15 +390,15 @@ def first_line(cmd: list[str]) -> str:
     return text.splitlines()[0] if text else "unknown"
 
 
-def machine_facts(nginx: str | None, wrk: str, ffmpeg: str,
-                  load_before: float) -> dict[str, object]:
+def machine(load_before: float, dists: tuple[str, ...], **tools: str) -> dict[str, object]:
+    """The machine and the versions a report names: Python, OpenSSL, `dists` and `tools`."""
     cpu = "unknown"
     with contextlib.suppress(OSError):
         match = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
         if match:
             cpu = match.group(1).strip()
     versions: dict[str, str] = {"python": platform.python_version()}
-    for dist in ("segue", "cryptography", "trio", "h11"):
+    for dist in dists:
         try:
             versions[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
@@ -407,11 +407,7 @@ def machine_facts(nginx: str | None, wrk: str, ffmpeg: str,
         from cryptography.hazmat.backends.openssl.backend import backend
 
         versions["openssl"] = backend.openssl_version_text()
-    if nginx is not None:
-        versions["nginx"] = first_line([nginx, "-v"]).removeprefix("nginx version: nginx/")
-    versions["wrk"] = first_line([wrk, "-v"]).split(" [")[0].removeprefix("wrk ")
-    versions["ffmpeg"] = (first_line([ffmpeg, "-version"]).split(" Copyright")[0]
-                          .removeprefix("ffmpeg version "))
+    versions.update(tools)
     return {
         "nproc": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)),
@@ -420,6 +416,19 @@ def machine_facts(nginx: str | None, wrk: str, ffmpeg: str,
         "loadavg_1m_before": round(load_before, 2),
         "versions": versions,
     }
+
+
+def ffmpeg_version(ffmpeg: str) -> str:
+    return first_line([ffmpeg, "-version"]).split(" Copyright")[0].removeprefix("ffmpeg version ")
+
+
+def machine_facts(nginx: str | None, wrk: str, ffmpeg: str,
+                  load_before: float) -> dict[str, object]:
+    tools = {"wrk": first_line([wrk, "-v"]).split(" [")[0].removeprefix("wrk "),
+             "ffmpeg": ffmpeg_version(ffmpeg)}
+    if nginx is not None:
+        tools["nginx"] = first_line([nginx, "-v"]).removeprefix("nginx version: nginx/")
+    return machine(load_before, ("segue", "cryptography", "trio", "h11"), **tools)
 
 
 def median_of(runs: list[dict[str, float]]) -> dict[str, float]:

@@ -27,11 +27,8 @@ import argparse
 import contextlib
 import hashlib
 import http.client
-import importlib.metadata
 import json
 import os
-import platform
-import re
 import secrets
 import signal
 import socket
@@ -46,9 +43,11 @@ from typing import TYPE_CHECKING
 
 from serve_vs_nginx import (
     BenchError,
+    ffmpeg_version,
     first_line,
     free_ports,
     log,
+    machine,
     make_audio,
     need,
     run,
@@ -277,32 +276,9 @@ def bare_reader(port: int, password: str, uncs: list[str], largest: int
 
 
 def machine_facts(ffmpeg: str, smbd: str, load_before: float) -> dict[str, object]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        match = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-        if match:
-            cpu = match.group(1).strip()
-    versions: dict[str, str] = {"python": platform.python_version()}
-    for dist in ("segue", "cryptography", "trio", "h11", "smbprotocol"):
-        try:
-            versions[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            versions[dist] = "not installed"
-    with contextlib.suppress(Exception):
-        from cryptography.hazmat.backends.openssl.backend import backend
-
-        versions["openssl"] = backend.openssl_version_text()
-    versions["samba"] = first_line([smbd, "--version"]).removeprefix("Version ")
-    versions["ffmpeg"] = (first_line([ffmpeg, "-version"]).split(" Copyright")[0]
-                          .removeprefix("ffmpeg version "))
-    return {
-        "nproc": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)),
-        "cpu_model": cpu,
-        "kernel": platform.release(),
-        "loadavg_1m_before": round(load_before, 2),
-        "versions": versions,
-    }
+    return machine(load_before, ("segue", "cryptography", "trio", "h11", "smbprotocol"),
+                   samba=first_line([smbd, "--version"]).removeprefix("Version "),
+                   ffmpeg=ffmpeg_version(ffmpeg))
 
 
 def pack(segue: Path, audio: Path, conf: Path) -> tuple[str, str]:
