@@ -237,3 +237,12 @@ def test_an_http_monitor_on_healthz_is_created_and_attached(fresh_node: Node,
     assert monitor["send"].startswith("GET /healthz HTTP/1.1\r\n")
     assert "ok" in monitor["recv"]
     assert f5.pool_config[f"/Common/{POOL}"]["monitor"].strip() == "/Common/segue_healthz"
+
+
+def test_a_misspelt_key_is_refused_with_the_nearest_one(fresh_node: Node, f5: FakeF5) -> None:
+    from conftest import segue
+
+    configure(fresh_node, f5, membr_port=8443)
+    result = segue("check-config", "--config", fresh_node.conf, check=False)
+    assert result.returncode == 2
+    assert "[plugins.f5] unknown key 'membr_port'; did you mean 'member_port'?" in result.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,6 +30,11 @@ _DEFAULTS: dict[str, Any] = {
 _REQUIRED = ("management_url", "username", "password_file", "pool")
 
 
+def _unknown(key: str, known: set[str]) -> str:
+    close = difflib.get_close_matches(key, sorted(known), n=1)
+    return f"unknown key {key!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+
+
 @dataclass(frozen=True)
 class F5Settings:
     management_url: str
@@ -52,7 +58,8 @@ class F5Settings:
 
 def parse(table: Mapping[str, Any], config_path: Path) -> F5Settings:
     """Validate the table; raises segue.PluginConfigError listing every problem."""
-    problems = [f"unknown key {k!r}" for k in sorted(set(table) - set(_DEFAULTS) - set(_REQUIRED))]
+    known = set(_DEFAULTS) | set(_REQUIRED)
+    problems = [_unknown(k, known) for k in sorted(set(table) - known)]
     problems += [f"{k} is required" for k in _REQUIRED if k not in table]
     values = {**_DEFAULTS, **table}
     url = urlsplit(str(values.get("management_url", "")))

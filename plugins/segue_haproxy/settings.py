@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
 from collections.abc import Mapping
@@ -25,6 +26,11 @@ _DEFAULTS: dict[str, Any] = {
 _NAME = re.compile(r"[A-Za-z0-9_.:-]+")
 
 
+def _unknown(key: str, known: set[str]) -> str:
+    close = difflib.get_close_matches(key, sorted(known), n=1)
+    return f"unknown key {key!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+
+
 @dataclass(frozen=True)
 class HAProxySettings:
     admin_socket: str | None
@@ -41,7 +47,7 @@ class HAProxySettings:
 
 def parse(table: Mapping[str, Any], config_path: Path) -> HAProxySettings:
     known = set(_DEFAULTS) | {"backend", "server"}
-    problems = [f"unknown key {k!r}" for k in sorted(set(table) - known)]
+    problems = [_unknown(k, known) for k in sorted(set(table) - known)]
     values = {**_DEFAULTS, **table}
     if values["mode"] not in MODES:
         problems.append(f"mode must be one of {', '.join(MODES)}")
