@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 import structlog
 
-from conftest import MP3, SEGUE, Node, make_tone
+from conftest import MP3, SEGUE, Node, make_tone, segue
 from segue import log
 
 
@@ -94,3 +96,54 @@ def test_a_sequential_stream_reads_ahead_and_a_second_play_comes_from_the_cache(
     # The second play read nothing from the store: every chunk was a cache hit.
     assert after['segue_store_reads_total{outcome="ok",share="local"}'] == chunks
     assert after['segue_chunk_cache_lookups_total{outcome="hit"}'] >= chunks
+
+
+def test_https_when_the_config_names_a_certificate(fresh_node: Node, tmp_path: Path) -> None:
+    import datetime
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), False)
+            .sign(key, hashes.SHA256()))
+    (fresh_node.root / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file = fresh_node.root / "tls.key"
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_file.chmod(0o644)
+    fresh_node.conf.write_text(fresh_node.conf.read_text().replace(
+        "[http]\n", '[http]\ntls_certificate = "tls.crt"\ntls_key = "tls.key"\n'))
+    loose = segue("check-config", "--config", fresh_node.conf, check=False)
+    assert loose.returncode == 2 and f"chmod 600 {key_file}" in loose.stderr
+    key_file.chmod(0o600)
+    (track,) = fresh_node.pack(make_tone(tmp_path / "t.mp3", MP3, seconds=2, title="t"))
+    fresh_node.start(wait=False)
+    deadline = time.monotonic() + 20
+    while not any(e.get("event") == "listening" for e in fresh_node.log_events()):
+        assert time.monotonic() < deadline, fresh_node.log_text()
+        time.sleep(0.05)
+    address = next(e for e in fresh_node.log_events()
+                   if e.get("event") == "listening")["addresses"][0]
+    port = address.rsplit(":", 1)[1]
+    context = ssl.create_default_context(cafile=str(fresh_node.root / "tls.crt"))
+    url = f"https://localhost:{port}/v1/tracks/{track}?token={fresh_node.token()}"
+    with urllib.request.urlopen(url, timeout=10, context=context) as r:
+        assert r.status == 200
+        assert r.read() == (tmp_path / "t.mp3").read_bytes()
+    # Plain HTTP on the TLS port gets no HTTP answer (the handshake fails, the node goes on).
+    with pytest.raises((urllib.error.URLError, ConnectionError)):
+        urllib.request.urlopen(f"http://localhost:{port}/healthz", timeout=5)
+    with urllib.request.urlopen(f"https://localhost:{port}/healthz", timeout=10,
+                                context=context) as r:
+        assert r.status == 200

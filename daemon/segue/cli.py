@@ -321,13 +321,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from segue.node import build_app
+    from segue.node import build_app, tls_context
     from segue.plugins import PluginHost
     from segue.seal.keyring import load_recipients, load_signing_key
 
     settings = _load(args)
     errors: list[str] = []
     checks: list[Callable[[], object]] = [lambda: build_app(settings),
+                                          lambda: tls_context(settings),
                                           lambda: PluginHost.load(settings)]
     if settings.packer.signing_key is not None or settings.packer.recipients:
         checks.append(

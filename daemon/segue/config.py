@@ -69,6 +69,8 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "idle_timeout_s": ("float", 60.0),
         "send_timeout_s": ("float", 60.0),
         "max_connections": ("int", 10_000),
+        "tls_certificate": ("path", None),
+        "tls_key": ("path", None),
     },
     "seal": {
         "edge_keys": ("paths", []),
@@ -143,6 +145,8 @@ class HttpSettings:
     idle_timeout_s: float
     send_timeout_s: float
     max_connections: int
+    tls_certificate: Path | None
+    tls_key: Path | None
 
 
 @dataclass(frozen=True)

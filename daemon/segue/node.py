@@ -17,6 +17,7 @@ Every wait has a deadline; the shutdown steps that must run are shielded with th
 from __future__ import annotations
 
 import signal
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -34,7 +35,9 @@ from segue.library import Library
 from segue.metrics import Metrics
 from segue.plugin_types import Health, Route
 from segue.plugins import Plugin, PluginHost
+from segue.seal.errors import KeyFileError
 from segue.seal.keyring import load_edge_keys, load_token_verifier
+from segue.seal.keys import check_private_file
 from segue.storage.errors import StoreError
 from segue.storage.shares import open_shares
 from segue.systemd import Notifier, watchdog_interval
@@ -48,6 +51,25 @@ _HEALTH_GAUGE = {"ok": 0, "degraded": 1, "failing": 2}
 
 class StartupError(Exception):
     """The node cannot start (a plugin's startup failed); exit status 1."""
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The server TLS context when [http] names a certificate and key; raises ConfigError."""
+    http = settings.http
+    if http.tls_certificate is None and http.tls_key is None:
+        return None
+    if http.tls_certificate is None or http.tls_key is None:
+        raise ConfigError([f"{settings.path}: http.tls_certificate and http.tls_key go together"])
+    try:
+        check_private_file(http.tls_key, "TLS key")
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(http.tls_certificate, http.tls_key)
+    except KeyFileError as e:
+        raise ConfigError([f"{settings.path}: http.tls_key: {e}"]) from None
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError([f"{settings.path}: http.tls_certificate / tls_key: {e}"]) from None
+    return context
 
 
 def build_app(settings: Settings, metrics: Metrics | None = None) -> EdgeApp:
@@ -100,6 +122,7 @@ class Node:
         self.notifier = Notifier()
         self.metrics = Metrics()
         self.app = build_app(settings, self.metrics)
+        self.tls = tls_context(settings)
         self.app.plugins = host.describe
         self._addresses: list[tuple[str, int]] = []
         self._stop = trio.Event()
@@ -149,7 +172,8 @@ class Node:
                 lifespan.start_soon(self._handle_signals, signals, lifespan.cancel_scope)
                 lifespan.start_soon(self._watchdog)
                 async with trio.open_nursery() as connections:
-                    listeners = await connections.start(serve, self.app, self.settings.http)
+                    listeners = await connections.start(serve, self.app, self.settings.http,
+                                                        self.tls)
                     self._addresses = [listener.socket.getsockname()[:2] for listener in listeners]
                     async with trio.open_nursery() as services:
                         await self._become_ready(services)

@@ -8,6 +8,7 @@ oversized headers) and the connection closes; other connections never notice.
 
 from __future__ import annotations
 
+import ssl
 import time
 from typing import Any
 
@@ -38,7 +39,8 @@ def _head_size(event: h11.Request) -> int:
 class Connection:
     """One client connection: read requests, dispatch them, write responses."""
 
-    def __init__(self, stream: trio.SocketStream, app: EdgeApp, settings: HttpSettings) -> None:
+    def __init__(self, stream: trio.abc.HalfCloseableStream | trio.SSLStream,
+                 app: EdgeApp, settings: HttpSettings) -> None:
         self.stream = stream
         self.app = app
         self.settings = settings
@@ -118,7 +120,7 @@ class Connection:
                 data = await self.stream.receive_some(RECEIVE_BYTES)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 raise _ClosedByPeer() from None
-            self.h11.receive_data(data)
+            self.h11.receive_data(data)  # type: ignore[arg-type]  # h11 appends bytearrays too
 
     async def _respond(self, event: h11.Request) -> None:
         started = time.perf_counter()
@@ -255,7 +257,8 @@ class Connection:
         Closing a socket with unread input makes the kernel send a reset, which can destroy the
         error response before the peer reads it (a client still uploading a body, say).
         """
-        await self.stream.send_eof()
+        if isinstance(self.stream, trio.abc.HalfCloseableStream):
+            await self.stream.send_eof()  # TLS has no half-close: just drain below
         drained = 0
         with trio.move_on_after(LINGER_SECONDS):
             while drained < LINGER_BYTES:
@@ -271,14 +274,21 @@ class Connection:
 async def serve(
     app: EdgeApp,
     settings: HttpSettings,
+    tls: ssl.SSLContext | None = None,
     *,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Listen on settings.listen and serve connections until cancelled."""
-    listeners = await trio.open_tcp_listeners(settings.listen.port, host=settings.listen.host)
+    """Listen on settings.listen (with TLS when `tls` is given) and serve until cancelled.
+
+    task_status gets the TCP listeners, whose sockets say where the node listens.
+    """
+    tcp = await trio.open_tcp_listeners(settings.listen.port, host=settings.listen.host)
+    listeners: list[trio.abc.Listener] = list(tcp)
+    if tls is not None:
+        listeners = [trio.SSLListener(listener, tls, https_compatible=True) for listener in tcp]
     active = 0
 
-    async def handler(stream: trio.SocketStream) -> None:
+    async def handler(stream: trio.abc.HalfCloseableStream | trio.SSLStream) -> None:
         nonlocal active
         connection = Connection(stream, app, settings)
         if active >= settings.max_connections:
@@ -296,5 +306,5 @@ async def serve(
             active -= 1
 
     async with trio.open_nursery() as nursery:
-        task_status.started(listeners)
+        task_status.started(tcp)
         await trio.serve_listeners(handler, listeners, handler_nursery=nursery)

@@ -118,6 +118,12 @@ def _read(path: Path, what: str) -> bytes:
 
 def _read_private(path: Path, what: str) -> bytes:
     """Read a secret file, refusing one that group or others can read."""
+    check_private_file(path, what)
+    return _read(path, what)
+
+
+def check_private_file(path: Path, what: str) -> None:
+    """Raise KeyFileError unless `path` exists and only its owner may read it."""
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
@@ -129,7 +135,6 @@ def _read_private(path: Path, what: str) -> bytes:
             f"{what} {path} is accessible by group or others "
             f"(mode {stat.S_IMODE(mode):04o}); fix it with: chmod 600 {path}"
         )
-    return _read(path, what)
 
 
 def read_secret(path: Path) -> str:
