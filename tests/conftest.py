@@ -135,6 +135,16 @@ class Node:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def wait_for_event(self, prefix: str, timeout: float = 10) -> dict:
+        """The first log event whose name starts with `prefix`, waiting up to `timeout` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for event in self.log_events():
+                if str(event.get("event", "")).startswith(prefix):
+                    return event
+            assert time.monotonic() < deadline, f"no {prefix!r} event:\n{self.log_text()}"
+            time.sleep(0.05)
+
     def log_events(self, since: int = 0) -> list[dict]:
         """The JSON log lines of segued (from byte offset `since` of the log file)."""
         events = []

@@ -220,9 +220,7 @@ def test_a_failing_node_disables_its_member(fresh_node: Node, f5: FakeF5, tmp_pa
                                + '\n[plugins.example]\nhealth = "failing"\nreason = "test"\n')
     fresh_node.start(env={"PYTHONPATH": plugin_path, "SEGUE_PLUGINS_ALLOW": "f5,example"},
                      wait=False)
-    wait_until(lambda: any(e.get("event") == "listening" for e in fresh_node.log_events()))
-    fresh_node.base = "http://" + next(e for e in fresh_node.log_events()
-                                       if e.get("event") == "listening")["addresses"][0]
+    fresh_node.base = "http://" + fresh_node.wait_for_event("listening")["addresses"][0]
     wait_until(lambda: f5.member(POOL, member_of(fresh_node)) is not None)
     time.sleep(1.0)
     assert session_of(f5, fresh_node) == "user-disabled"

@@ -219,11 +219,7 @@ def test_sighup_with_a_broken_config_keeps_the_old_one(fresh_node: Node, tmp_pat
     good = fresh_node.conf.read_text()
     fresh_node.conf.write_text(good + "\n[http]\nlisten = 'nonsense'\n")
     fresh_node.proc.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 10
-    while not any(e.get("event", "").startswith("reload refused")
-                  for e in fresh_node.log_events()):
-        assert time.monotonic() < deadline, fresh_node.log_text()
-        time.sleep(0.05)
+    fresh_node.wait_for_event("reload refused")
     assert status_of(fresh_node.url(track, token))[0] == 200
     assert status_of(fresh_node.base + "/healthz") == (200, "ok")
 
@@ -235,11 +231,7 @@ def test_sighup_with_an_unreadable_key_path_keeps_the_old_config(fresh_node: Nod
     fresh_node.conf.write_text(fresh_node.conf.read_text().replace(
         '"keys/edge-rsa.pem"]', '"segued.toml/not-a-dir.pem"]'))
     fresh_node.proc.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 10
-    while not any(e.get("event", "").startswith("reload refused")
-                  for e in fresh_node.log_events()):
-        assert time.monotonic() < deadline, fresh_node.log_text()
-        time.sleep(0.05)
+    fresh_node.wait_for_event("reload refused")
     assert fresh_node.proc.poll() is None
     assert status_of(fresh_node.url(track, fresh_node.token()))[0] == 200
 
@@ -274,10 +266,7 @@ def test_sighup_with_a_new_packager_key_serves_tracks_it_signed(fresh_node: Node
         'trusted_packagers = ["keys/packager-ed25519.pem.pub"]',
         'trusted_packagers = ["keys/packager-ed25519.pem.pub", "keys/packager2.pem.pub"]'))
     n.proc.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 10
-    while not any(e.get("event") == "configuration reloaded" for e in n.log_events()):
-        assert time.monotonic() < deadline, n.log_text()
-        time.sleep(0.05)
+    n.wait_for_event("configuration reloaded")
     assert status_of(n.url(track, token))[0] == 200
 
 

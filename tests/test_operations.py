@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -129,12 +128,7 @@ def test_https_when_the_config_names_a_certificate(fresh_node: Node, tmp_path: P
     key_file.chmod(0o600)
     (track,) = fresh_node.pack(make_tone(tmp_path / "t.mp3", MP3, seconds=2, title="t"))
     fresh_node.start(wait=False)
-    deadline = time.monotonic() + 20
-    while not any(e.get("event") == "listening" for e in fresh_node.log_events()):
-        assert time.monotonic() < deadline, fresh_node.log_text()
-        time.sleep(0.05)
-    address = next(e for e in fresh_node.log_events()
-                   if e.get("event") == "listening")["addresses"][0]
+    address = fresh_node.wait_for_event("listening", timeout=20)["addresses"][0]
     port = address.rsplit(":", 1)[1]
     context = ssl.create_default_context(cafile=str(fresh_node.root / "tls.crt"))
     url = f"https://localhost:{port}/v1/tracks/{track}?token={fresh_node.token()}"

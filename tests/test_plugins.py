@@ -108,9 +108,7 @@ def test_a_failing_health_makes_healthz_503_with_the_plugin_named(fresh_node: No
                                                                   plugin_path: str) -> None:
     with_example(fresh_node, health="failing", reason="pool unreachable")
     fresh_node.start(env=env(plugin_path), wait=False)
-    wait_for(lambda: any(e.get("event") == "listening" for e in fresh_node.log_events()))
-    fresh_node.base = "http://" + next(e for e in fresh_node.log_events()
-                                       if e.get("event") == "listening")["addresses"][0]
+    fresh_node.base = "http://" + fresh_node.wait_for_event("listening")["addresses"][0]
     assert get(fresh_node.base + "/healthz") == (503, b"failing: example: pool unreachable\n")
 
 
