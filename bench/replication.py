@@ -50,10 +50,10 @@ from typing import Any
 
 import pymysql
 
+from common import BenchError, log, machine, run_in_temp_dir
 from segue.catalogue import Catalogue, TrackRecord
 from segue_mysql import replicator
 from segue_mysql.schema import DATABASE, TRACKS_DDL, keyspace_id
-from serve_vs_nginx import BenchError, log, machine, run_in_temp_dir
 
 PARTS = ("snapshot", "catchup", "lag", "search")
 TARGETS = {

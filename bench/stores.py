@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from serve_vs_nginx import (
+from common import (
     BenchError,
     ffmpeg_version,
     first_line,
