@@ -155,6 +155,9 @@ class Node:
                 continue
         return events
 
+    def log_events_named(self, name: str) -> list[dict]:
+        return [e for e in self.log_events() if e.get("event") == name]
+
     def url(self, track_id: str, token: str | None = None, suffix: str = "") -> str:
         query = f"?token={token}" if token else ""
         return f"{self.base}/v1/tracks/{track_id}{suffix}{query}"

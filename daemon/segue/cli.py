@@ -82,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, type=Path, metavar="CONF")
     p.add_argument("--listen", metavar="HOST:PORT", help="override [http] listen")
+    p.add_argument("--workers", type=int, metavar="N", help="override [http] workers")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -225,7 +226,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace) -> Settings:
-    return load(args.config, listen=getattr(args, "listen", None))
+    return load(args.config, listen=getattr(args, "listen", None),
+                workers=getattr(args, "workers", None))
 
 
 def cmd_pack(args: argparse.Namespace) -> int:

@@ -69,6 +69,7 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "idle_timeout_s": ("float", 60.0),
         "send_timeout_s": ("float", 60.0),
         "max_connections": ("int", 10_000),
+        "workers": ("int", 1),
         "tls_certificate": ("path", None),
         "tls_key": ("path", None),
     },
@@ -128,6 +129,7 @@ _POSITIVE = {
     ("http", "idle_timeout_s"),
     ("http", "send_timeout_s"),
     ("http", "max_connections"),
+    ("http", "workers"),
     ("packer", "chunk_size"),
     ("store", "replicas"),
     ("store", "read_timeout_s"),
@@ -145,6 +147,7 @@ class HttpSettings:
     idle_timeout_s: float
     send_timeout_s: float
     max_connections: int
+    workers: int
     tls_certificate: Path | None
     tls_key: Path | None
 
@@ -244,8 +247,8 @@ class Settings:
     plugins: dict[str, Any] = field(default_factory=dict)
 
 
-def load(path: Path, *, listen: str | None = None) -> Settings:
-    """Read and validate the TOML file at `path`; `listen` overrides [http] listen."""
+def load(path: Path, *, listen: str | None = None, workers: int | None = None) -> Settings:
+    """Read and validate the TOML file at `path`; `listen` and `workers` override [http]."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -258,6 +261,8 @@ def load(path: Path, *, listen: str | None = None) -> Settings:
         raise ConfigError([f"{path}: not valid TOML: {e}"]) from None
     if listen is not None:
         raw.setdefault("http", {})["listen"] = listen
+    if workers is not None:
+        raw.setdefault("http", {})["workers"] = workers
     return from_mapping(raw, path)
 
 

@@ -16,6 +16,7 @@ Every wait has a deadline; the shutdown steps that must run are shielded with th
 
 from __future__ import annotations
 
+import os
 import signal
 import ssl
 import time
@@ -26,7 +27,7 @@ from typing import Any
 import structlog
 import trio
 
-from segue import __version__, config
+from segue import __version__, config, workers
 from segue.catalogue import Catalogue
 from segue.config import ConfigError, Settings
 from segue.http.app import EdgeApp, NodeState
@@ -116,9 +117,14 @@ def build_app(settings: Settings, metrics: Metrics | None = None) -> EdgeApp:
 class Node:
     """One running edge node; plugins see it through the NodeView protocol."""
 
-    def __init__(self, settings: Settings, host: PluginHost) -> None:
+    def __init__(self, settings: Settings, host: PluginHost, *,
+                 worker_index: int | None = None) -> None:
+        """A node; with `worker_index` a serving worker that follows its main process."""
         self.settings = settings
         self.host = host
+        self.worker_index = worker_index
+        self._pool: workers.WorkerPool | None = None
+        self._main_health = Health.ok()
         self.notifier = Notifier()
         self.metrics = Metrics()
         self.app = build_app(settings, self.metrics)
@@ -171,10 +177,13 @@ class Node:
             async with trio.open_nursery() as lifespan:
                 lifespan.start_soon(self._handle_signals, signals, lifespan.cancel_scope)
                 lifespan.start_soon(self._watchdog)
+                if self.worker_index is not None:
+                    lifespan.start_soon(self._follow_main)
                 async with trio.open_nursery() as connections:
                     listeners = await connections.start(serve, self.app, self.settings.http,
                                                         self.tls)
                     self._addresses = [listener.socket.getsockname()[:2] for listener in listeners]
+                    await self._start_workers(connections)
                     async with trio.open_nursery() as services:
                         await self._become_ready(services)
                         await self._stop.wait()
@@ -211,6 +220,45 @@ class Node:
                                        f"a segue.Route outside {', '.join(RESERVED_PREFIXES)}"])
                 routes.append(route)
         self.app.routes = routes
+
+    async def _start_workers(self, nursery: trio.Nursery) -> None:
+        """The main process of a node with [http] workers > 1 starts the other workers."""
+        count = self.settings.http.workers
+        if self.worker_index is not None or count == 1:
+            return
+        if self.app.routes:
+            raise StartupError(
+                f"plugins add HTTP routes ({', '.join(r.path for r in self.app.routes)}), which "
+                f"only the main process could serve: set [http] workers = 1")
+        port = self._addresses[0][1]
+        self._pool = workers.WorkerPool(count, self.settings.path,
+                                        (self.settings.http.listen.host, port))
+        self._pool.update(workers.message(self.app.state, self.app.health))
+        await self._pool.run(nursery)
+
+    async def _follow_main(self) -> None:
+        """A worker: take the main process's health, and drain when it drains or is gone."""
+        pending = b""
+        async with trio.lowlevel.FdStream(os.dup(0)) as main:
+            while True:
+                try:
+                    data = await main.receive_some(4096)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+                if not data or len(pending) > 65536:
+                    log.warning("the main process is gone; draining")
+                    self._stop.set()
+                    return
+                *lines, pending = (pending + data).split(b"\n")
+                for line in lines:
+                    try:
+                        state, self._main_health = workers.parse(line)
+                    except (ValueError, KeyError, TypeError) as e:
+                        log.error("unreadable line from the main process", error=str(e))
+                        continue
+                    self._publish_health()
+                    if state in (NodeState.DRAINING, NodeState.STOPPING):
+                        self._stop.set()
 
     async def _become_ready(self, services: trio.Nursery) -> None:
         timeout = self.settings.plugin_host.hook_timeout_s
@@ -294,8 +342,13 @@ class Node:
 
     def _publish_health(self) -> None:
         shares = self.app.library.shares
-        storage, plugins = shares.health(), self.host.health()
-        self.app.health = storage if storage.worse_than(plugins) else plugins
+        health = shares.health()
+        for other in (self.host.health(), self._main_health):
+            if other.worse_than(health):
+                health = other
+        self.app.health = health
+        if self._pool is not None:
+            self._pool.update(workers.message(self.app.state, health))
         for share in shares.shares:
             self.metrics.share_up.labels(share.name).set(1 if share.healthy else 0)
         for plugin in self.host.plugins:
@@ -347,6 +400,9 @@ class Node:
             async with trio.open_nursery() as draining:
                 draining.start_soon(self._drain_hooks, self.settings.drain_timeout_s)
                 draining.start_soon(self.app.wait_idle)
+                if self._pool is not None:
+                    draining.start_soon(self._pool.drain,
+                                        workers.message(NodeState.DRAINING, self.app.health))
         if waited.cancelled_caught:
             log.warning("drain deadline passed", streams_in_flight=self.app.in_flight)
         self.app.state = NodeState.STOPPING
@@ -392,6 +448,8 @@ class Node:
         self.host.settings = new
         self.app.tokens = tokens
         self.app.library.set_keys(keys)
+        if self._pool is not None:
+            self._pool.reload()
         await self.host.call_async("segue_reload", new.plugin_host.hook_timeout_s, node=self)
         log.info("configuration reloaded", config=str(new.path))
         self.notifier.ready(self._status_line())

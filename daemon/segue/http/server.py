@@ -26,6 +26,7 @@ RECEIVE_BYTES = 64 * 1024
 MAX_BODY_BYTES = 64 * 1024
 LINGER_SECONDS = 1.0
 LINGER_BYTES = 1024 * 1024
+LISTEN_BACKLOG = 65535  # the kernel caps it at net.core.somaxconn
 
 
 class _ClosedByPeer(Exception):
@@ -271,6 +272,34 @@ class Connection:
                 drained += len(data)
 
 
+async def _shared_port_listeners(settings: HttpSettings) -> list[trio.SocketListener]:
+    """Listeners whose port other processes of this node bind too (SO_REUSEPORT).
+
+    The kernel then spreads new connections over every process's own accept queue, so no
+    process hands out work to another and none of them needs to be told of the others.
+    """
+    listeners: list[trio.SocketListener] = []
+    infos = await trio.socket.getaddrinfo(settings.listen.host or None, settings.listen.port,
+                                          type=trio.socket.SOCK_STREAM,
+                                          flags=trio.socket.AI_PASSIVE)
+    for family, kind, proto, _, address in infos:
+        sock = trio.socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+            sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+            if family == trio.socket.AF_INET6:
+                sock.setsockopt(trio.socket.IPPROTO_IPV6, trio.socket.IPV6_V6ONLY, 1)
+            await sock.bind(address)
+            sock.listen(LISTEN_BACKLOG)
+        except BaseException:
+            sock.close()
+            for listener in listeners:
+                listener.socket.close()
+            raise
+        listeners.append(trio.SocketListener(sock))
+    return listeners
+
+
 async def serve(
     app: EdgeApp,
     settings: HttpSettings,
@@ -282,7 +311,10 @@ async def serve(
 
     task_status gets the TCP listeners, whose sockets say where the node listens.
     """
-    tcp = await trio.open_tcp_listeners(settings.listen.port, host=settings.listen.host)
+    if settings.workers > 1:
+        tcp = await _shared_port_listeners(settings)
+    else:
+        tcp = await trio.open_tcp_listeners(settings.listen.port, host=settings.listen.host)
     listeners: list[trio.abc.Listener] = list(tcp)
     if tls is not None:
         listeners = [trio.SSLListener(listener, tls, https_compatible=True) for listener in tcp]

@@ -1,0 +1,158 @@
+"""Serving workers: `[http] workers = N` runs N processes on one port (SO_REUSEPORT).
+
+A trio node is one thread of Python, so it uses one core. With N > 1 the node's main process
+(the one systemd started, which runs the plugins, talks to systemd and owns the node's life)
+starts N - 1 serving workers. Each worker is a node without plugins: it binds its own socket to
+the same address, and the kernel spreads new connections over all N accept queues.
+
+The main process tells its workers what only it knows through each worker's stdin, one JSON
+line per change: the node's health (plugins included) and when to drain. A worker whose stdin
+reaches end of file has lost its main process and drains itself, so workers never outlive the
+node. SIGHUP is passed on, so every process reloads. A worker that dies is started again with
+backoff (0.5 s, doubling to 30 s; reset once a worker has run for a minute).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import structlog
+import trio
+
+from segue.plugin_types import Health
+
+log = structlog.get_logger("segue.workers")
+
+RESTART_FIRST_S = 0.5
+RESTART_MAX_S = 30.0
+HEALTHY_RUN_S = 60.0
+SEND_TIMEOUT_S = 5.0
+# Variables that belong to the main process alone: systemd must hear one voice.
+_MAIN_ONLY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")
+
+
+def message(state: str, health: Health) -> bytes:
+    """One line of the main process's side of the pipe."""
+    doc = {"state": state, "health": {"status": health.status, "reason": health.reason}}
+    return json.dumps(doc).encode() + b"\n"
+
+
+def parse(line: bytes) -> tuple[str, Health]:
+    """(state, health) from one line; raises ValueError for anything else."""
+    doc: Any = json.loads(line)
+    health = doc["health"]
+    if health["status"] not in ("ok", "degraded", "failing"):
+        raise ValueError(f"unknown health status {health['status']!r}")
+    return str(doc["state"]), Health(health["status"], str(health["reason"]))
+
+
+class Worker:
+    """One serving worker process, as the main process sees it.
+
+    What it must be told is one line, the latest: a newer line replaces one not yet sent, so
+    a stuck worker never makes the main process queue anything.
+    """
+
+    def __init__(self, index: int, command: list[str]) -> None:
+        self.index = index
+        self.command = command
+        self.process: trio.Process | None = None
+        self.line = b""
+        self._changed = trio.Event()
+
+    def update(self, line: bytes) -> None:
+        if line != self.line:
+            self.line = line
+            self._changed.set()
+
+    async def feed(self, stdin: trio.abc.SendStream) -> None:
+        """Send the latest line whenever it changes, for as long as this process lives."""
+        sent = b""
+        while True:
+            if self.line != sent:
+                sent = self.line
+                try:
+                    with trio.fail_after(SEND_TIMEOUT_S):
+                        await stdin.send_all(sent)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+                    log.warning("worker does not read what the main process says",
+                                worker=self.index)
+                    return
+            self._changed = trio.Event()
+            if self.line == sent:
+                await self._changed.wait()
+
+    def signal(self, signum: int) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(signum)
+
+
+class WorkerPool:
+    """The main process's serving workers: started, kept running, told, stopped."""
+
+    def __init__(self, count: int, config_path: Path, address: tuple[str, int]) -> None:
+        host, port = address[:2]
+        listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.workers = [
+            Worker(i, [sys.executable, "-m", "segue.worker", "--config", str(config_path),
+                       "--listen", listen, "--index", str(i), "--workers", str(count)])
+            for i in range(1, count)
+        ]
+        self.env = {k: v for k, v in os.environ.items() if k not in _MAIN_ONLY_ENV}
+        self._stopping = False
+
+    async def run(self, nursery: trio.Nursery) -> None:
+        """Start every worker (in `nursery`) and keep it running until drain()."""
+        for worker in self.workers:
+            await nursery.start(self._keep, worker)
+
+    async def _keep(self, worker: Worker,
+                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        delay = RESTART_FIRST_S
+        while not self._stopping:
+            started = trio.current_time()
+            process = worker.process = await trio.lowlevel.open_process(
+                worker.command, stdin=subprocess.PIPE, env=self.env)
+            assert process.stdin is not None
+            task_status.started()
+            task_status = trio.TASK_STATUS_IGNORED
+            log.info("worker started", worker=worker.index, pid=process.pid)
+            try:
+                async with trio.open_nursery() as feeding:
+                    feeding.start_soon(worker.feed, process.stdin)
+                    code = await process.wait()
+                    feeding.cancel_scope.cancel()
+            finally:
+                if process.returncode is None:  # cancelled: the node stops at once
+                    process.kill()
+            if self._stopping:
+                return
+            if trio.current_time() - started > HEALTHY_RUN_S:
+                delay = RESTART_FIRST_S
+            log.error("worker exited; starting it again", worker=worker.index, status=code,
+                      restart_in_s=delay)
+            await trio.sleep(delay)
+            delay = min(delay * 2, RESTART_MAX_S)
+
+    def update(self, line: bytes) -> None:
+        """What every worker is to hear next (the latest state and health)."""
+        for worker in self.workers:
+            worker.update(line)
+
+    def reload(self) -> None:
+        for worker in self.workers:
+            worker.signal(signal.SIGHUP)
+
+    async def drain(self, line: bytes) -> None:
+        """Tell every worker to drain, and return once all have exited."""
+        self._stopping = True
+        self.update(line)
+        for worker in self.workers:
+            if worker.process is not None:
+                await worker.process.wait()

@@ -1,0 +1,123 @@
+"""[http] workers = N: one node, N processes on one port (SO_REUSEPORT), one life."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import MP3, SEGUE, Node, make_tone
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        # "PID (COMM) STATE PPID ...": COMM may hold spaces, so split after its parenthesis.
+        fields = stat.rpartition(")")[2].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(entry))
+    return found
+
+
+def _workers_of(node: Node) -> list[int]:
+    assert node.proc is not None
+    workers = []
+    for pid in _children(node.proc.pid):
+        try:
+            if b"segue.worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                workers.append(pid)
+        except OSError:
+            continue
+    return workers
+
+
+def _wait_for(predicate, timeout: float = 15):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def _set_workers(node: Node, count: int) -> None:
+    text = node.conf.read_text()
+    node.conf.write_text(text.replace("[http]\n", f"[http]\nworkers = {count}\n", 1))
+
+
+@pytest.fixture
+def three_workers(tmp_path: Path):  # type: ignore[no-untyped-def]
+    node = Node.init(tmp_path / "edge")
+    tone = make_tone(tmp_path / "tone.mp3", MP3, seconds=20)
+    node.pack(tone)
+    _set_workers(node, 3)
+    node.start()
+    _wait_for(lambda: len(node.log_events_named("listening")) == 3)
+    yield node
+    node.stop()
+
+
+def test_every_worker_serves_players_on_the_one_port(three_workers: Node) -> None:
+    node = three_workers
+    assert len(_workers_of(node)) == 2
+    track_id, path = next(iter(node.tracks.items()))
+    want = hashlib.sha256(path.read_bytes()).hexdigest()
+    token = node.token()
+    for _ in range(40):  # a new connection each: the kernel picks a process per connection
+        with urllib.request.urlopen(node.url(track_id, token), timeout=10) as r:
+            assert hashlib.sha256(r.read()).hexdigest() == want
+    served_by = {e.get("worker", 0) for e in node.log_events_named("request")
+                 if e.get("path", "").startswith("/v1/tracks/")}
+    assert len(served_by) >= 2, served_by
+
+
+def test_a_dead_worker_is_started_again(three_workers: Node) -> None:
+    node = three_workers
+    victim = _workers_of(node)[0]
+    os.kill(victim, signal.SIGKILL)
+    _wait_for(lambda: victim not in _workers_of(node) and len(_workers_of(node)) == 2)
+    restarted = node.wait_for_event("worker exited")
+    assert restarted["status"] == -signal.SIGKILL
+    node.wait_healthy()
+
+
+def test_sigterm_drains_every_worker_and_exits_0(three_workers: Node) -> None:
+    node = three_workers
+    children = _workers_of(node)
+    assert node.stop() == 0
+    assert not any(Path(f"/proc/{pid}").exists() for pid in children)
+    stopped = node.log_events_named("stopped")
+    assert {e.get("worker", 0) for e in stopped} == {0, 1, 2}
+
+
+def test_workers_leave_when_the_main_process_is_killed(three_workers: Node) -> None:
+    node = three_workers
+    assert node.proc is not None
+    children = _workers_of(node)
+    node.proc.kill()  # no drain, no goodbye: the workers see their stdin close
+    node.proc.wait(timeout=10)
+    _wait_for(lambda: not any(Path(f"/proc/{p}").exists() for p in children))
+    node.proc = None
+
+
+def test_plugin_routes_need_one_worker(tmp_path: Path, plugin_path: str) -> None:
+    node = Node.init(tmp_path / "edge")
+    _set_workers(node, 2)
+    done = subprocess.run([*SEGUE, "run", "--config", str(node.conf)], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": plugin_path,
+                                                    "SEGUE_PLUGINS_ALLOW": "example"})
+    assert done.returncode == 1
+    assert "set [http] workers = 1" in done.stderr
