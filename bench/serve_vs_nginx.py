@@ -17,11 +17,15 @@ warmed up for 2 s, then measured in interleaved order (forward, then reverse) ov
 rounds; the medians are reported, with the ratios segue / nginx, trio+h11 / nginx and
 segue / trio+h11. With two or more CPUs the server runs on one CPU and wrk on another (taskset).
 
+Scale-out: `--workers N` starts Segue with N processes on its port (`segue run --workers N`,
+SO_REUSEPORT) and nginx with `worker_processes N` and `listen ... reuseport`; nothing is pinned
+then, since the workers and wrk share the machine's cores.
+
 Run it with the project's interpreter, since the `segue` script next to it is what is measured
 and the trio + h11 peer runs on it too:
 
     .venv/bin/python bench/serve_vs_nginx.py [--rounds 3] [--duration 10] [--json]
-        [--servers segue,nginx,h11] [--segue-cache BYTES]
+        [--servers segue,nginx,h11] [--segue-cache BYTES] [--workers N]
 
 Needs the Debian packages ffmpeg, nginx-light (or any nginx) and wrk.
 """
@@ -34,6 +38,7 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -154,11 +159,12 @@ class Server:
 
 @contextlib.contextmanager
 def segue_server(segue: Path, conf: Path, server: Server, pin: list[str],
-                 t: Path) -> Iterator[None]:
+                 t: Path, workers: int = 1) -> Iterator[None]:
+    """`segue run`; with workers > 1, that many processes on the port (SO_REUSEPORT)."""
     log_file = t / "segued.log"
     with log_file.open("ab") as out:
         server.proc = subprocess.Popen(
-            [*pin, str(segue), "run", "--config", str(conf)],
+            [*pin, str(segue), "run", "--config", str(conf), "--workers", str(workers)],
             stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
         )
     try:
@@ -169,9 +175,18 @@ def segue_server(segue: Path, conf: Path, server: Server, pin: list[str],
 
 
 @contextlib.contextmanager
-def nginx_server(nginx: str, server: Server, pin: list[str], t: Path) -> Iterator[None]:
+def nginx_server(nginx: str, server: Server, pin: list[str], t: Path,
+                 template: str = NGINX_CONF, workers: int = 1) -> Iterator[None]:
+    """nginx with `template` (NGINX_CONF unless given) formatted with t and port.
+
+    With workers > 1: that many worker processes, each with its own socket (reuseport), as
+    Segue's workers have."""
     conf = t / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(t=t, port=server.port))
+    text = template.format(t=t, port=server.port)
+    if workers > 1:
+        text = text.replace("worker_processes 1;", f"worker_processes {workers};")
+        text = re.sub(r"(listen 127\.0\.0\.1:\d+)", r"\1 reuseport", text)
+    conf.write_text(text)
     error_log = t / "nginx-error.log"
     with (t / "nginx.out").open("ab") as out:
         server.proc = subprocess.Popen(
@@ -328,7 +343,8 @@ def bench(args: argparse.Namespace, t: Path) -> dict[str, object]:
         if missing:
             raise BenchError(f"{sys.executable} cannot import {', '.join(missing)}, which "
                              f"{H11_SERVER.name} needs: run this with the venv's Python")
-    pin_server, pin_wrk = pinning(not args.no_pin)
+    # N workers share the machine's cores with wrk: nothing is pinned then.
+    pin_server, pin_wrk = pinning(not args.no_pin and args.workers == 1)
     load_before = os.getloadavg()[0]
 
     if os.geteuid() == 0:
@@ -356,10 +372,12 @@ def bench(args: argparse.Namespace, t: Path) -> dict[str, object]:
             log(f"starting {s.label} on port {s.port}")
             if s.name == "segue":
                 assert conf is not None
-                running.enter_context(segue_server(segue, conf, s, pin_server, t))
+                running.enter_context(segue_server(segue, conf, s, pin_server, t,
+                                                   workers=args.workers))
             elif s.name == "nginx":
                 assert nginx is not None
-                running.enter_context(nginx_server(nginx, s, pin_server, t))
+                running.enter_context(nginx_server(nginx, s, pin_server, t,
+                                                   workers=args.workers))
             else:
                 running.enter_context(h11_server(audio, s, pin_server, t))
         check_same_bytes(servers, audio)
@@ -386,6 +404,7 @@ def bench(args: argparse.Namespace, t: Path) -> dict[str, object]:
             "pinning": (f"server on CPU {pin_server[-1]}, wrk on CPU {pin_wrk[-1]}"
                         if pin_server else "none"),
             "segue_cache_bytes": args.segue_cache,
+            "workers": args.workers,
             "servers": {s.name: s.label for s in servers},
         },
         "results": results,
@@ -406,6 +425,9 @@ def main() -> int:
                         help="length of the generated WAV; 360 s is about 69 MB")
     parser.add_argument("--seed", type=int, default=1, help="seed of the random ranges")
     parser.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="Segue and nginx each with N worker processes on one port "
+                             "(SO_REUSEPORT); nothing is pinned then (default 1)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--segue-cache", type=int, default=None, metavar="BYTES",
@@ -425,6 +447,10 @@ def main() -> int:
         parser.error(f"--servers takes a comma list out of {', '.join(LABELS)}; "
                      f"got {args.servers!r}")
     args.servers = list(dict.fromkeys(names))
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    if args.workers > 1 and "h11" in args.servers:
+        parser.error("--workers: the trio+h11 peer has no workers; use --servers segue,nginx")
 
     return run_in_temp_dir("serve_vs_nginx", args, bench, print_table)
 
