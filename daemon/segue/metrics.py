@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -21,6 +23,9 @@ class Metrics:
             "segue_http_response_bytes", "Body bytes sent, by status.", ["status"],
             registry=self.registry,
         )
+        # Each status's two counter children, looked up once (labels() costs a lock and a
+        # dict lookup on every request otherwise).
+        self._by_status: dict[int, tuple[Any, Any]] = {}
         self.streams_in_flight = Gauge(
             "segue_streams_in_flight", "Track bodies being sent right now.",
             registry=self.registry,
@@ -81,6 +86,16 @@ class Metrics:
             "segue_read_ahead_chunks", "Chunks read ahead of sequential streams, by outcome "
             "(started, skipped: no capacity).", ["outcome"], registry=self.registry,
         )
+
+    def count_response(self, status: int, body_bytes: int) -> None:
+        """One answered request and the body bytes it sent, under its status."""
+        children = self._by_status.get(status)
+        if children is None:
+            label = str(status)
+            children = self._by_status[status] = (self.requests.labels(label),
+                                                  self.response_bytes.labels(label))
+        children[0].inc()
+        children[1].inc(body_bytes)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -46,6 +46,8 @@ class Connection:
         self.app = app
         self.settings = settings
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=settings.max_header_bytes)
+        # The raw socket of a plain TCP connection, for sendmsg; None under TLS.
+        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
 
     async def serve(self) -> None:
         """Answer requests until the peer closes, a deadline passes, or HTTP goes wrong."""
@@ -161,9 +163,7 @@ class Connection:
             outcome = f"aborted: {type(e).__name__}"
             raise _ClosedByPeer() from None
         finally:
-            status = str(response.status)
-            self.app.metrics.requests.labels(status).inc()
-            self.app.metrics.response_bytes.labels(status).inc(sent)
+            self.app.metrics.count_response(response.status, sent)
             log.info(
                 "request",
                 method=request.method,
@@ -175,12 +175,25 @@ class Connection:
                 **response.fields,
             )
 
-    async def _send(self, data: bytes | memoryview) -> None:
-        try:
-            with trio.fail_after(self.settings.send_timeout_s):
-                await self.stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise _ClosedByPeer() from None
+    async def _send(self, *parts: bytes | memoryview) -> None:
+        """Send every byte of `parts`, in order, under [http] send_timeout_s.
+
+        On a plain TCP connection the parts go out with sendmsg, so a response head and its
+        first body bytes cost one system call and one trip through the event loop, not two.
+        (A bare CancelScope, not trio.fail_after: this runs for every write, and the context
+        manager generator behind fail_after showed up in the profile.)
+        """
+        with trio.CancelScope(deadline=trio.current_time() + self.settings.send_timeout_s) as scope:
+            try:
+                if self._socket is None or len(parts) == 1:
+                    for part in parts:
+                        await self.stream.send_all(part)
+                else:
+                    await _sendmsg_all(self._socket, parts)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                raise _ClosedByPeer() from None
+        if scope.cancelled_caught:
+            raise trio.TooSlowError()
 
     async def _send_response(self, request: Request, response: Response) -> int:
         """Write status, headers and body; return the number of body bytes sent."""
@@ -216,9 +229,10 @@ class Connection:
             parts = self.h11.send_with_data_passthrough(h11.Data(data=data))  # type: ignore[arg-type]
             for part in parts or ():
                 if pending_head is not None:
-                    await self._send(pending_head)
+                    await self._send(pending_head, part)
                     pending_head = None
-                await self._send(part)
+                else:
+                    await self._send(part)
             sent += len(data)
 
         self.app.in_flight += 1
@@ -270,6 +284,21 @@ class Connection:
                 if not data:
                     return
                 drained += len(data)
+
+
+async def _sendmsg_all(sock: trio.socket.SocketType, parts: tuple[bytes | memoryview, ...]) -> None:
+    """sendmsg until every byte of `parts` is written (the kernel may take fewer)."""
+    views = [memoryview(part) for part in parts]
+    while views:
+        sent = await sock.sendmsg(views)
+        while sent:
+            if sent >= len(views[0]):
+                sent -= len(views.pop(0))
+            else:
+                views[0] = views[0][sent:]
+                sent = 0
+        if views and not len(views[0]):
+            views.pop(0)
 
 
 async def _shared_port_listeners(settings: HttpSettings) -> list[trio.SocketListener]:
