@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -148,3 +149,12 @@ def test_too_many_query_fields_get_400(node: Node) -> None:
     query = "&".join(f"a{i}=1" for i in range(80))
     answer = raw(node, f"GET /healthz?{query} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     assert status_of(answer) == 400
+
+
+def test_pipelined_requests_and_dropped_bodies_keep_their_order(node: Node) -> None:
+    """Three requests in one write, one with a body to skip: three answers, in order."""
+    answer = raw(node, b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+                       b"\r\nGET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n"
+                       b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert re.findall(rb"HTTP/1.1 (\d{3}) ", answer) == [b"405", b"200", b"200"]
+    assert answer.lower().count(b"connection: close") == 1

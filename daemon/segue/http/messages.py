@@ -1,4 +1,4 @@
-"""Requests and responses as the routes see them, independent of h11 and sockets."""
+"""Requests and responses as the routes see them, independent of the wire and of sockets."""
 
 from __future__ import annotations
 
@@ -8,15 +8,11 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
+from segue.http.wire import REASONS
+
 Send = Callable[[bytes | memoryview], Awaitable[None]]
 BodyWriter = Callable[[Send], Awaitable[None]]
 
-REASONS = {
-    200: "OK", 206: "Partial Content", 400: "Bad Request", 401: "Unauthorized",
-    403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
-    413: "Content Too Large", 416: "Range Not Satisfiable", 431: "Request Header Fields Too Large",
-    500: "Internal Server Error", 503: "Service Unavailable", 505: "HTTP Version Not Supported",
-}
 
 
 @dataclass(frozen=True)
@@ -29,14 +25,15 @@ class Request:
     headers: dict[str, str]
 
     @classmethod
-    def from_h11(
+    def from_wire(
         cls, method: bytes, target: bytes, headers: Iterable[tuple[bytes, bytes]]
     ) -> Request:
+        """From a parsed head (field names already lower-case); ValueError for a bad query."""
         raw = target.decode("ascii", "replace")
         path, _, query = raw.partition("?")
         merged: dict[str, str] = {}
         for name, value in headers:
-            key = name.decode("ascii", "replace").lower()
+            key = name.decode("ascii", "replace")
             text = value.decode("latin-1")
             merged[key] = f"{merged[key]}, {text}" if key in merged else text
         return cls(

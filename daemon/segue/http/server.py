@@ -1,4 +1,4 @@
-"""The connection loop: h11 over a trio stream, one task per connection.
+"""The connection loop: HTTP/1.1 (segue.http.wire) over a trio stream, one task per connection.
 
 Each phase has its own deadline: the first request's headers (header_timeout_s), the wait for
 the next request on a kept-alive connection (idle_timeout_s) and every send (send_timeout_s),
@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import ssl
 import time
-from typing import Any
 
-import h11
 import structlog
 import trio
 
 from segue.config import HttpSettings
 from segue.http.app import EdgeApp, NodeState
-from segue.http.messages import REASONS, Request, Response, error
+from segue.http.messages import Request, Response, error
+from segue.http.wire import (
+    ProtocolError,
+    RequestHead,
+    find_head_end,
+    parse_request_head,
+    response_head,
+)
 
 log = structlog.get_logger("segue.http")
 
@@ -33,10 +38,6 @@ class _ClosedByPeer(Exception):
     """The peer went away, or must be dropped; nothing more to say to it."""
 
 
-def _head_size(event: h11.Request) -> int:
-    return len(event.target) + sum(len(name) + len(value) + 4 for name, value in event.headers)
-
-
 class Connection:
     """One client connection: read requests, dispatch them, write responses."""
 
@@ -45,7 +46,8 @@ class Connection:
         self.stream = stream
         self.app = app
         self.settings = settings
-        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=settings.max_header_bytes)
+        self.buffer = bytearray()  # received, not yet parsed: at most one head plus a read
+        self.keep_alive = True
         # The raw socket of a plain TCP connection, for sendmsg; None under TLS.
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
 
@@ -53,37 +55,23 @@ class Connection:
         """Answer requests until the peer closes, a deadline passes, or HTTP goes wrong."""
         first = True
         try:
-            while True:
+            while self.keep_alive:
                 if first:
-                    event = await self._await_request(self.settings.header_timeout_s)
+                    head = await self._await_request(self.settings.header_timeout_s)
                     first = False
                 else:
                     with self.app.idle_wait() as idle:
-                        event = await self._await_request(self.settings.idle_timeout_s)
+                        head = await self._await_request(self.settings.idle_timeout_s)
                     if idle.cancelled_caught:
                         return  # the node is draining: close kept-alive connections
-                if not isinstance(event, h11.Request):
+                if head is None:
                     return
-                if event.http_version not in (b"1.0", b"1.1"):
-                    await self.send_and_close(error(505, "this server speaks HTTP/1.1"))
-                    return
-                if _head_size(event) > self.settings.max_header_bytes:
-                    # h11 bounds only a head that is still arriving; one that came in a
-                    # single read is measured here.
-                    await self.send_and_close(error(431, "request headers are too large"))
-                    return
-                await self._respond(event)
-                if self.h11.our_state is h11.MUST_CLOSE or self.h11.their_state is not h11.DONE:
-                    return
-                self.h11.start_next_cycle()
-        except h11.RemoteProtocolError as e:
+                await self._respond(head)
+        except ProtocolError as e:
             self.app.metrics.bad_requests.inc()
-            status = e.error_status_hint if e.error_status_hint in REASONS else 400
-            # h11's message quotes the offending bytes, which may hold a token: neither the log
-            # nor the answer repeats it.
-            log.info("malformed request", status=status)
-            if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                await self.send_and_close(error(status, "malformed HTTP request"))
+            # The message names the rule broken, never the bytes (which may hold a token).
+            log.info("malformed request", status=e.status, error=str(e))
+            await self.send_and_close(error(e.status, f"malformed HTTP request: {e}"))
         except _ClosedByPeer:
             return
         finally:
@@ -91,48 +79,56 @@ class Connection:
                 cleanup.shield = True
                 await self.stream.aclose()
 
-    async def _await_request(self, timeout: float) -> Any:
-        """The next request (its body read and dropped), or None after `timeout` seconds."""
+    async def _await_request(self, timeout: float) -> RequestHead | None:
+        """The next request head (its body read and dropped), or None after `timeout` s."""
         with trio.move_on_after(timeout):
-            event = await self._next_event()
-            if isinstance(event, h11.Request):
-                await self._read_body()
-            return event
-        if self.h11.trailing_data[0]:
+            head = await self._read_head()
+            await self._drop_body(head.content_length)
+            return head
+        if self.buffer:
             await self.send_and_close(error(408, "request headers took too long"))
         return None
 
-    async def _read_body(self) -> None:
+    async def _read_head(self) -> RequestHead:
+        limit = self.settings.max_header_bytes
+        searched = 0
+        while True:
+            while self.buffer.startswith(b"\r\n"):  # RFC 9112 2.2: empty lines before a request
+                del self.buffer[:2]
+            end = find_head_end(self.buffer, max(searched - 3, 0))
+            if end > limit or (end < 0 and len(self.buffer) > limit):
+                raise ProtocolError("request headers are too large", 431)
+            if end >= 0:
+                head = bytes(self.buffer[:end])
+                del self.buffer[:end]
+                return parse_request_head(head)
+            searched = len(self.buffer)
+            await self._receive()
+
+    async def _drop_body(self, length: int) -> None:
         """Read (and drop) a request body: no route takes one, but keep-alive needs it read."""
-        received = 0
-        while True:
-            event = await self._next_event()
-            if isinstance(event, h11.EndOfMessage):
-                return
-            if isinstance(event, h11.Data):
-                received += len(event.data)
-                if received > MAX_BODY_BYTES:
-                    raise h11.RemoteProtocolError("request body too large", 413)
+        if length > MAX_BODY_BYTES:
+            raise ProtocolError("request body too large", 413)
+        while len(self.buffer) < length:
+            await self._receive()
+        del self.buffer[:length]
 
-    async def _next_event(self) -> Any:
-        while True:
-            event = self.h11.next_event()
-            if event is not h11.NEED_DATA:
-                return event
-            try:
-                data = await self.stream.receive_some(RECEIVE_BYTES)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                raise _ClosedByPeer() from None
-            self.h11.receive_data(data)  # type: ignore[arg-type]  # h11 appends bytearrays too
-
-    async def _respond(self, event: h11.Request) -> None:
-        started = time.perf_counter()
+    async def _receive(self) -> None:
         try:
-            request = Request.from_h11(event.method, event.target, event.headers)
-        except ValueError:
-            self.app.metrics.bad_requests.inc()
-            await self.send_and_close(error(400, "malformed request target"))
+            data = await self.stream.receive_some(RECEIVE_BYTES)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise _ClosedByPeer() from None
+        if not data:
+            raise _ClosedByPeer()
+        self.buffer += data
+
+    async def _respond(self, head: RequestHead) -> None:
+        started = time.perf_counter()
+        self.keep_alive = head.keep_alive
+        try:
+            request = Request.from_wire(head.method, head.target, head.headers)
+        except ValueError:
+            raise ProtocolError("malformed request target") from None
         self.app.request_started()
         try:
             await self._answer(request, started)
@@ -146,7 +142,7 @@ class Connection:
             log.exception("request handler failed", method=request.method, path=request.path)
             response = error(500, "internal error")
         if self.app.state != NodeState.READY:
-            response.headers.append(("Connection", "close"))
+            self.keep_alive = False  # draining: every answer closes its connection
         sent = 0
         outcome = "ok"
         try:
@@ -197,42 +193,29 @@ class Connection:
 
     async def _send_response(self, request: Request, response: Response) -> int:
         """Write status, headers and body; return the number of body bytes sent."""
-        headers = [
-            ("Server", "segue"),
-            *response.headers,
-            ("Content-Length", str(response.content_length)),
-        ]
-        head = self.h11.send(
-            h11.Response(
-                status_code=response.status,
-                headers=headers,
-                reason=REASONS.get(response.status, "").encode(),
-            )
-        )
-        assert head is not None
+        length = response.content_length
+        headers = [("Server", "segue"), *response.headers, ("Content-Length", str(length))]
+        if not self.keep_alive:
+            headers.append(("Connection", "close"))
+        head = response_head(response.status, headers)
         if request.method == "HEAD" or (response.writer is None and not response.body):
             await self._send(head)
-            self.h11.send(h11.EndOfMessage())
             return 0
         if response.writer is None:
-            # Small bodies go out with the head in one write.
-            self.h11.send_with_data_passthrough(h11.Data(data=response.body))
-            await self._send(head + response.body)
-            self.h11.send(h11.EndOfMessage())
+            await self._send(head, response.body)  # small bodies go out with the head
             return len(response.body)
         sent = 0
         pending_head: bytes | None = head
 
         async def send_body(data: bytes | memoryview) -> None:
             nonlocal sent, pending_head
-            # h11 passes a memoryview through untouched; its stubs only say bytes.
-            parts = self.h11.send_with_data_passthrough(h11.Data(data=data))  # type: ignore[arg-type]
-            for part in parts or ():
-                if pending_head is not None:
-                    await self._send(pending_head, part)
-                    pending_head = None
-                else:
-                    await self._send(part)
+            if sent + len(data) > length:
+                raise RuntimeError(f"a body writer sent more than its {length} bytes")
+            if pending_head is not None:
+                await self._send(pending_head, data)
+                pending_head = None
+            else:
+                await self._send(data)
             sent += len(data)
 
         self.app.in_flight += 1
@@ -242,25 +225,22 @@ class Connection:
         finally:
             self.app.in_flight -= 1
             self.app.metrics.streams_in_flight.dec()
-        self.h11.send(h11.EndOfMessage())
+        if sent != length:
+            raise RuntimeError(f"a body writer sent {sent} of its {length} bytes")
         return sent
 
     async def send_and_close(self, response: Response) -> None:
         """Best effort: an error response on a connection that is about to close.
 
-        Written without h11, whose state machine may be in ERROR or may not have seen a request
-        at all (a timed-out or refused connection).
+        The connection may not have seen a whole request (a timed-out or refused connection,
+        a malformed head), so nothing here depends on one.
         """
-        lines = [
-            f"HTTP/1.1 {response.status} {REASONS.get(response.status, '')}",
-            "Server: segue",
-            "Connection: close",
-            f"Content-Length: {len(response.body)}",
-            *(f"{name}: {value}" for name, value in response.headers),
-        ]
-        data = "\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + response.body
+        head = response_head(response.status, [
+            ("Server", "segue"), ("Connection", "close"),
+            ("Content-Length", str(len(response.body))), *response.headers,
+        ])
         try:
-            await self._send(data)
+            await self._send(head, response.body)
             await self._linger()
         except (_ClosedByPeer, trio.TooSlowError, trio.BrokenResourceError,
                 trio.ClosedResourceError):
