@@ -1,1 +1,1 @@
-"""HTTP/1.1 serving over h11: ranges, requests and responses, routes, the connection loop."""
+"""HTTP/1.1 serving: wire framing, ranges, requests and responses, routes, the connection loop."""
