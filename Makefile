@@ -15,7 +15,7 @@ SYSTEM_COMMANDS := ffmpeg:ffmpeg ffprobe:ffmpeg curl:curl gcc:gcc pkg-config:pkg
 	haproxy:haproxy mariadbd:mariadb-server mariadb-install-db:mariadb-server
 BENCH_COMMANDS  := nginx:nginx-light wrk:wrk taskset:util-linux
 
-.PHONY: run test lint typecheck bench setup system-deps bench-deps clean
+.PHONY: run test lint typecheck bench bench-setup setup system-deps bench-deps clean
 
 setup: system-deps $(VENV)/.installed
 
@@ -43,8 +43,16 @@ lint: $(VENV)/.installed
 test: setup lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: setup bench-deps
-	$(BIN)/python bench/serve_vs_nginx.py
+# `make bench` runs every benchmark (bench/run) and writes docs/performance.md; pass bench/run
+# options in BENCH_ARGS, e.g. make bench BENCH_ARGS="--quick --only stores".
+bench-setup: setup bench-deps $(VENV)/.bench-installed
+
+$(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	@touch $@
+
+bench: bench-setup
+	VENV=$(VENV) bench/run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache .mypy_cache .ruff_cache .hypothesis
