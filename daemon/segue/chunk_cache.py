@@ -29,10 +29,10 @@ class ChunkCache:
         """A new reference to the cached chunk, or None."""
         lease = self._entries.get(key)
         if lease is None:
-            self._metrics.cache_lookups.labels("miss").inc()
+            self._metrics.child(self._metrics.cache_lookups, "miss").inc()
             return None
         self._entries.move_to_end(key)
-        self._metrics.cache_lookups.labels("hit").inc()
+        self._metrics.child(self._metrics.cache_lookups, "hit").inc()
         return lease.share()
 
     def contains(self, key: Key) -> bool:

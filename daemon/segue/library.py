@@ -82,9 +82,9 @@ class Library:
         opened = self._opened.get(track_id)
         if opened is not None:
             self._opened.move_to_end(track_id)
-            self._metrics.open_tracks.labels("hit").inc()
+            self._metrics.child(self._metrics.open_tracks, "hit").inc()
             return opened
-        self._metrics.open_tracks.labels("miss").inc()
+        self._metrics.child(self._metrics.open_tracks, "miss").inc()
         try:
             with trio.fail_after(self._read_timeout * len(self.shares.shares)):
                 opened = await trio.to_thread.run_sync(
@@ -146,9 +146,9 @@ class Library:
             try:
                 self._prefetch_limiter.acquire_on_behalf_of_nowait(token)
             except trio.WouldBlock:
-                self._metrics.read_ahead.labels("skipped").inc()
+                self._metrics.child(self._metrics.read_ahead, "skipped").inc()
                 return
-            self._metrics.read_ahead.labels("started").inc()
+            self._metrics.child(self._metrics.read_ahead, "started").inc()
             self._prefetch_nursery.start_soon(self._prefetch, track, index, token)
 
     async def _prefetch(self, track: OpenedTrack, index: int, token: object) -> None:
@@ -208,13 +208,13 @@ class Library:
                 share.failed(f"read timed out after {self._read_timeout:g} s")
                 # The stuck connection is dropped; the next read or probe connects afresh.
                 await trio.to_thread.run_sync(share.store.reset, abandon_on_cancel=True)
-                self._metrics.store_reads.labels(share.name, "timeout").inc()
+                self._metrics.child(self._metrics.store_reads, share.name, "timeout").inc()
                 tried.append(f"{share.name} (timed out)")
                 continue
             except _CopyFailed as e:
                 tried.append(f"{share.name} ({e})")
                 continue
-            self._metrics.store_reads.labels(share.name, "ok").inc()
+            self._metrics.child(self._metrics.store_reads, share.name, "ok").inc()
             return lease
         log.error("no readable copy of a chunk", track=track_id, chunk=index, tried=tried)
         # The track may have been sealed again (re-packed) since it was opened: the next
@@ -243,12 +243,12 @@ class Library:
         try:
             length = share.store.read_chunk_into(track_id, index, sealed)
         except NotInStoreError:
-            self._metrics.store_reads.labels(share.name, "missing").inc()
+            self._metrics.child(self._metrics.store_reads, share.name, "missing").inc()
             log.warning("chunk copy missing", track=track_id, chunk=index, share=share.name)
             raise _CopyFailed("missing") from None
         except StoreError as e:
             share.failed(str(e))
-            self._metrics.store_reads.labels(share.name, "error").inc()
+            self._metrics.child(self._metrics.store_reads, share.name, "error").inc()
             log.warning("share read failed", track=track_id, chunk=index, share=share.name,
                         error=str(e))
             raise _CopyFailed("unreadable") from None
@@ -261,7 +261,7 @@ class Library:
         except ChunkAuthenticationError:
             pool.give_back(plain)
             self._metrics.chunk_auth_failures.inc()
-            self._metrics.store_reads.labels(share.name, "corrupt").inc()
+            self._metrics.child(self._metrics.store_reads, share.name, "corrupt").inc()
             log.error("chunk failed verification", track=track_id, chunk=index,
                       share=share.name)
             raise _CopyFailed("failed verification") from None

@@ -56,14 +56,8 @@ class Connection:
         first = True
         try:
             while self.keep_alive:
-                if first:
-                    head = await self._await_request(self.settings.header_timeout_s)
-                    first = False
-                else:
-                    with self.app.idle_wait() as idle:
-                        head = await self._await_request(self.settings.idle_timeout_s)
-                    if idle.cancelled_caught:
-                        return  # the node is draining: close kept-alive connections
+                head = await self._await_request(idle=not first)
+                first = False
                 if head is None:
                     return
                 await self._respond(head)
@@ -79,13 +73,26 @@ class Connection:
                 cleanup.shield = True
                 await self.stream.aclose()
 
-    async def _await_request(self, timeout: float) -> RequestHead | None:
-        """The next request head (its body read and dropped), or None after `timeout` s."""
-        with trio.move_on_after(timeout):
-            head = await self._read_head()
-            await self._drop_body(head.content_length)
-            return head
-        if self.buffer:
+    async def _await_request(self, *, idle: bool) -> RequestHead | None:
+        """The next request head (its body read and dropped), or None when the wait ends.
+
+        The first request has [http] header_timeout_s; a kept-alive connection waits up to
+        idle_timeout_s for the next one, and draining ends that wait at once.
+        """
+        timeout = self.settings.idle_timeout_s if idle else self.settings.header_timeout_s
+        scope = trio.CancelScope(deadline=trio.current_time() + timeout)
+        if idle:
+            self.app.watch_idle(scope)
+        try:
+            with scope:
+                head = await self._read_head()
+                await self._drop_body(head.content_length)
+                return head
+        finally:
+            if idle:
+                self.app.unwatch_idle(scope)
+        drained = idle and self.app.state not in (NodeState.STARTING, NodeState.READY)
+        if self.buffer and not drained:
             await self.send_and_close(error(408, "request headers took too long"))
         return None
 
