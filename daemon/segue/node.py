@@ -16,6 +16,7 @@ Every wait has a deadline; the shutdown steps that must run are shielded with th
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import ssl
@@ -274,6 +275,7 @@ class Node:
         services.start_soon(self._health_loop)
         services.start_soon(self._probe_shares)
         self.app.state = NodeState.READY
+        _freeze_startup_objects()
         self.notifier.ready(self._status_line())
         log.info("listening", node_id=self.node_id, addresses=[_format(a) for a in self._addresses],
                  config=str(self.settings.path), plugins=[p.name for p in self.host.plugins])
@@ -453,6 +455,19 @@ class Node:
         await self.host.call_async("segue_reload", new.plugin_host.hook_timeout_s, node=self)
         log.info("configuration reloaded", config=str(new.path))
         self.notifier.ready(self._status_line())
+
+
+def _freeze_startup_objects() -> None:
+    """Keep what start-up built (modules, plugins, keys, config) out of later collections.
+
+    Python's full garbage collection walks every tracked object while the event loop waits.
+    With 2,000 players connected, the bench measured pauses of 150 ms, which became those
+    players' worst time to first byte; most of the objects walked were the ones import and
+    start-up made, which live as long as the process. gc.freeze() moves them to a generation
+    no collection visits.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _monotonic() -> float:
