@@ -6,11 +6,12 @@ import http.client
 import json
 import subprocess
 import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from conftest import Node, require, track_of
+from conftest import MP3, Node, make_tone, require, track_of
 
 CHUNK = 256 * 1024
 
@@ -212,3 +213,26 @@ def test_search_only_shows_tracks_the_token_grants(node: Node, mp3) -> None:
 def test_healthz_needs_no_token(node: Node) -> None:
     assert request(node, "GET", "/healthz")[:1] == (200,)
     assert request(node, "HEAD", "/healthz")[0] == 200
+
+
+def test_many_first_plays_at_once_open_the_track_once(fresh_node: Node, tmp_path: Path) -> None:
+    """A new release: 16 players ask for a track nobody played yet, at the same moment."""
+    (track,) = fresh_node.pack(make_tone(tmp_path / "new.mp3", MP3, seconds=5))
+    fresh_node.start()
+    want = fresh_node.tracks[track].read_bytes()[:1000]
+    token = fresh_node.token()
+    parsed = urllib.parse.urlsplit(fresh_node.base)
+
+    def play(_: int) -> bytes:
+        conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=20)
+        conn.request("GET", f"/v1/tracks/{track}", headers={
+            "Authorization": f"Bearer {token}", "Range": "bytes=0-999"})
+        return conn.getresponse().read()
+
+    with ThreadPoolExecutor(16) as pool:
+        assert list(pool.map(play, range(16))) == [want] * 16
+    metrics = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=5)
+    metrics.request("GET", "/metrics")
+    text = metrics.getresponse().read().decode()
+    assert 'segue_open_track_lookups_total{outcome="miss"} 1.0' in text
+    assert 'segue_open_track_lookups_total{outcome="hit"} 15.0' in text

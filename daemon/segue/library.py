@@ -71,6 +71,7 @@ class Library:
         self._thread = threading.local()
         self.cache = ChunkCache(cache_bytes, metrics)
         self._loading: dict[Key, trio.Event] = {}
+        self._opening: dict[str, trio.Event] = {}  # track id -> its open in flight
         self.read_ahead_chunks = read_ahead_chunks if cache_bytes else 0
         # Read-ahead may use half the worker threads at most, so that it never starves the
         # reads players are waiting for.
@@ -78,13 +79,22 @@ class Library:
         self._prefetch_nursery: trio.Nursery | None = None
 
     async def open(self, track_id: str) -> OpenedTrack:
-        """The verified, unwrapped track; raises TrackNotFound or TrackUnavailable."""
-        opened = self._opened.get(track_id)
-        if opened is not None:
+        """The verified, unwrapped track; raises TrackNotFound or TrackUnavailable.
+
+        Players that ask for a track while it is being opened wait for that open instead of
+        verifying and unwrapping it again (a new release brings many first plays at once).
+        """
+        while (opened := self._opened.get(track_id)) is None:
+            opening = self._opening.get(track_id)
+            if opening is None:
+                break
+            await opening.wait()  # then look again: that open may have failed
+        else:
             self._opened.move_to_end(track_id)
             self._metrics.child(self._metrics.open_tracks, "hit").inc()
             return opened
         self._metrics.child(self._metrics.open_tracks, "miss").inc()
+        done = self._opening[track_id] = trio.Event()
         try:
             with trio.fail_after(self._read_timeout * len(self.shares.shares)):
                 opened = await trio.to_thread.run_sync(
@@ -92,6 +102,9 @@ class Library:
                 )
         except trio.TooSlowError:
             raise TrackUnavailable(f"track {track_id}: manifest reads timed out") from None
+        finally:
+            del self._opening[track_id]
+            done.set()
         self._opened[track_id] = opened
         while len(self._opened) > self._capacity:
             self._opened.popitem(last=False)
