@@ -1,4 +1,4 @@
-"""Benchmark peer: the bare trio + h11 stack Segue is built on, serving one file from memory.
+"""Benchmark peer: a bare trio + h11 server (Segue's stack until it framed HTTP), from memory.
 
     python bench/h11_memory_server.py PORT FILE
 

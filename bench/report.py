@@ -577,8 +577,10 @@ def section_throughput(r: Report) -> list[str]:
              "wrk with 32 keep-alive connections asks for random 256 KiB-aligned ranges of one "
              "WAV (one sealed chunk per request for Segue: read, authenticated and decrypted "
              "unless it is cached). Segue, nginx (sendfile, one worker) and a bare trio + h11 "
-             "server answering from memory (no auth, no cache, no decryption: what trio and "
-             "Python alone reach) run in the same invocation, measured in turns. The server "
+             "server answering from memory (no auth, no cache, no decryption: what trio, h11 "
+             "and Python alone reach; Segue was built on h11 until it got its own HTTP/1.1 "
+             "framing, so it can now pass this peer) run in the same invocation, measured in "
+             "turns. The server "
              "is pinned to one CPU and wrk to the other. Ratios above 1 mean more requests "
              "(or, for latency, slower). Source: `bench/serve_vs_nginx.py`.", "",
              "### Every chunk decrypted (cache off)", "",

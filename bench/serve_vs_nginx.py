@@ -8,8 +8,9 @@ each on its own free port:
 * nginx: one worker, sendfile, access_log off, serving the plaintext WAV from disk.
 * h11, "trio+h11 (memory)": bench/h11_memory_server.py, a bare trio + h11 keep-alive server
   that answers every range from the plaintext WAV held in memory: no auth, no cache, no
-  decryption, no logging. It is the ceiling of the stack Segue is built on, so Segue / trio+h11
-  says how much of that ceiling Segue keeps once it does its own work.
+  decryption, no logging. Segue was built on h11 until it got its own HTTP/1.1 framing, so
+  Segue / trio+h11 now says what that framing and Segue's own work cost against a plain
+  trio + h11 server.
 
 wrk drives each with keep-alive connections; a Lua script sends `Range: bytes=a-b` for a random
 256 KiB-aligned block of the file on every request (plus the bearer token for Segue). Servers are
