@@ -48,6 +48,7 @@ log = structlog.get_logger("segue.node")
 
 RESERVED_PREFIXES = ("/v1/", "/healthz", "/metrics")
 PROBE_TICK_S = 0.25
+FULL_COLLECTION_EVERY = 100  # middle-generation collections per full one (CPython's default: 10)
 _HEALTH_GAUGE = {"ok": 0, "degraded": 1, "failing": 2}
 
 
@@ -465,9 +466,18 @@ def _freeze_startup_objects() -> None:
     players' worst time to first byte; most of the objects walked were the ones import and
     start-up made, which live as long as the process. gc.freeze() moves them to a generation
     no collection visits.
+
+    What a full collection still walks is the connections' own objects (about 150 per
+    streaming player), so full collections are also made ten times rarer: the oldest
+    generation is collected after 100 collections of the middle one instead of 10. Young
+    cycles (a cancelled request's exception and frames) are still collected as before; the
+    price is that garbage which survived into the oldest generation waits longer (measured
+    with 2,000 players: the same RSS, the slowest first byte 41 ms instead of 71 ms).
     """
     gc.collect()
     gc.freeze()
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
 
 
 def _monotonic() -> float:
