@@ -2,8 +2,9 @@
 
 Each phase has its own deadline: the first request's headers (header_timeout_s), the wait for
 the next request on a kept-alive connection (idle_timeout_s) and every send (send_timeout_s),
-so a slow or stalled peer costs one task and nothing else. Malformed HTTP gets a 400 (or 431 for
-oversized headers) and the connection closes; other connections never notice.
+so a slow or stalled peer costs one task and nothing else. Malformed HTTP gets a 400 (431 for
+oversized headers, 413 for a large body, 501 for Transfer-Encoding, 505 for another HTTP) and
+the connection closes; other connections never notice.
 """
 
 from __future__ import annotations
