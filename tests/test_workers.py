@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import subprocess
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -82,6 +84,11 @@ def test_every_worker_serves_players_on_the_one_port(three_workers: Node) -> Non
     served_by = {e.get("worker", 0) for e in node.log_events_named("request")
                  if e.get("path", "").startswith("/v1/tracks/")}
     assert len(served_by) >= 2, served_by
+    # Whichever process answers the scrape, it counts every process's streams.
+    for _ in range(6):
+        with urllib.request.urlopen(node.base + "/metrics", timeout=10) as r:
+            text = r.read().decode()
+        assert re.search(r"^segue_time_to_first_byte_seconds_count 40\.0$", text, re.M), text
 
 
 def test_a_dead_worker_is_started_again(three_workers: Node) -> None:
@@ -97,7 +104,12 @@ def test_a_dead_worker_is_started_again(three_workers: Node) -> None:
 def test_sigterm_drains_every_worker_and_exits_0(three_workers: Node) -> None:
     node = three_workers
     children = _workers_of(node)
+    shared = [p for p in Path(tempfile.gettempdir()).glob("segue-metrics-*")
+              if any(str(p) in Path(f"/proc/{pid}/environ").read_text(errors="replace")
+                     for pid in children)]
+    assert len(shared) == 1
     assert node.stop() == 0
+    assert not shared[0].exists()  # the metrics files go with the node
     assert not any(Path(f"/proc/{pid}").exists() for pid in children)
     stopped = node.log_events_named("stopped")
     assert {e.get("worker", 0) for e in stopped} == {0, 1, 2}

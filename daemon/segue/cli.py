@@ -7,9 +7,11 @@ each, naming the file, key or argument at fault; `--debug` adds the traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -303,7 +305,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import trio
 
-    from segue import log, node
+    from segue import log, metrics, node
     from segue.plugins import PluginHost
 
     try:
@@ -311,14 +313,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UsageError(f"--listen: {e}") from None
     log.configure(settings.log.format, settings.log.level)
-    host = PluginHost.load(settings)
-    try:
-        trio.run(node.run, settings, host, strict_exception_groups=True)
-    except node.StartupError as e:
-        if args.debug:
-            raise
-        print(f"segue: {e}", file=sys.stderr)
-        return EXIT_FAILURE
+    with contextlib.ExitStack() as cleanup:
+        if settings.http.workers > 1:
+            shared = Path(tempfile.mkdtemp(prefix="segue-metrics-"))
+            cleanup.callback(shutil.rmtree, shared, ignore_errors=True)
+            metrics.share_between_processes(shared)
+        host = PluginHost.load(settings)
+        try:
+            trio.run(node.run, settings, host, strict_exception_groups=True)
+        except node.StartupError as e:
+            if args.debug:
+                raise
+            print(f"segue: {e}", file=sys.stderr)
+            return EXIT_FAILURE
     return EXIT_OK
 
 

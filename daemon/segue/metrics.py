@@ -1,14 +1,45 @@
-"""Prometheus metrics of one node, in a registry owned by the node (no global state)."""
+"""Prometheus metrics of one node, in a registry owned by the node (no global state).
+
+A node with several serving processes ([http] workers) shares its values between them through
+prometheus_client's multiprocess mode: every process writes its values to files in one
+directory, and /metrics, whichever process answers it, adds up the files. So a scrape sees the
+node, not the one process the kernel happened to hand the connection to.
+"""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
+import prometheus_client.values
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+SHARED_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 _STATUS_TEXT = {status: str(status) for status in (200, 206, 304, 400, 401, 403, 404, 416, 503)}
+
+
+def share_between_processes(directory: Path) -> None:
+    """Make every metric created from now on (here and in the children, which inherit the
+    environment) write its value into `directory`, for /metrics to add up.
+
+    prometheus_client picks its value class when it is imported, from this variable; the main
+    process has imported it already when it learns from its configuration that it will have
+    workers, so it swaps the class too. Call before the node's Metrics are made.
+    """
+    os.environ[SHARED_DIR_ENV] = str(directory)
+    prometheus_client.values.ValueClass = prometheus_client.values.MultiProcessValue()
+
+
+def forget_process(pid: int) -> None:
+    """A serving process has exited: drop its live gauges (its counters still count)."""
+    directory = os.environ.get(SHARED_DIR_ENV)
+    if directory:
+        mark_process_dead(pid, directory)
 
 
 class Metrics:
@@ -29,7 +60,7 @@ class Metrics:
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.streams_in_flight = Gauge(
             "segue_streams_in_flight", "Track bodies being sent right now.",
-            registry=self.registry,
+            registry=self.registry, multiprocess_mode="livesum",
         )
         self.time_to_first_byte = Histogram(
             "segue_time_to_first_byte_seconds",
@@ -49,7 +80,7 @@ class Metrics:
 
         self.plugin_health = Gauge(
             "segue_plugin_health", "Each plugin's health: 0 ok, 1 degraded, 2 failing.",
-            ["plugin"], registry=self.registry,
+            ["plugin"], registry=self.registry, multiprocess_mode="livemax",
         )
         self.open_tracks = Counter(
             "segue_open_track_lookups",
@@ -68,7 +99,7 @@ class Metrics:
         )
         self.share_up = Gauge(
             "segue_share_up", "1 while a share answers, 0 while it is marked down.", ["share"],
-            registry=self.registry,
+            registry=self.registry, multiprocess_mode="livemin",
         )
 
         self.cache_lookups = Counter(
@@ -81,7 +112,7 @@ class Metrics:
         )
         self.cache_bytes = Gauge(
             "segue_chunk_cache_bytes", "Plaintext bytes held by the decrypted-chunk cache.",
-            registry=self.registry,
+            registry=self.registry, multiprocess_mode="livesum",
         )
         self.read_ahead = Counter(
             "segue_read_ahead_chunks", "Chunks read ahead of sequential streams, by outcome "
@@ -103,4 +134,9 @@ class Metrics:
         self.child(self.response_bytes, label).inc(body_bytes)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        directory = os.environ.get(SHARED_DIR_ENV)
+        if not directory:
+            return generate_latest(self.registry)
+        every_process = CollectorRegistry()
+        MultiProcessCollector(every_process, path=directory)
+        return generate_latest(every_process)

@@ -25,6 +25,7 @@ from typing import Any
 import structlog
 import trio
 
+from segue.metrics import forget_process
 from segue.plugin_types import Health
 
 log = structlog.get_logger("segue.workers")
@@ -131,6 +132,7 @@ class WorkerPool:
             finally:
                 if process.returncode is None:  # cancelled: the node stops at once
                     process.kill()
+                forget_process(process.pid)
             if self._stopping:
                 return
             if trio.current_time() - started > HEALTHY_RUN_S:

@@ -97,11 +97,13 @@ class MySQLPlugin:
 
     @segue.hookimpl
     def segue_metrics(self, registry) -> None:
+        # livemax: with [http] workers only the main process sets these (see docs/plugins.md).
         self.lag = Gauge("segue_replication_lag_seconds",
-                         "Seconds behind each catalogue shard.", ["shard"], registry=registry)
+                         "Seconds behind each catalogue shard.", ["shard"], registry=registry,
+                         multiprocess_mode="livemax")
         self.rows = Gauge("segue_replication_rows_applied",
                           "Rows applied from each shard since the node started.", ["shard"],
-                          registry=registry)
+                          registry=registry, multiprocess_mode="livemax")
 
     @segue.hookimpl
     async def segue_startup(self, node) -> None:
