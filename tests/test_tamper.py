@@ -81,10 +81,15 @@ def test_a_tampered_first_chunk_is_refused_with_503(packed) -> None:
     assert [(e["track"], e["chunk"]) for e in failures] == [(track, 0)]
 
 
-def test_a_tampered_later_chunk_cuts_the_body_before_any_bad_byte(packed) -> None:
+@pytest.mark.parametrize("cache", ["cache on", "cache off"])
+def test_a_tampered_later_chunk_cuts_the_body_before_any_bad_byte(packed, cache: str) -> None:
+    """With the cache off every chunk is read and verified as it is sent: same outcome."""
     node, track, original = packed
     assert len(original) > 2 * CHUNK
     flip(chunk_file(node, track, 1), 5000)
+    if cache == "cache off":
+        with node.conf.open("a") as f:
+            f.write("\n[cache]\nbytes = 0\n")
     node.start()
     status, body, length = fetch(node.url(track, node.token()))
     assert status == 200
