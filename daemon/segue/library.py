@@ -42,6 +42,32 @@ class _CopyFailed(Exception):
     """One copy of a chunk could not be used; the next copy may be."""
 
 
+class _Opening:
+    """A track open in flight, whose outcome the players who asked meanwhile share."""
+
+    def __init__(self) -> None:
+        self._done = trio.Event()
+        self._track: OpenedTrack | None = None
+        self._error: Exception | None = None
+
+    def succeed(self, track: OpenedTrack) -> None:
+        self._track = track
+        self._done.set()
+
+    def fail(self, error: Exception) -> None:
+        self._error = error
+        self._done.set()
+
+    async def result(self) -> OpenedTrack:
+        await self._done.wait()
+        if self._error is not None:
+            # A fresh exception each: one instance raised in many tasks would pile up their
+            # tracebacks.
+            raise type(self._error)(*self._error.args)
+        assert self._track is not None
+        return self._track
+
+
 class Library:
     """Opens tracks and reads their plaintext chunks for the HTTP layer."""
 
@@ -71,7 +97,7 @@ class Library:
         self._thread = threading.local()
         self.cache = ChunkCache(cache_bytes, metrics)
         self._loading: dict[Key, trio.Event] = {}
-        self._opening: dict[str, trio.Event] = {}  # track id -> its open in flight
+        self._opening: dict[str, _Opening] = {}  # track id -> its open in flight
         self.read_ahead_chunks = read_ahead_chunks if cache_bytes else 0
         # Read-ahead may use half the worker threads at most, so that it never starves the
         # reads players are waiting for.
@@ -84,27 +110,36 @@ class Library:
         Players that ask for a track while it is being opened wait for that open instead of
         verifying and unwrapping it again (a new release brings many first plays at once).
         """
-        while (opened := self._opened.get(track_id)) is None:
-            opening = self._opening.get(track_id)
-            if opening is None:
-                break
-            await opening.wait()  # then look again: that open may have failed
-        else:
+        opening = self._opening.get(track_id)
+        if opening is not None:
+            # Another player's request is opening it: share that outcome, good or bad.
+            self._metrics.child(self._metrics.open_tracks, "hit").inc()
+            return await opening.result()
+        opened = self._opened.get(track_id)
+        if opened is not None:
             self._opened.move_to_end(track_id)
             self._metrics.child(self._metrics.open_tracks, "hit").inc()
             return opened
         self._metrics.child(self._metrics.open_tracks, "miss").inc()
-        done = self._opening[track_id] = trio.Event()
+        opening = self._opening[track_id] = _Opening()
         try:
             with trio.fail_after(self._read_timeout * len(self.shares.shares)):
                 opened = await trio.to_thread.run_sync(
                     self._open_blocking, track_id, limiter=self._limiter, abandon_on_cancel=True
                 )
         except trio.TooSlowError:
-            raise TrackUnavailable(f"track {track_id}: manifest reads timed out") from None
+            error = TrackUnavailable(f"track {track_id}: manifest reads timed out")
+            opening.fail(error)
+            raise error from None
+        except (TrackNotFound, TrackUnavailable) as e:
+            opening.fail(e)
+            raise
+        except BaseException:
+            opening.fail(TrackUnavailable(f"track {track_id}: the open was abandoned"))
+            raise
         finally:
             del self._opening[track_id]
-            done.set()
+        opening.succeed(opened)
         self._opened[track_id] = opened
         while len(self._opened) > self._capacity:
             self._opened.popitem(last=False)

@@ -1,0 +1,58 @@
+"""The library's track opens: concurrent first plays share one open, and its failure."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import trio
+
+from conftest import Node
+from segue import config
+from segue.node import build_app
+from segue.storage.errors import NotInStoreError
+
+
+class SlowMissingManifests:
+    """Wraps a node's store: every manifest read takes 0.3 s and finds nothing."""
+
+    def __init__(self, store: object) -> None:
+        self._store = store
+        self.reads = 0
+        self._lock = threading.Lock()
+
+    def read_manifest(self, track_id: str) -> bytes:
+        with self._lock:
+            self.reads += 1
+        time.sleep(0.3)
+        raise NotInStoreError(f"no manifest for {track_id}")
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+
+def test_concurrent_opens_of_a_missing_track_fail_together(tmp_path: Path) -> None:
+    players = 6
+    node = Node.init(tmp_path / "edge")
+    app = build_app(config.load(node.conf))
+    share = app.library.shares.shares[0]
+    slow = SlowMissingManifests(share.store)
+    share.store = slow  # type: ignore[assignment]
+    outcomes: list[tuple[str, float]] = []
+
+    async def play(started: float) -> None:
+        try:
+            await app.library.open("0123456789abcdef")
+        except Exception as e:
+            outcomes.append((type(e).__name__, trio.current_time() - started))
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            for _ in range(players):
+                nursery.start_soon(play, trio.current_time())
+
+    trio.run(main, strict_exception_groups=True)
+    assert slow.reads == 1  # one open for every player, not one each
+    assert [name for name, _ in outcomes] == ["TrackNotFound"] * players
+    assert max(seconds for _, seconds in outcomes) < 1.0  # nobody waited for a second try
