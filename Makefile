@@ -10,7 +10,7 @@ DEMO   ?= demo
 
 # command-or-file:debian-package pairs the tests and the demo need (libsystemd-dev, pkg-config
 # and gcc build systemd-python).
-SYSTEM_COMMANDS := ffmpeg:ffmpeg ffprobe:ffmpeg curl:curl gcc:gcc pkg-config:pkg-config \
+SYSTEM_COMMANDS := ffmpeg:ffmpeg ffprobe:ffmpeg curl:curl gcc:gcc pkg-config:pkg-config prlimit:util-linux \
 	/usr/include/systemd/sd-daemon.h:libsystemd-dev smbd:samba smbpasswd:samba \
 	haproxy:haproxy mariadbd:mariadb-server mariadb-install-db:mariadb-server
 BENCH_COMMANDS  := nginx:nginx-light wrk:wrk taskset:util-linux

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MP3, SEGUE, Node, make_tone
+from conftest import MP3, SEGUE, Node, make_tone, require
 
 
 def _children(pid: int) -> list[int]:
@@ -133,3 +133,30 @@ def test_plugin_routes_need_one_worker(tmp_path: Path, plugin_path: str) -> None
                                                     "SEGUE_PLUGINS_ALLOW": "example"})
     assert done.returncode == 1
     assert "set [http] workers = 1" in done.stderr
+
+
+def test_a_worker_that_cannot_be_started_again_leaves_the_node_serving(
+        three_workers: Node) -> None:
+    """Out of file descriptors when a worker died: retried with backoff, the node lives."""
+    node = three_workers
+    assert node.proc is not None
+    main = node.proc.pid
+    in_use = len(os.listdir(f"/proc/{main}/fd"))
+    prlimit = require("prlimit", "util-linux")
+    subprocess.run([prlimit, f"--pid={main}", f"--nofile={in_use}:20000"], check=True)
+    os.kill(_workers_of(node)[0], signal.SIGKILL)
+    failed = node.wait_for_event("cannot start a worker")
+    assert "Too many open files" in failed["error"]
+    assert node.proc.poll() is None
+    subprocess.run([prlimit, f"--pid={main}", "--nofile=20000:20000"], check=True)
+    _wait_for(lambda: len(_workers_of(node)) == 2)
+    node.wait_healthy()
+
+
+def test_sighup_reloads_every_process_with_the_address_it_serves(three_workers: Node) -> None:
+    node = three_workers
+    assert node.proc is not None
+    node.proc.send_signal(signal.SIGHUP)
+    _wait_for(lambda: len(node.log_events_named("configuration reloaded")) == 3)
+    assert node.log_events_named("setting needs a restart to take effect") == []
+    node.wait_healthy()

@@ -320,7 +320,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             metrics.share_between_processes(shared)
         host = PluginHost.load(settings)
         try:
-            trio.run(node.run, settings, host, strict_exception_groups=True)
+            overrides = {"listen": args.listen, "workers": args.workers}
+            trio.run(node.run, settings, host, overrides, strict_exception_groups=True)
         except node.StartupError as e:
             if args.debug:
                 raise

@@ -16,6 +16,7 @@ Every wait has a deadline; the shutdown steps that must run are shielded with th
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import signal
@@ -120,9 +121,14 @@ class Node:
     """One running edge node; plugins see it through the NodeView protocol."""
 
     def __init__(self, settings: Settings, host: PluginHost, *,
-                 worker_index: int | None = None) -> None:
-        """A node; with `worker_index` a serving worker that follows its main process."""
+                 worker_index: int | None = None,
+                 overrides: Mapping[str, Any] | None = None) -> None:
+        """A node; with `worker_index` a serving worker that follows its main process.
+
+        `overrides` are the command line's settings (listen, workers) that a reload keeps.
+        """
         self.settings = settings
+        self.overrides = dict(overrides or {})
         self.host = host
         self.worker_index = worker_index
         self._pool: workers.WorkerPool | None = None
@@ -421,7 +427,8 @@ class Node:
         self.notifier.reloading()
         old = self.settings
         try:
-            new = await trio.to_thread.run_sync(config.load, old.path)
+            new = await trio.to_thread.run_sync(
+                functools.partial(config.load, old.path, **self.overrides))
             keys = await trio.to_thread.run_sync(load_edge_keys, new)
             tokens = await trio.to_thread.run_sync(load_token_verifier, new)
         except ConfigError as e:
@@ -444,7 +451,7 @@ class Node:
                 self.notifier.ready(self._status_line())
                 return
             accepted.append(plugin)
-        for key in ("listen", "max_connections"):
+        for key in ("listen", "max_connections", "workers"):
             if getattr(new.http, key) != getattr(old.http, key):
                 log.warning("setting needs a restart to take effect", key=f"http.{key}")
         self.settings = new
@@ -490,6 +497,7 @@ def _format(address: tuple[str, int]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-async def run(settings: Settings, host: PluginHost) -> None:
-    """Run one node until it is stopped."""
-    await Node(settings, host).run()
+async def run(settings: Settings, host: PluginHost,
+              overrides: Mapping[str, Any] | None = None) -> None:
+    """Run one node until it is stopped; `overrides` as config.load takes them."""
+    await Node(settings, host, overrides=overrides).run()

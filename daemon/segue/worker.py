@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     log.configure(settings.log.format, settings.log.level)
     structlog.contextvars.bind_contextvars(worker=args.index)
-    worker = node.Node(settings, PluginHost(settings), worker_index=args.index)
+    worker = node.Node(settings, PluginHost(settings), worker_index=args.index,
+                       overrides={"listen": args.listen, "workers": args.workers})
     try:
         trio.run(worker.run, strict_exception_groups=True)
     except Exception as e:

@@ -118,8 +118,19 @@ class WorkerPool:
         delay = RESTART_FIRST_S
         while not self._stopping:
             started = trio.current_time()
-            process = worker.process = await trio.lowlevel.open_process(
-                worker.command, stdin=subprocess.PIPE, env=self.env)
+            try:
+                process = worker.process = await trio.lowlevel.open_process(
+                    worker.command, stdin=subprocess.PIPE, env=self.env)
+            except OSError as e:
+                # Out of file descriptors or memory: the node keeps serving with the processes
+                # it has, and tries again later.
+                log.error("cannot start a worker", worker=worker.index, error=str(e),
+                          retry_in_s=delay)
+                task_status.started()
+                task_status = trio.TASK_STATUS_IGNORED
+                await trio.sleep(delay)
+                delay = min(delay * 2, RESTART_MAX_S)
+                continue
             assert process.stdin is not None
             task_status.started()
             task_status = trio.TASK_STATUS_IGNORED
