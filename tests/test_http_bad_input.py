@@ -133,6 +133,9 @@ def test_a_stalled_request_is_dropped_after_the_header_timeout(fresh_node: Node,
     answer = raw(n, b"GET /healthz HTTP/1.1\r\nHost: x\r\n", timeout=10)
     assert status_of(answer) == 408
     assert time.monotonic() - started < 5
+    # A whole head whose body never comes is just as stalled.
+    answer = raw(n, b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
+    assert status_of(answer) == 408
 
 
 def test_a_malformed_request_never_echoes_or_logs_what_it_carried(node: Node) -> None:
@@ -158,3 +161,39 @@ def test_pipelined_requests_and_dropped_bodies_keep_their_order(node: Node) -> N
                        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert re.findall(rb"HTTP/1.1 (\d{3}) ", answer) == [b"405", b"200", b"200"]
     assert answer.lower().count(b"connection: close") == 1
+
+
+def test_a_head_with_bare_line_feeds_is_answered(node: Node) -> None:
+    """Scripted health checks (printf | nc) often end lines with LF alone."""
+    answer = raw(node, b"GET /healthz HTTP/1.1\nHost: x\nConnection: close\n\n", timeout=5)
+    assert status_of(answer) == 200
+
+
+def test_expect_100_continue_is_answered_before_the_body(node: Node) -> None:
+    parsed = urllib.parse.urlsplit(node.base)
+    with socket.create_connection((parsed.hostname, parsed.port), timeout=5) as s:
+        s.sendall(b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                  b"Expect: 100-continue\r\nConnection: close\r\n\r\n")
+        assert s.recv(100).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        s.sendall(b"hello")
+        rest = b""
+        while chunk := s.recv(65536):
+            rest += chunk
+    assert b"HTTP/1.1 405 " in rest
+
+
+def test_a_closing_answer_arrives_whole_though_the_player_sent_more(node: Node) -> None:
+    """`Connection: close` and another request behind it: the track must not end in a reset."""
+    track = track_of(node, ".flac")
+    original = node.tracks[track].read_bytes()
+    parsed = urllib.parse.urlsplit(node.base)
+    with socket.create_connection((parsed.hostname, parsed.port), timeout=10) as s:
+        s.sendall(f"GET /v1/tracks/{track} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                  f"{node.token()}\r\nConnection: close\r\n\r\n".encode())
+        time.sleep(0.3)
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(1)  # the server has written all it can and closed by now
+        received = bytearray()
+        while chunk := s.recv(65536):
+            received.extend(chunk)
+    assert bytes(received).partition(b"\r\n\r\n")[2] == original

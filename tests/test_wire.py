@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from segue.http.wire import ProtocolError, find_head_end, parse_request_head, response_head
+from segue.http.wire import (
+    ProtocolError,
+    find_head_end,
+    has_body,
+    parse_request_head,
+    response_head,
+)
 
 
 def head(*lines: str, request: str = "GET /v1/tracks/abcdefgh HTTP/1.1") -> bytes:
@@ -79,5 +85,16 @@ def test_the_end_of_a_head_is_found_across_reads() -> None:
 def test_a_response_head_refuses_header_splitting() -> None:
     assert response_head(206, [("Content-Length", "3")]) == (
         b"HTTP/1.1 206 Partial Content\r\nContent-Length: 3\r\n\r\n")
-    with pytest.raises(ValueError):
-        response_head(200, [("X-Plugin", "a\r\nSet-Cookie: b")])
+    for name, value in (("X-Plugin", "a\r\nSet-Cookie: b"), ("X Plugin", "b"),
+                        ("X-Plugin", "nul\x00"), ("X-Plugin", "caf\u00e9 \u2603")):
+        with pytest.raises(ValueError):
+            response_head(200, [(name, value)])
+    assert [has_body(s) for s in (100, 200, 204, 206, 304, 404)] == [
+        False, True, False, True, False, True]
+
+
+def test_heads_with_bare_line_feeds_are_read() -> None:
+    data = b"GET / HTTP/1.1\nHost: e\nRange: bytes=0-\n\nNEXT"
+    end = find_head_end(data)
+    assert data[end:] == b"NEXT"
+    assert parse_request_head(data[:end]).headers == [(b"host", b"e"), (b"range", b"bytes=0-")]

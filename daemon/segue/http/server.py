@@ -19,9 +19,11 @@ from segue.config import HttpSettings
 from segue.http.app import EdgeApp, NodeState
 from segue.http.messages import Request, Response, error
 from segue.http.wire import (
+    FRAMING_HEADERS,
     ProtocolError,
     RequestHead,
     find_head_end,
+    has_body,
     parse_request_head,
     response_head,
 )
@@ -39,6 +41,10 @@ class _ClosedByPeer(Exception):
     """The peer went away, or must be dropped; nothing more to say to it."""
 
 
+class _NothingSent(Exception):
+    """A body writer failed before its first byte: the response can still become a 500."""
+
+
 class Connection:
     """One client connection: read requests, dispatch them, write responses."""
 
@@ -49,6 +55,8 @@ class Connection:
         self.settings = settings
         self.buffer = bytearray()  # received, not yet parsed: at most one head plus a read
         self.keep_alive = True
+        self.sent = 0  # body bytes of the current response written so far
+        self._in_request = False  # a head was read whose body has not all arrived
         # The raw socket of a plain TCP connection, for sendmsg; None under TLS.
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
 
@@ -62,6 +70,7 @@ class Connection:
                 if head is None:
                     return
                 await self._respond(head)
+            await self._linger()  # after the last answer, so that nothing resets its tail
         except ProtocolError as e:
             self.app.metrics.bad_requests.inc()
             # The message names the rule broken, never the bytes (which may hold a token).
@@ -87,13 +96,15 @@ class Connection:
         try:
             with scope:
                 head = await self._read_head()
-                await self._drop_body(head.content_length)
+                self._in_request = True
+                await self._drop_body(head)
+                self._in_request = False
                 return head
         finally:
             if idle:
                 self.app.unwatch_idle(scope)
         drained = idle and self.app.state not in (NodeState.STARTING, NodeState.READY)
-        if self.buffer and not drained:
+        if (self.buffer or self._in_request) and not drained:
             await self.send_and_close(error(408, "request headers took too long"))
         return None
 
@@ -113,10 +124,14 @@ class Connection:
             searched = len(self.buffer)
             await self._receive()
 
-    async def _drop_body(self, length: int) -> None:
+    async def _drop_body(self, head: RequestHead) -> None:
         """Read (and drop) a request body: no route takes one, but keep-alive needs it read."""
+        length = head.content_length
         if length > MAX_BODY_BYTES:
             raise ProtocolError("request body too large", 413)
+        if len(self.buffer) < length and (b"expect", b"100-continue") in (
+                (name, value.lower()) for name, value in head.headers):
+            await self._send(b"HTTP/1.1 100 Continue\r\n\r\n")  # or it waits before sending
         while len(self.buffer) < length:
             await self._receive()
         del self.buffer[:length]
@@ -151,15 +166,26 @@ class Connection:
             response = error(500, "internal error")
         if self.app.state != NodeState.READY:
             self.keep_alive = False  # draining: every answer closes its connection
-        sent = 0
+        try:
+            head = self._head(request.method, response)
+        except ValueError as e:
+            log.error("a handler's response cannot be sent", path=request.path, error=str(e))
+            response = error(500, "internal error")
+            head = self._head(request.method, response)
+        self.sent = 0
         outcome = "ok"
         try:
-            sent = await self._send_response(request, response)
+            await self._send_response(request, response, head)
         except _ClosedByPeer:
             outcome = "client closed"
             raise
         except trio.TooSlowError:
             outcome = "send timeout"
+            raise _ClosedByPeer() from None
+        except _NothingSent as e:
+            outcome = f"aborted: {e}"
+            self.keep_alive = False
+            await self.send_and_close(error(500, "internal error"))
             raise _ClosedByPeer() from None
         except Exception as e:
             # A body that cannot be completed (a chunk failed verification mid-stream, say) is
@@ -167,17 +193,35 @@ class Connection:
             outcome = f"aborted: {type(e).__name__}"
             raise _ClosedByPeer() from None
         finally:
-            self.app.metrics.count_response(response.status, sent)
+            self.app.metrics.count_response(response.status, self.sent)
             log.info(
                 "request",
                 method=request.method,
                 path=request.path,
                 status=response.status,
-                bytes=sent,
+                bytes=self.sent,
                 duration_ms=round((time.perf_counter() - started) * 1000, 2),
                 outcome=outcome,
                 **response.fields,
             )
+
+    def _head(self, method: str, response: Response) -> bytes:
+        """The response's head; ValueError when the response cannot be framed as it is."""
+        for name, _ in response.headers:
+            if name.lower() in FRAMING_HEADERS:
+                raise ValueError(f"{name} is the connection's to set, not a handler's")
+        headers = [("Server", "segue"), *response.headers]
+        if has_body(response.status):
+            if (method != "HEAD" and response.writer is None
+                    and response.length not in (None, len(response.body))):
+                raise ValueError(f"length {response.length} given for a body of "
+                                 f"{len(response.body)} bytes")
+            headers.append(("Content-Length", str(response.content_length)))
+        elif response.body or response.writer is not None or response.length:
+            raise ValueError(f"a {response.status} response has no body")
+        if not self.keep_alive:
+            headers.append(("Connection", "close"))
+        return response_head(response.status, headers)
 
     async def _send(self, *parts: bytes | memoryview) -> None:
         """Send every byte of `parts`, in order, under [http] send_timeout_s.
@@ -199,43 +243,48 @@ class Connection:
         if scope.cancelled_caught:
             raise trio.TooSlowError()
 
-    async def _send_response(self, request: Request, response: Response) -> int:
-        """Write status, headers and body; return the number of body bytes sent."""
-        length = response.content_length
-        headers = [("Server", "segue"), *response.headers, ("Content-Length", str(length))]
-        if not self.keep_alive:
-            headers.append(("Connection", "close"))
-        head = response_head(response.status, headers)
+    async def _send_response(self, request: Request, response: Response, head: bytes) -> None:
+        """Write the head and the body, counting body bytes in self.sent as they go out."""
         if request.method == "HEAD" or (response.writer is None and not response.body):
             await self._send(head)
-            return 0
+            return
         if response.writer is None:
             await self._send(head, response.body)  # small bodies go out with the head
-            return len(response.body)
-        sent = 0
+            self.sent = len(response.body)
+            return
+        length = response.content_length
         pending_head: bytes | None = head
 
         async def send_body(data: bytes | memoryview) -> None:
-            nonlocal sent, pending_head
-            if sent + len(data) > length:
+            nonlocal pending_head
+            if self.sent + len(data) > length:
                 raise RuntimeError(f"a body writer sent more than its {length} bytes")
             if pending_head is not None:
                 await self._send(pending_head, data)
                 pending_head = None
             else:
                 await self._send(data)
-            sent += len(data)
+            self.sent += len(data)
 
         self.app.in_flight += 1
         self.app.metrics.streams_in_flight.inc()
         try:
             await response.writer(send_body)
+        except (_ClosedByPeer, trio.TooSlowError):
+            raise
+        except Exception as e:
+            if pending_head is not None:  # not a byte out yet: the player can still get a 500
+                raise _NothingSent(f"{type(e).__name__} before the first byte") from e
+            raise
         finally:
             self.app.in_flight -= 1
             self.app.metrics.streams_in_flight.dec()
-        if sent != length:
-            raise RuntimeError(f"a body writer sent {sent} of its {length} bytes")
-        return sent
+        if pending_head is not None:
+            if length:
+                raise _NothingSent("the body writer sent nothing")
+            await self._send(pending_head)
+        elif self.sent != length:
+            raise RuntimeError(f"a body writer sent {self.sent} of its {length} bytes")
 
     async def send_and_close(self, response: Response) -> None:
         """Best effort: an error response on a connection that is about to close.
@@ -258,10 +307,14 @@ class Connection:
         """Half-close, then read what the peer still sends for a moment before closing.
 
         Closing a socket with unread input makes the kernel send a reset, which can destroy the
-        error response before the peer reads it (a client still uploading a body, say).
+        last response before the peer reads it (a client still uploading a body, or one that
+        pipelined another request behind a `Connection: close`).
         """
         if isinstance(self.stream, trio.abc.HalfCloseableStream):
-            await self.stream.send_eof()  # TLS has no half-close: just drain below
+            try:
+                await self.stream.send_eof()  # TLS has no half-close: just drain below
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
         drained = 0
         with trio.move_on_after(LINGER_SECONDS):
             while drained < LINGER_BYTES:

@@ -6,7 +6,8 @@ on the reference VM), more than everything Segue itself did per request. The sub
 edge needs is small: GET and HEAD, no request bodies it uses, no trailers, no upgrades. So this
 module parses exactly that, strictly, in a few bytes operations per line:
 
-* request line `METHOD SP TARGET SP HTTP/1.x`; a well-formed other version gets 505;
+* request line `METHOD SP TARGET SP HTTP/1.x`; a well-formed other version gets 505; lines
+  end in CRLF or a bare LF;
 * header fields `name: value`, name a token with no space before the colon, no obs-fold, no
   control characters in values; HTTP/1.1 needs exactly one Host;
 * a body framed by Content-Length only (one value, digits), read and dropped by the caller;
@@ -61,14 +62,19 @@ class RequestHead:
 
 
 def find_head_end(buffer: bytearray | bytes, start: int = 0) -> int:
-    """The offset just past the blank line ending a head in `buffer`, or -1 if none yet."""
-    end = buffer.find(b"\r\n\r\n", start)
-    return -1 if end < 0 else end + 4
+    """The offset just past the blank line ending a head in `buffer`, or -1 if none yet.
+
+    Lines end in CRLF; a bare LF is taken too (RFC 9112 2.2 lets a recipient), since simple
+    scripted health checks send it.
+    """
+    ends = [at + len(blank) for blank in (b"\r\n\r\n", b"\n\n", b"\n\r\n")
+            if (at := buffer.find(blank, start)) >= 0]
+    return min(ends) if ends else -1
 
 
 def parse_request_head(head: bytes) -> RequestHead:
     """Parse one request head, ending with its blank line; raises ProtocolError."""
-    lines = head.split(b"\r\n")
+    lines = [line[:-1] if line.endswith(b"\r") else line for line in head.split(b"\n")]
     if lines[-2:] != [b"", b""]:
         raise ProtocolError("a request head ends with an empty line")
     lines = lines[:-2]
@@ -130,13 +136,32 @@ def _framed(method: bytes, target: bytes, version: bytes,
     return RequestHead(method, target, version, headers, content_length, keep_alive)
 
 
+# Headers the connection loop writes itself; a handler that sets them would break framing.
+FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection"})
+_TOKEN_TEXT = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_BAD_VALUE_TEXT = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def has_body(status: int) -> bool:
+    """Whether a response with this status carries a body and its Content-Length."""
+    return status >= 200 and status not in (204, 304)
+
+
 def response_head(status: int, headers: list[tuple[str, str]]) -> bytes:
-    """Status line and header fields, ending with the blank line; raises ValueError for a
-    header a plugin or handler built with a line break in it (response splitting)."""
+    """Status line and header fields, ending with the blank line.
+
+    Raises ValueError for a header that would break the message: a name that is not a token,
+    a value with a line break or another control character (response splitting), or text
+    that is not Latin-1.
+    """
     lines = [f"HTTP/1.1 {status} {REASONS.get(status, '')}"]
     for name, value in headers:
-        if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
-            raise ValueError(f"header {name!r} cannot be sent: line break or colon in it")
+        if not _TOKEN_TEXT.match(name) or _BAD_VALUE_TEXT.search(value):
+            raise ValueError(f"header {name!r} cannot be sent: not a token, or a control "
+                             f"character in its value")
         lines.append(f"{name}: {value}")
     lines.append("\r\n")
-    return "\r\n".join(lines).encode("latin-1")
+    try:
+        return "\r\n".join(lines).encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError("a response header is not Latin-1 text") from None
