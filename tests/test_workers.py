@@ -160,3 +160,15 @@ def test_sighup_reloads_every_process_with_the_address_it_serves(three_workers: 
     _wait_for(lambda: len(node.log_events_named("configuration reloaded")) == 3)
     assert node.log_events_named("setting needs a restart to take effect") == []
     node.wait_healthy()
+
+
+def test_another_node_cannot_join_the_port(three_workers: Node, tmp_path: Path) -> None:
+    """SO_REUSEPORT must not let an unrelated node of the same user share the players."""
+    port = three_workers.base.rsplit(":", 1)[1]
+    other = Node.init(tmp_path / "other")
+    _set_workers(other, 2)
+    done = subprocess.run([*SEGUE, "run", "--config", str(other.conf), "--listen",
+                           f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "Address already in use" in done.stderr
+    three_workers.wait_healthy()

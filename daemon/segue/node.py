@@ -188,8 +188,9 @@ class Node:
                 if self.worker_index is not None:
                     lifespan.start_soon(self._follow_main)
                 async with trio.open_nursery() as connections:
-                    listeners = await connections.start(serve, self.app, self.settings.http,
-                                                        self.tls)
+                    listeners = await connections.start(
+                        functools.partial(serve, join=self.worker_index is not None),
+                        self.app, self.settings.http, self.tls)
                     self._addresses = [listener.socket.getsockname()[:2] for listener in listeners]
                     await self._start_workers(connections)
                     async with trio.open_nursery() as services:

@@ -342,17 +342,27 @@ async def _sendmsg_all(sock: trio.socket.SocketType, parts: tuple[bytes | memory
             views.pop(0)
 
 
-async def _shared_port_listeners(settings: HttpSettings) -> list[trio.SocketListener]:
+async def _shared_port_listeners(settings: HttpSettings,
+                                 join: bool) -> list[trio.SocketListener]:
     """Listeners whose port other processes of this node bind too (SO_REUSEPORT).
 
     The kernel then spreads new connections over every process's own accept queue, so no
     process hands out work to another and none of them needs to be told of the others.
+    SO_REUSEPORT would also let an unrelated process of the same user join the port, so the
+    main process (join=False) first binds without it: a port already taken fails as it does
+    with one worker. Workers (join=True) join the main process's port.
     """
     listeners: list[trio.SocketListener] = []
     infos = await trio.socket.getaddrinfo(settings.listen.host or None, settings.listen.port,
                                           type=trio.socket.SOCK_STREAM,
                                           flags=trio.socket.AI_PASSIVE)
     for family, kind, proto, _, address in infos:
+        if not join:
+            with trio.socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+                if family == trio.socket.AF_INET6:
+                    probe.setsockopt(trio.socket.IPPROTO_IPV6, trio.socket.IPV6_V6ONLY, 1)
+                await probe.bind(address)  # EADDRINUSE when someone else listens there
         sock = trio.socket.socket(family, kind, proto)
         try:
             sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
@@ -375,14 +385,17 @@ async def serve(
     settings: HttpSettings,
     tls: ssl.SSLContext | None = None,
     *,
+    join: bool = False,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on settings.listen (with TLS when `tls` is given) and serve until cancelled.
 
+    `join`: a serving worker, binding the port its node's main process holds.
+
     task_status gets the TCP listeners, whose sockets say where the node listens.
     """
     if settings.workers > 1:
-        tcp = await _shared_port_listeners(settings)
+        tcp = await _shared_port_listeners(settings, join)
     else:
         tcp = await trio.open_tcp_listeners(settings.listen.port, host=settings.listen.host)
     listeners: list[trio.abc.Listener] = list(tcp)
