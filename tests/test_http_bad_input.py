@@ -197,3 +197,11 @@ def test_a_closing_answer_arrives_whole_though_the_player_sent_more(node: Node) 
         while chunk := s.recv(65536):
             received.extend(chunk)
     assert bytes(received).partition(b"\r\n\r\n")[2] == original
+
+
+def test_an_absolute_form_target_is_served(node: Node) -> None:
+    """RFC 9112 3.2.2: a server accepts `GET http://host/path` (a proxy may send it)."""
+    answer = raw(node, b"GET http://edge.example/healthz HTTP/1.1\r\nHost: edge.example\r\n"
+                       b"Connection: close\r\n\r\n")
+    assert status_of(answer) == 200
+    assert answer.endswith(b"ok\n")

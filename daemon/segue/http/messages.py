@@ -30,6 +30,11 @@ class Request:
     ) -> Request:
         """From a parsed head (field names already lower-case); ValueError for a bad query."""
         raw = target.decode("ascii", "replace")
+        scheme, sep, rest = raw.partition("://")
+        if sep and scheme.lower() in ("http", "https"):
+            # Absolute form (RFC 9112 3.2.2, what a proxy may forward): the authority goes,
+            # the path and query stay.
+            raw = "/" + rest.partition("/")[2]
         path, _, query = raw.partition("?")
         merged: dict[str, str] = {}
         for name, value in headers:

@@ -182,6 +182,9 @@ class Connection:
         except trio.TooSlowError:
             outcome = "send timeout"
             raise _ClosedByPeer() from None
+        except trio.Cancelled:
+            outcome = "cut: the node stopped"
+            raise
         except _NothingSent as e:
             outcome = f"aborted: {e}"
             self.keep_alive = False
