@@ -112,19 +112,21 @@ def wait_ready(proc: subprocess.Popen[bytes], port: int, path: str, log_file: Pa
                      f"{log_file}:\n{tail(log_file)}")
 
 
-def stop(proc: subprocess.Popen[bytes] | None, sig: signal.Signals) -> None:
-    """Ask a server (a process-group leader) to stop; kill its group if it lingers."""
+def stop(proc: subprocess.Popen[bytes] | None, sig: signal.Signals,
+         timeout: float = STOP_TIMEOUT_S) -> None:
+    """Ask a server (a process-group leader) to stop; kill its group if it lingers longer
+    than `timeout` seconds."""
     if proc is None or proc.poll() is not None:
         return
     with contextlib.suppress(ProcessLookupError):
         proc.send_signal(sig)
     try:
-        proc.wait(timeout=STOP_TIMEOUT_S)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         log(f"pid {proc.pid} ignored {sig.name}; killing its process group")
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=STOP_TIMEOUT_S)
+        proc.wait(timeout=timeout)
     # nginx's worker may outlive the master by a moment; nothing may remain in the group.
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)

@@ -28,7 +28,6 @@ Needs the Debian package mariadb-server (mariadbd and mariadb-install-db) for pa
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import json
 import math
@@ -50,7 +49,7 @@ from typing import Any
 
 import pymysql
 
-from common import BenchError, log, machine, run_in_temp_dir
+from common import BenchError, log, machine, run_in_temp_dir, stop
 from segue.catalogue import Catalogue, TrackRecord
 from segue_mysql import replicator
 from segue_mysql.schema import DATABASE, TRACKS_DDL, keyspace_id
@@ -213,16 +212,7 @@ class Source:
     def stop(self) -> None:
         """SIGTERM (a clean shutdown); SIGKILL to its process group if it lingers."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            log(f"mariadbd (pid {proc.pid}) ignored SIGTERM; killing it")
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=STOP_TIMEOUT_S)
+        stop(proc, signal.SIGTERM, STOP_TIMEOUT_S)  # InnoDB may take a while to shut down
 
 
 def connect_source(port: int, database: str | None = DATABASE) -> pymysql.Connection:
