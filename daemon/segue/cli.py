@@ -14,6 +14,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from segue import __version__
 from segue.config import DEFAULT_LISTEN, ConfigError, Settings, load, parse_listen
@@ -227,9 +228,13 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The command line's [http] settings (run/segued only), which reloads keep too."""
+    return {"listen": getattr(args, "listen", None), "workers": getattr(args, "workers", None)}
+
+
 def _load(args: argparse.Namespace) -> Settings:
-    return load(args.config, listen=getattr(args, "listen", None),
-                workers=getattr(args, "workers", None))
+    return load(args.config, **_overrides(args))
 
 
 def cmd_pack(args: argparse.Namespace) -> int:
@@ -320,8 +325,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             metrics.share_between_processes(shared)
         host = PluginHost.load(settings)
         try:
-            overrides = {"listen": args.listen, "workers": args.workers}
-            trio.run(node.run, settings, host, overrides, strict_exception_groups=True)
+            trio.run(node.run, settings, host, _overrides(args), strict_exception_groups=True)
         except node.StartupError as e:
             if args.debug:
                 raise

@@ -105,7 +105,9 @@ class EdgeApp:
         if seg == ["healthz"]:
             return self.healthz()
         if seg == ["metrics"]:
-            return Response(200, [("Content-Type", CONTENT_TYPE)], self.metrics.render())
+            # A worker thread: with [http] workers, rendering reads every process's files.
+            body = await trio.to_thread.run_sync(self.metrics.render, limiter=self.limiter)
+            return Response(200, [("Content-Type", CONTENT_TYPE)], body)
         if seg == ["v1", "status"]:
             return self.status()
         if seg == ["v1", "search"]:
