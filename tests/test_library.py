@@ -8,7 +8,7 @@ from pathlib import Path
 
 import trio
 
-from conftest import Node
+from conftest import MP3, Node, make_tone
 from segue import config
 from segue.node import build_app
 from segue.storage.errors import NotInStoreError
@@ -56,3 +56,49 @@ def test_concurrent_opens_of_a_missing_track_fail_together(tmp_path: Path) -> No
     assert slow.reads == 1  # one open for every player, not one each
     assert [name for name, _ in outcomes] == ["TrackNotFound"] * players
     assert max(seconds for _, seconds in outcomes) < 1.0  # nobody waited for a second try
+
+
+class SlowMissingChunks:
+    """Wraps a node's store: every chunk read takes 0.3 s and finds nothing."""
+
+    def __init__(self, store: object) -> None:
+        self._store = store
+        self.reads = 0
+        self._lock = threading.Lock()
+
+    def read_chunk_into(self, track_id: str, index: int, buf: bytearray) -> int:
+        with self._lock:
+            self.reads += 1
+        time.sleep(0.3)
+        raise NotInStoreError(f"no chunk {index} of {track_id}")
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+
+def test_concurrent_reads_of_a_lost_chunk_fail_together(tmp_path: Path) -> None:
+    node = Node.init(tmp_path / "edge")
+    (track,) = node.pack(make_tone(tmp_path / "t.mp3", MP3, seconds=3))
+    app = build_app(config.load(node.conf))
+    share = app.library.shares.shares[0]
+    outcomes: list[str] = []
+
+    async def play(opened: object) -> None:
+        try:
+            await app.library.chunk(opened, 0)  # type: ignore[arg-type]
+        except Exception as e:
+            outcomes.append(type(e).__name__)
+
+    async def main() -> None:
+        opened = await app.library.open(track)
+        share.store = slow  # type: ignore[assignment]
+        async with trio.open_nursery() as nursery:
+            for _ in range(6):
+                nursery.start_soon(play, opened)
+
+    slow = SlowMissingChunks(share.store)
+    started = time.monotonic()
+    trio.run(main, strict_exception_groups=True)
+    assert outcomes == ["TrackUnavailable"] * 6
+    assert slow.reads == 1
+    assert time.monotonic() - started < 3

@@ -10,8 +10,11 @@ verification is skipped for the next copy; the player never notices while one go
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 import trio
@@ -42,30 +45,45 @@ class _CopyFailed(Exception):
     """One copy of a chunk could not be used; the next copy may be."""
 
 
-class _Opening:
-    """A track open in flight, whose outcome the players who asked meanwhile share."""
+class _Flight:
+    """A read in flight (a track's open, a chunk's read) whose outcome others wait for.
+
+    Those who asked meanwhile share its failure rather than each trying again in turn.
+    """
 
     def __init__(self) -> None:
         self._done = trio.Event()
-        self._track: OpenedTrack | None = None
+        self._value: Any = None
         self._error: Exception | None = None
 
-    def succeed(self, track: OpenedTrack) -> None:
-        self._track = track
+    def succeed(self, value: Any = None) -> None:
+        self._value = value
         self._done.set()
 
     def fail(self, error: Exception) -> None:
         self._error = error
         self._done.set()
 
-    async def result(self) -> OpenedTrack:
+    async def result(self) -> Any:
         await self._done.wait()
         if self._error is not None:
             # A fresh exception each: one instance raised in many tasks would pile up their
             # tracebacks.
             raise type(self._error)(*self._error.args)
-        assert self._track is not None
-        return self._track
+        return self._value
+
+    async def run(self, read: Callable[[], Awaitable[Any]], abandoned: str) -> Any:
+        """Run `read` as this flight: its outcome is the waiters' too."""
+        try:
+            value = await read()
+        except (TrackNotFound, TrackUnavailable) as e:
+            self.fail(e)
+            raise
+        except BaseException:
+            self.fail(TrackUnavailable(abandoned))
+            raise
+        self.succeed(value)
+        return value
 
 
 class Library:
@@ -96,8 +114,8 @@ class Library:
         self._keep_buffers = 4 * int(limiter.total_tokens)
         self._thread = threading.local()
         self.cache = ChunkCache(cache_bytes, metrics)
-        self._loading: dict[Key, trio.Event] = {}
-        self._opening: dict[str, _Opening] = {}  # track id -> its open in flight
+        self._loading: dict[Key, _Flight] = {}  # chunk -> its read in flight
+        self._opening: dict[str, _Flight] = {}  # track id -> its open in flight
         self.read_ahead_chunks = read_ahead_chunks if cache_bytes else 0
         # Read-ahead may use half the worker threads at most, so that it never starves the
         # reads players are waiting for.
@@ -121,29 +139,26 @@ class Library:
             self._metrics.child(self._metrics.open_tracks, "hit").inc()
             return opened
         self._metrics.child(self._metrics.open_tracks, "miss").inc()
-        opening = self._opening[track_id] = _Opening()
+        self._opening[track_id] = _Flight()
         try:
-            with trio.fail_after(self._read_timeout * len(self.shares.shares)):
-                opened = await trio.to_thread.run_sync(
-                    self._open_blocking, track_id, limiter=self._limiter, abandon_on_cancel=True
-                )
-        except trio.TooSlowError:
-            error = TrackUnavailable(f"track {track_id}: manifest reads timed out")
-            opening.fail(error)
-            raise error from None
-        except (TrackNotFound, TrackUnavailable) as e:
-            opening.fail(e)
-            raise
-        except BaseException:
-            opening.fail(TrackUnavailable(f"track {track_id}: the open was abandoned"))
-            raise
+            opened = await self._opening[track_id].run(
+                functools.partial(self._open_in_thread, track_id),
+                f"track {track_id}: the open was abandoned")
         finally:
             del self._opening[track_id]
-        opening.succeed(opened)
         self._opened[track_id] = opened
         while len(self._opened) > self._capacity:
             self._opened.popitem(last=False)
         return opened
+
+    async def _open_in_thread(self, track_id: str) -> OpenedTrack:
+        try:
+            with trio.fail_after(self._read_timeout * len(self.shares.shares)):
+                return await trio.to_thread.run_sync(
+                    self._open_blocking, track_id, limiter=self._limiter, abandon_on_cancel=True
+                )
+        except trio.TooSlowError:
+            raise TrackUnavailable(f"track {track_id}: manifest reads timed out") from None
 
     def _open_blocking(self, track_id: str) -> OpenedTrack:
         """The first copy of the manifest, in share-health order, that verifies."""
@@ -223,17 +238,16 @@ class Library:
             loading = self._loading.get(key)
             if loading is None:
                 break
-            await loading.wait()
-            if key not in self._loading and not self.cache.contains(key):
-                break  # that read failed or was not cached: try our own
+            await loading.result()  # then take it from the cache (or read it, if evicted)
         else:
             return lease
-        done = self._loading[key] = trio.Event()
+        self._loading[key] = _Flight()
         try:
-            lease = await self._read_any_copy(track, index)
+            lease = await self._loading[key].run(
+                functools.partial(self._read_any_copy, track, index),
+                f"chunk {index} of track {key[0]}: the read was abandoned")
         finally:
             del self._loading[key]
-            done.set()
         self.cache.put(key, lease)
         return lease
 
