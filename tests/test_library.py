@@ -9,8 +9,7 @@ from pathlib import Path
 import trio
 
 from conftest import MP3, Node, make_tone
-from segue import config
-from segue.node import build_app
+from segue import config, wiring
 from segue.storage.errors import NotInStoreError
 
 
@@ -35,7 +34,7 @@ class SlowMissingManifests:
 def test_concurrent_opens_of_a_missing_track_fail_together(tmp_path: Path) -> None:
     players = 6
     node = Node.init(tmp_path / "edge")
-    app = build_app(config.load(node.conf))
+    app = wiring.build(config.load(node.conf))
     share = app.library.shares.shares[0]
     slow = SlowMissingManifests(share.store)
     share.store = slow  # type: ignore[assignment]
@@ -79,7 +78,7 @@ class SlowMissingChunks:
 def test_concurrent_reads_of_a_lost_chunk_fail_together(tmp_path: Path) -> None:
     node = Node.init(tmp_path / "edge")
     (track,) = node.pack(make_tone(tmp_path / "t.mp3", MP3, seconds=3))
-    app = build_app(config.load(node.conf))
+    app = wiring.build(config.load(node.conf))
     share = app.library.shares.shares[0]
     outcomes: list[str] = []
 

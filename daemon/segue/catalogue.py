@@ -265,3 +265,21 @@ class Catalogue:
                 "ON CONFLICT(track_id) DO UPDATE SET version = max(version, excluded.version)",
                 (track_id, version),
             )
+
+
+class ReplicationView:
+    """The catalogue as replication plugins get it (segue.api.ReplicationSink): rows in, with
+    their position, and the position back; not the catalogue's other methods."""
+
+    __slots__ = ("_catalogue",)
+
+    def __init__(self, catalogue: Catalogue) -> None:
+        self._catalogue = catalogue
+
+    def apply_replicated(self, source: str, upserts: Iterable[TrackRecord],
+                         deletes: Iterable[str], position: str, *,
+                         replace: bool = False) -> None:
+        self._catalogue.apply_replicated(source, upserts, deletes, position, replace=replace)
+
+    def replication_position(self, source: str) -> str | None:
+        return self._catalogue.replication_position(source)

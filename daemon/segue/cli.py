@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from segue import __version__
-from segue.config import DEFAULT_LISTEN, ConfigError, Settings, load, parse_listen
+from segue.config import DEFAULT_LISTEN, ConfigError, Settings, format_address, load, parse_listen
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -139,10 +139,17 @@ def _dispatch(args: argparse.Namespace) -> int:
     except Exception as e:
         if args.debug:
             raise
-        while isinstance(e, ExceptionGroup) and len(e.exceptions) == 1:
-            e = e.exceptions[0]  # the one error a nursery wrapped
-        print(f"segue: {type(e).__name__}: {e} (run with --debug for details)", file=sys.stderr)
+        found = sole_error(e)
+        print(f"segue: {type(found).__name__}: {found} (run with --debug for details)",
+              file=sys.stderr)
         return EXIT_FAILURE
+
+
+def sole_error(error: BaseException) -> BaseException:
+    """The one error that nurseries wrapped in (nested) exception groups, or `error` itself."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -239,10 +246,10 @@ def _load(args: argparse.Namespace) -> Settings:
 
 def cmd_pack(args: argparse.Namespace) -> int:
     from segue.catalogue import Catalogue
+    from segue.configured_keys import load_recipients, load_signing_key
     from segue.media import MediaError
     from segue.packer import Packer
     from segue.progress import Progress
-    from segue.seal.keyring import load_recipients, load_signing_key
     from segue.storage.shares import open_shares
 
     settings = _load(args)
@@ -254,7 +261,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
         recipients=load_recipients(settings),
         chunk_size=settings.packer.chunk_size,
     )
-    from segue.plugins import PluginHost
+    from segue.plugin_host import PluginHost
 
     host = PluginHost.load(settings)
     failed = 0
@@ -287,7 +294,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from segue.seal.keyring import load_signing_key
+    from segue.configured_keys import load_signing_key
     from segue.seal.manifest import is_track_id
     from segue.seal.tokens import issue
 
@@ -311,7 +318,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import trio
 
     from segue import log, metrics, node
-    from segue.plugins import PluginHost
+    from segue.plugin_host import PluginHost, StartupError
 
     try:
         settings = _load(args)
@@ -326,22 +333,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         host = PluginHost.load(settings)
         try:
             trio.run(node.run, settings, host, _overrides(args), strict_exception_groups=True)
-        except node.StartupError as e:
-            if args.debug:
+        except Exception as e:
+            found = sole_error(e)
+            if args.debug or not isinstance(found, StartupError | ConfigError):
                 raise
-            print(f"segue: {e}", file=sys.stderr)
+            if isinstance(found, ConfigError):
+                raise found from None  # exit 2, each line printed
+            print(f"segue: {found}", file=sys.stderr)
             return EXIT_FAILURE
     return EXIT_OK
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from segue.node import build_app, tls_context
-    from segue.plugins import PluginHost
-    from segue.seal.keyring import load_recipients, load_signing_key
+    from segue.configured_keys import load_recipients, load_signing_key
+    from segue.plugin_host import PluginHost
+    from segue.wiring import build, tls_context
 
     settings = _load(args)
     errors: list[str] = []
-    checks: list[Callable[[], object]] = [lambda: build_app(settings),
+    checks: list[Callable[[], object]] = [lambda: build(settings),
                                           lambda: tls_context(settings),
                                           lambda: PluginHost.load(settings)]
     if settings.packer.signing_key is not None or settings.packer.recipients:
@@ -366,7 +376,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_plugins(args: argparse.Namespace) -> int:
     from segue import config
-    from segue.plugins import PluginHost
+    from segue.plugin_host import PluginHost
 
     if args.config is not None:
         settings = _load(args)
@@ -396,11 +406,10 @@ def _live_health(settings: Settings) -> dict[str, dict[str, str]]:
     import urllib.request
 
     listen = settings.http.listen
-    host = "127.0.0.1" if listen.host in ("0.0.0.0", "") else listen.host  # noqa: S104
-    if ":" in host:
-        host = f"[{'::1' if host == '::' else host}]"
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(  # noqa: S104
+        listen.host, listen.host)
     try:
-        with urllib.request.urlopen(f"http://{host}:{listen.port}/v1/status",
+        with urllib.request.urlopen(f"http://{format_address((host, listen.port))}/v1/status",
                                     timeout=1) as response:
             status = json.load(response)
     except (OSError, ValueError):
@@ -409,7 +418,7 @@ def _live_health(settings: Settings) -> dict[str, dict[str, str]]:
 
 
 def cmd_fsck(args: argparse.Namespace) -> int:
-    from segue.seal.keyring import load_trusted_packagers
+    from segue.configured_keys import load_trusted_packagers
     from segue.seal.manifest import is_track_id
     from segue.storage.fsck import check
     from segue.storage.shares import open_shares
@@ -428,7 +437,7 @@ def cmd_fsck(args: argparse.Namespace) -> int:
 
 
 def cmd_catalogue(args: argparse.Namespace) -> int:
-    from segue.plugins import PluginHost
+    from segue.plugin_host import PluginHost
 
     host = PluginHost.load(_load(args))
     failed = 0

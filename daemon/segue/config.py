@@ -36,7 +36,13 @@ class Listen:
     port: int
 
     def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return format_address((self.host, self.port))
+
+
+def format_address(address: tuple[str, int]) -> str:
+    """HOST:PORT, with an IPv6 host in brackets ([::1]:8480)."""
+    host, port = address[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def parse_listen(text: str) -> Listen:

@@ -30,8 +30,7 @@ from typing import Any
 import pluggy
 from prometheus_client import CollectorRegistry
 
-from segue.catalogue import TrackRecord
-from segue.plugin_types import Health, NodeView, Route
+from segue.api import Health, NodeView, Route, TrackRecord
 
 PROJECT = "segue"
 #: The version of this plugin API. Hooks say in which version they appeared.

@@ -15,7 +15,8 @@ import structlog
 import trio
 
 from segue import config, log, node
-from segue.plugins import PluginHost
+from segue.cli import sole_error
+from segue.plugin_host import PluginHost
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,14 +34,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     log.configure(settings.log.format, settings.log.level)
     structlog.contextvars.bind_contextvars(worker=args.index)
-    worker = node.Node(settings, PluginHost(settings), worker_index=args.index,
+    worker = node.Node(settings, PluginHost(settings), worker=True,
                        overrides={"listen": args.listen, "workers": args.workers})
     try:
         trio.run(worker.run, strict_exception_groups=True)
     except Exception as e:
-        while isinstance(e, ExceptionGroup) and len(e.exceptions) == 1:
-            e = e.exceptions[0]  # the one error a nursery wrapped
-        print(f"segue worker {args.index}: {type(e).__name__}: {e}", file=sys.stderr)
+        found = sole_error(e)
+        print(f"segue worker {args.index}: {type(found).__name__}: {found}", file=sys.stderr)
         return 1
     return 0
 

@@ -10,6 +10,10 @@ line per change: the node's health (plugins included) and when to drain. A worke
 reaches end of file has lost its main process and drains itself, so workers never outlive the
 node. SIGHUP is passed on, so every process reloads. A worker that dies is started again with
 backoff (0.5 s, doubling to 30 s; reset once a worker has run for a minute).
+
+Both ends of that pipe live here, as the two sides a node can be: `MainSide` (starts and tells
+the workers; with one process it does nothing) and `WorkerSide` (follows its main process). A
+node runs the same life either way; its side is where the two differ.
 """
 
 from __future__ import annotations
@@ -19,14 +23,18 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import structlog
 import trio
 
+from segue.config import format_address
+from segue.health import Health
+from segue.lifecycle import NodeState
 from segue.metrics import forget_process
-from segue.plugin_types import Health
+from segue.plugin_host import StartupError
 
 log = structlog.get_logger("segue.workers")
 
@@ -38,19 +46,18 @@ SEND_TIMEOUT_S = 5.0
 _MAIN_ONLY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")
 
 
-def message(state: str, health: Health) -> bytes:
+MAX_LINE_BYTES = 65536
+
+
+def message(state: NodeState, health: Health) -> bytes:
     """One line of the main process's side of the pipe."""
-    doc = {"state": state, "health": {"status": health.status, "reason": health.reason}}
-    return json.dumps(doc).encode() + b"\n"
+    return json.dumps({"state": state, "health": health.to_json()}).encode() + b"\n"
 
 
-def parse(line: bytes) -> tuple[str, Health]:
-    """(state, health) from one line; raises ValueError for anything else."""
+def parse(line: bytes) -> tuple[NodeState, Health]:
+    """(state, health) from one line; raises ValueError (or KeyError, TypeError) otherwise."""
     doc: Any = json.loads(line)
-    health = doc["health"]
-    if health["status"] not in ("ok", "degraded", "failing"):
-        raise ValueError(f"unknown health status {health['status']!r}")
-    return str(doc["state"]), Health(health["status"], str(health["reason"]))
+    return NodeState(doc["state"]), Health.from_json(doc["health"])
 
 
 class Worker:
@@ -98,8 +105,7 @@ class WorkerPool:
     """The main process's serving workers: started, kept running, told, stopped."""
 
     def __init__(self, count: int, config_path: Path, address: tuple[str, int]) -> None:
-        host, port = address[:2]
-        listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        listen = format_address(address)
         self.workers = [
             Worker(i, [sys.executable, "-m", "segue.worker", "--config", str(config_path),
                        "--listen", listen, "--index", str(i), "--workers", str(count)])
@@ -169,3 +175,96 @@ class WorkerPool:
         for worker in self.workers:
             if worker.process is not None:
                 await worker.process.wait()
+
+
+class MainSide:
+    """The side of a node's main process: with [http] workers = N > 1, its N - 1 workers.
+
+    With one process every method is a no-op, so the node's life reads the same either way.
+    """
+
+    join = False  # the main process holds the port; workers join it
+
+    def __init__(self, count: int, config_path: Path) -> None:
+        self._count = count
+        self._config_path = config_path
+        self._pool: WorkerPool | None = None
+
+    def health(self) -> Health:
+        return Health.ok()  # the main process's health is the node's: nothing to add
+
+    async def run(self, address: tuple[str, int], routes: list[str], stop: Callable[[], None],
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start the workers (their first start before `task_status.started()`), keep them."""
+        if self._count == 1:
+            task_status.started()
+            return
+        if routes:
+            raise StartupError(
+                f"plugins add HTTP routes ({', '.join(routes)}), which only the main process "
+                f"could serve: set [http] workers = 1")
+        self._pool = WorkerPool(self._count, self._config_path, address)
+        async with trio.open_nursery() as nursery:
+            await self._pool.run(nursery)
+            task_status.started()
+
+    def publish(self, state: NodeState, health: Health) -> None:
+        if self._pool is not None:
+            self._pool.update(message(state, health))
+
+    def reload(self) -> None:
+        if self._pool is not None:
+            self._pool.reload()
+
+    async def drain(self, health: Health) -> None:
+        """Tell the workers to drain; return once every one has exited."""
+        if self._pool is not None:
+            await self._pool.drain(message(NodeState.DRAINING, health))
+
+
+class WorkerSide:
+    """The side of a serving worker: its health and its drain come from the main process."""
+
+    join = True
+
+    def __init__(self, on_health: Callable[[], None]) -> None:
+        self._main_health = Health.ok()
+        self._on_health = on_health
+
+    def health(self) -> Health:
+        return self._main_health
+
+    async def run(self, address: tuple[str, int], routes: list[str], stop: Callable[[], None],
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Follow the main process's lines on stdin; `stop` when it drains or is gone."""
+        task_status.started()
+        pending = b""
+        async with trio.lowlevel.FdStream(os.dup(0)) as main:
+            while True:
+                try:
+                    data = await main.receive_some(4096)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+                if not data or len(pending) > MAX_LINE_BYTES:
+                    log.warning("the main process is gone; draining")
+                    stop()
+                    return
+                *lines, pending = (pending + data).split(b"\n")
+                for line in lines:
+                    try:
+                        state, self._main_health = parse(line)
+                    except (ValueError, KeyError, TypeError) as e:
+                        log.error("unreadable line from the main process", error=str(e))
+                        continue
+                    self._on_health()
+                    if state in (NodeState.DRAINING, NodeState.STOPPING):
+                        stop()
+
+    def publish(self, state: NodeState, health: Health) -> None:
+        pass  # nobody listens to a worker
+
+    def reload(self) -> None:
+        pass  # each worker gets its own SIGHUP from the main process
+
+    async def drain(self, health: Health) -> None:
+        pass

@@ -1,15 +1,15 @@
-"""The edge's routes: health, metrics, status, tracks (with ranges), metadata and search.
+"""The edge's own endpoints: health, metrics, status, tracks (with ranges), metadata, search.
 
-Handlers return Response objects; the connection loop in `segue.http.server` writes them.
-A track body is sent chunk by chunk; the first chunk is read and verified before the status
-line goes out, so a track whose first chunk is bad is refused with a 503 rather than cut off.
+Handlers return Response objects; `EdgeRoutes.endpoints()` is their table for the router, and
+the connection loop in `segue.http.server` writes what they return. A track body is sent chunk
+by chunk; the first chunk is read and verified before the status line goes out, so a track
+whose first chunk is bad is refused with a 503 rather than cut off.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -18,164 +18,92 @@ from segue import __version__
 from segue.buffers import Lease
 from segue.catalogue import Catalogue
 from segue.http import ranges
+from segue.http.auth import Authorizer
 from segue.http.messages import Request, Response, Send, error, json_response, text
+from segue.http.router import Endpoint
 from segue.library import Library, TrackNotFound, TrackUnavailable
+from segue.lifecycle import Lifecycle, NodeState
 from segue.log import user_hash
 from segue.metrics import CONTENT_TYPE, Metrics
-from segue.plugin_types import Health, Route
 from segue.seal.manifest import is_track_id
-from segue.seal.tokens import Grant, TokenError, TokenVerifier
 from segue.seal.track import OpenedTrack
+from segue.threads import in_thread
 
 SEARCH_DEFAULT_LIMIT = 20
 CATALOGUE_TIMEOUT_S = 10.0
+METRICS_TIMEOUT_S = 10.0
 SEARCH_MAX_LIMIT = 100
-_BEARER_REALM = 'Bearer realm="segue"'
 
 
-class NodeState:
-    """The node's life: what /healthz and /v1/status report."""
+class EdgeRoutes:
+    """The handlers of one edge node and what they need."""
 
-    STARTING = "starting"
-    READY = "ready"
-    DRAINING = "draining"
-    STOPPING = "stopping"
+    def __init__(self, *, node_id: str, lifecycle: Lifecycle, catalogue: Catalogue,
+                 library: Library, auth: Authorizer, metrics: Metrics,
+                 limiter: trio.CapacityLimiter,
+                 plugins: Callable[[], list[dict[str, Any]]] = list) -> None:
+        self.node_id = node_id
+        self.lifecycle = lifecycle
+        self.catalogue = catalogue
+        self.library = library
+        self.auth = auth
+        self.metrics = metrics
+        self.limiter = limiter
+        self.plugins = plugins
 
+    def endpoints(self) -> list[Endpoint]:
+        """The table the router dispatches on."""
+        return [
+            Endpoint.of("GET HEAD", "/healthz", self.healthz),
+            Endpoint.of("GET HEAD", "/metrics", self.render_metrics),
+            Endpoint.of("GET HEAD", "/v1/status", self.status),
+            Endpoint.of("GET HEAD", "/v1/search", self.search),
+            Endpoint.of("GET HEAD", "/v1/tracks/{track_id}", self.track),
+            Endpoint.of("GET HEAD", "/v1/tracks/{track_id}/meta", self.meta),
+        ]
 
-@dataclass
-class EdgeApp:
-    """The routes of one edge node and what they need."""
-
-    node_id: str
-    catalogue: Catalogue
-    library: Library
-    tokens: TokenVerifier
-    metrics: Metrics
-    limiter: trio.CapacityLimiter
-    state: str = NodeState.STARTING
-    health: Health = field(default_factory=Health.ok)
-    routes: list[Route] = field(default_factory=list)
-    plugins: Callable[[], list[dict[str, Any]]] = list
-    in_flight: int = 0
-    active_requests: int = 0
-    _idle: trio.Event = field(default_factory=trio.Event)
-    _idle_waits: set[trio.CancelScope] = field(default_factory=set)
-
-    def request_started(self) -> None:
-        self.active_requests += 1
-
-    def request_finished(self) -> None:
-        self.active_requests -= 1
-        if self.active_requests == 0:
-            self._idle.set()
-            self._idle = trio.Event()
-
-    async def wait_idle(self) -> None:
-        """Return once no request is being answered."""
-        while self.active_requests:
-            await self._idle.wait()
-
-    def watch_idle(self, scope: trio.CancelScope) -> None:
-        """Let draining cancel `scope`, a kept-alive connection's wait for its next request.
-
-        So idle keep-alive connections close at once instead of holding the node up until their
-        idle timeout. (Not a context manager: this runs once per request, and the generator
-        behind @contextmanager showed in the serving profile.) Pair with unwatch_idle.
-        """
-        if self.state not in (NodeState.STARTING, NodeState.READY):
-            scope.cancel()
-        self._idle_waits.add(scope)
-
-    def unwatch_idle(self, scope: trio.CancelScope) -> None:
-        self._idle_waits.discard(scope)
-
-    def start_draining(self) -> None:
-        self.state = NodeState.DRAINING
-        for scope in list(self._idle_waits):
-            scope.cancel()
-
-    async def handle(self, request: Request) -> Response:
-        """Route one request to its handler."""
-        seg = request.segments()
-        for route in self.routes:
-            if route.matches(request.method, request.path):
-                return await route.handler(request)
-        if request.method not in ("GET", "HEAD"):
-            return error(405, f"{request.method} is not supported here", ("Allow", "GET, HEAD"))
-        if seg == ["healthz"]:
-            return self.healthz()
-        if seg == ["metrics"]:
-            # A worker thread: with [http] workers, rendering reads every process's files.
-            body = await trio.to_thread.run_sync(self.metrics.render, limiter=self.limiter)
-            return Response(200, [("Content-Type", CONTENT_TYPE)], body)
-        if seg == ["v1", "status"]:
-            return self.status()
-        if seg == ["v1", "search"]:
-            return await self.search(request)
-        if len(seg) in (3, 4) and seg[:2] == ["v1", "tracks"]:
-            track_id = seg[2]
-            if not is_track_id(track_id):
-                return error(400, "track ids are 8 to 64 lowercase letters and digits")
-            if len(seg) == 3:
-                return await self.track(request, track_id)
-            if seg[3] == "meta":
-                return await self.meta(request, track_id)
-        return error(404, "no such resource")
-
-    def healthz(self) -> Response:
+    async def healthz(self, request: Request) -> Response:
         """What load balancers poll: 200 while the node should get players, else 503."""
-        if self.state != NodeState.READY:
-            return text(503, self.state)
-        if self.health.status == "failing":
-            return text(503, f"failing: {self.health.reason}")
-        if self.health.status == "degraded":
-            return text(200, f"degraded: {self.health.reason}")
+        state, health = self.lifecycle.state, self.lifecycle.health
+        if state != NodeState.READY:
+            return text(503, state)
+        if health.status == "failing":
+            return text(503, f"failing: {health.reason}")
+        if health.status == "degraded":
+            return text(200, f"degraded: {health.reason}")
         return text(200, "ok")
 
-    def status(self) -> Response:
+    async def render_metrics(self, request: Request) -> Response:
+        # A worker thread: with [http] workers, rendering reads every process's files.
+        try:
+            body = await in_thread(self.metrics.render, limiter=self.limiter,
+                                   timeout_s=METRICS_TIMEOUT_S)
+        except trio.TooSlowError:
+            return error(503, "the metrics did not render in time", ("Retry-After", "5"))
+        return Response(200, [("Content-Type", CONTENT_TYPE)], body)
+
+    async def status(self, request: Request) -> Response:
         return json_response(
             200,
             {
                 "node_id": self.node_id,
                 "version": __version__,
-                "state": self.state,
-                "streams_in_flight": self.in_flight,
-                "health": {"status": self.health.status, "reason": self.health.reason},
+                "state": self.lifecycle.state,
+                "streams_in_flight": self.lifecycle.streams_in_flight,
+                "health": self.lifecycle.health.to_json(),
                 "plugins": self.plugins(),
             },
         )
 
-    def authorize(self, request: Request, track_id: str | None = None) -> Grant | Response:
-        """The request's grant, or the 401/403 response that refuses it."""
-        header = request.headers.get("authorization")
-        token = None
-        if header is not None:
-            scheme, _, value = header.partition(" ")
-            if scheme.lower() == "bearer" and value.strip():
-                token = value.strip()
-        if token is None:
-            token = request.query_one("token")
-        if not token:
-            return error(401, "a player token is required (Authorization: Bearer or ?token=)",
-                         ("WWW-Authenticate", _BEARER_REALM))
-        try:
-            grant = self.tokens.verify(token)
-        except TokenError as e:
-            return error(401, str(e), ("WWW-Authenticate",
-                                       f'{_BEARER_REALM}, error="invalid_token"'))
-        if track_id is not None and not grant.allows(track_id):
-            return error(403, "this token does not grant that track")
-        return grant
-
     async def meta(self, request: Request, track_id: str) -> Response:
-        grant = self.authorize(request, track_id)
+        if not is_track_id(track_id):
+            return _bad_track_id()
+        grant = self.auth.authorize(request, track_id)
         if isinstance(grant, Response):
             return grant
         try:
-            with trio.fail_after(CATALOGUE_TIMEOUT_S):
-                record = await trio.to_thread.run_sync(self.catalogue.get, track_id,
-                                                       limiter=self.limiter,
-                                                       abandon_on_cancel=True)
+            record = await in_thread(self.catalogue.get, track_id, limiter=self.limiter,
+                                     timeout_s=CATALOGUE_TIMEOUT_S)
         except trio.TooSlowError:
             return error(503, "the catalogue is not answering", ("Retry-After", "5"))
         if record is None:
@@ -183,7 +111,7 @@ class EdgeApp:
         return json_response(200, record.to_json(), ("Cache-Control", "private"))
 
     async def search(self, request: Request) -> Response:
-        grant = self.authorize(request)
+        grant = self.auth.authorize(request)
         if isinstance(grant, Response):
             return grant
         q = request.query_one("q")
@@ -197,11 +125,8 @@ class EdgeApp:
         if not 1 <= limit <= SEARCH_MAX_LIMIT:
             return error(400, f"limit must be a whole number from 1 to {SEARCH_MAX_LIMIT}")
         try:
-            with trio.fail_after(CATALOGUE_TIMEOUT_S):
-                found = await trio.to_thread.run_sync(
-                    self.catalogue.search, q, limit, limiter=self.limiter,
-                    abandon_on_cancel=True,
-                )
+            found = await in_thread(self.catalogue.search, q, limit, limiter=self.limiter,
+                                    timeout_s=CATALOGUE_TIMEOUT_S)
         except trio.TooSlowError:
             return error(503, "the catalogue is not answering", ("Retry-After", "5"))
         results = [r.to_json() for r in found if grant.allows(r.track_id)]
@@ -210,7 +135,9 @@ class EdgeApp:
     async def track(self, request: Request, track_id: str) -> Response:
         """The track's plaintext, whole or one byte range."""
         started = time.perf_counter()
-        grant = self.authorize(request, track_id)
+        if not is_track_id(track_id):
+            return _bad_track_id()
+        grant = self.auth.authorize(request, track_id)
         if isinstance(grant, Response):
             return grant
         fields = {"track": track_id, "user": user_hash(grant.user)}
@@ -280,3 +207,7 @@ class EdgeApp:
         finally:
             if lease is not None:
                 lease.release()
+
+
+def _bad_track_id() -> Response:
+    return error(400, "track ids are 8 to 64 lowercase letters and digits")

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 
 import structlog
 import trio
 
 from segue.config import HttpSettings
-from segue.http.app import EdgeApp, NodeState
 from segue.http.messages import Request, Response, error
 from segue.http.wire import (
     FRAMING_HEADERS,
@@ -27,8 +27,12 @@ from segue.http.wire import (
     parse_request_head,
     response_head,
 )
+from segue.lifecycle import Lifecycle, NodeState
+from segue.metrics import Metrics
 
 log = structlog.get_logger("segue.http")
+
+Handler = Callable[[Request], Awaitable[Response]]
 
 RECEIVE_BYTES = 64 * 1024
 MAX_BODY_BYTES = 64 * 1024
@@ -49,9 +53,12 @@ class Connection:
     """One client connection: read requests, dispatch them, write responses."""
 
     def __init__(self, stream: trio.abc.HalfCloseableStream | trio.SSLStream,
-                 app: EdgeApp, settings: HttpSettings) -> None:
+                 handler: Handler, lifecycle: Lifecycle, metrics: Metrics,
+                 settings: HttpSettings) -> None:
         self.stream = stream
-        self.app = app
+        self.handler = handler
+        self.lifecycle = lifecycle
+        self.metrics = metrics
         self.settings = settings
         self.buffer = bytearray()  # received, not yet parsed: at most one head plus a read
         self.keep_alive = True
@@ -72,7 +79,7 @@ class Connection:
                 await self._respond(head)
             await self._linger()  # after the last answer, so that nothing resets its tail
         except ProtocolError as e:
-            self.app.metrics.bad_requests.inc()
+            self.metrics.bad_requests.inc()
             # The message names the rule broken, never the bytes (which may hold a token).
             log.info("malformed request", status=e.status, error=str(e))
             await self.send_and_close(error(e.status, f"malformed HTTP request: {e}"))
@@ -92,7 +99,7 @@ class Connection:
         timeout = self.settings.idle_timeout_s if idle else self.settings.header_timeout_s
         scope = trio.CancelScope(deadline=trio.current_time() + timeout)
         if idle:
-            self.app.watch_idle(scope)
+            self.lifecycle.watch_idle(scope)
         try:
             with scope:
                 head = await self._read_head()
@@ -102,8 +109,8 @@ class Connection:
                 return head
         finally:
             if idle:
-                self.app.unwatch_idle(scope)
-        drained = idle and self.app.state not in (NodeState.STARTING, NodeState.READY)
+                self.lifecycle.unwatch_idle(scope)
+        drained = idle and not self.lifecycle.accepting
         if (self.buffer or self._in_request) and not drained:
             await self.send_and_close(error(408, "request headers took too long"))
         return None
@@ -152,19 +159,16 @@ class Connection:
             request = Request.from_wire(head.method, head.target, head.headers)
         except ValueError:
             raise ProtocolError("malformed request target") from None
-        self.app.request_started()
-        try:
+        with self.lifecycle.request():
             await self._answer(request, started)
-        finally:
-            self.app.request_finished()
 
     async def _answer(self, request: Request, started: float) -> None:
         try:
-            response = await self.app.handle(request)
+            response = await self.handler(request)
         except Exception:
             log.exception("request handler failed", method=request.method, path=request.path)
             response = error(500, "internal error")
-        if self.app.state != NodeState.READY:
+        if self.lifecycle.state != NodeState.READY:
             self.keep_alive = False  # draining: every answer closes its connection
         try:
             head = self._head(request.method, response)
@@ -196,7 +200,7 @@ class Connection:
             outcome = f"aborted: {type(e).__name__}"
             raise _ClosedByPeer() from None
         finally:
-            self.app.metrics.count_response(response.status, self.sent)
+            self.metrics.count_response(response.status, self.sent)
             log.info(
                 "request",
                 method=request.method,
@@ -269,19 +273,15 @@ class Connection:
                 await self._send(data)
             self.sent += len(data)
 
-        self.app.in_flight += 1
-        self.app.metrics.streams_in_flight.inc()
         try:
-            await response.writer(send_body)
+            with self.lifecycle.stream():
+                await response.writer(send_body)
         except (_ClosedByPeer, trio.TooSlowError):
             raise
         except Exception as e:
             if pending_head is not None:  # not a byte out yet: the player can still get a 500
                 raise _NothingSent(f"{type(e).__name__} before the first byte") from e
             raise
-        finally:
-            self.app.in_flight -= 1
-            self.app.metrics.streams_in_flight.dec()
         if pending_head is not None:
             if length:
                 raise _NothingSent("the body writer sent nothing")
@@ -384,7 +384,9 @@ async def _shared_port_listeners(settings: HttpSettings,
 
 
 async def serve(
-    app: EdgeApp,
+    handler: Handler,
+    lifecycle: Lifecycle,
+    metrics: Metrics,
     settings: HttpSettings,
     tls: ssl.SSLContext | None = None,
     *,
@@ -406,9 +408,9 @@ async def serve(
         listeners = [trio.SSLListener(listener, tls, https_compatible=True) for listener in tcp]
     active = 0
 
-    async def handler(stream: trio.abc.HalfCloseableStream | trio.SSLStream) -> None:
+    async def accept(stream: trio.abc.HalfCloseableStream | trio.SSLStream) -> None:
         nonlocal active
-        connection = Connection(stream, app, settings)
+        connection = Connection(stream, handler, lifecycle, metrics, settings)
         if active >= settings.max_connections:
             await connection.send_and_close(error(503, "too many connections"))
             await stream.aclose()
@@ -425,4 +427,4 @@ async def serve(
 
     async with trio.open_nursery() as nursery:
         task_status.started(tcp)
-        await trio.serve_listeners(handler, listeners, handler_nursery=nursery)
+        await trio.serve_listeners(accept, listeners, handler_nursery=nursery)

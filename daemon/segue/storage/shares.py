@@ -16,7 +16,7 @@ from pathlib import Path
 import trio
 
 from segue.config import ConfigError, Settings, ShareSettings
-from segue.plugin_types import Health
+from segue.health import Health
 from segue.seal.errors import KeyFileError
 from segue.seal.keys import read_secret
 from segue.storage.local import LocalStore

@@ -8,7 +8,14 @@ SEGUE_PLUGINS_DENY (comma-separated names). SEGUE_TRACE_PLUGINS=1 or ``trace = t
 every hook call with its duration.
 
 Hooks are called one plugin at a time (``call``) so that a failure is always attributed to
-its plugin and the hook's contract decides what it means.
+its plugin and the hook's contract decides what it means. The node's life calls the hooks
+through the methods below, one per step (start, ready, health, reload, drain, stop), each of
+which applies its hook's documented contract.
+
+Because the host calls each plugin's implementation itself, pluggy's ordering and wrapping
+options (``tryfirst``, ``trylast``, ``wrapper``, ``hookwrapper``) would mean nothing here; a
+plugin that uses them is refused at load with a line that says so, rather than silently
+running in an order it did not ask for.
 """
 
 from __future__ import annotations
@@ -18,21 +25,31 @@ import importlib.metadata
 import inspect
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pluggy
 import structlog
 import trio
+from prometheus_client import CollectorRegistry
 
 from segue import hookspecs
+from segue.api import NodeView, PluginConfigError, Route
 from segue.config import ConfigError, Settings
-from segue.plugin_types import Health, PluginConfigError
+from segue.health import Health, worst
 
 log = structlog.get_logger("segue.plugins")
 
 ENTRY_POINT_GROUP = "segue.plugins"
+#: Paths a plugin's routes may not take: they are Segue's own.
+RESERVED_PREFIXES = ("/v1/", "/healthz", "/metrics")
+#: hookimpl options the host cannot honour (it calls one plugin at a time, in load order).
+UNSUPPORTED_OPTIONS = ("tryfirst", "trylast", "wrapper", "hookwrapper")
+
+
+class StartupError(Exception):
+    """The node cannot start (a plugin's startup failed); exit status 1."""
 
 
 @dataclass
@@ -52,7 +69,7 @@ class Plugin:
             "version": self.version,
             "distribution": self.distribution,
             "hooks": hooks,
-            "health": {"status": self.health.status, "reason": self.health.reason},
+            "health": self.health.to_json(),
         }
 
 
@@ -135,6 +152,7 @@ class PluginHost:
         try:
             self.pm.register(obj, name=ep.name)
             self.pm.check_pending()
+            _refuse_unsupported_options(self.pm, obj)
         except (pluggy.PluginValidationError, ValueError) as e:
             if self.pm.is_registered(obj):
                 self.pm.unregister(obj)
@@ -237,15 +255,129 @@ class PluginHost:
 
     def health(self) -> Health:
         """The worst health of all plugins, with the plugin's name in the reason."""
-        worst = Health.ok()
-        for plugin in self.plugins:
-            if plugin.health.worse_than(worst):
-                worst = Health(plugin.health.status, f"{plugin.name}: {plugin.health.reason}")
-        return worst
+        return worst(Health(p.health.status, f"{p.name}: {p.health.reason}")
+                     for p in self.plugins)
 
     def describe(self) -> list[dict[str, Any]]:
         """Name, version, hooks and health of each plugin (`segue plugins`, /v1/status)."""
         return [p.to_json(self.hooks_of(p)) for p in self.plugins]
 
-    def config_table(self, name: str) -> Mapping[str, Any]:
-        return self.settings.plugins.get(name, {})
+    # --- the node's life, one method per step -------------------------------------------------
+
+    async def start(self, node: NodeView, registry: CollectorRegistry) -> list[Route]:
+        """segue_metrics, segue_startup and segue_routes; the routes plugins add.
+
+        Raises StartupError when a required plugin fails to start or to list its routes, and
+        ConfigError for a route outside the plugins' space.
+        """
+        for outcome in self.call("segue_metrics", registry=registry):
+            if outcome.error is not None:
+                log.error("plugin metrics failed", plugin=outcome.plugin.name,
+                          error=str(outcome.error))
+        timeout = self.settings.plugin_host.hook_timeout_s
+        for outcome in await self.call_async("segue_startup", timeout, node=node):
+            if outcome.error is None:
+                continue
+            if outcome.plugin.optional:
+                log.warning("optional plugin disabled", plugin=outcome.plugin.name,
+                            reason=f"startup failed: {outcome.error}")
+                self.disable(outcome.plugin)
+                continue
+            raise StartupError(f"plugin {outcome.plugin.name!r} failed to start: "
+                               f"{type(outcome.error).__name__}: {outcome.error}")
+        routes: list[Route] = []
+        for outcome in self.call("segue_routes", node=node):
+            if outcome.error is not None:
+                raise StartupError(f"plugin {outcome.plugin.name!r} failed to list its routes: "
+                                   f"{outcome.error}")
+            for route in outcome.value or ():
+                if not isinstance(route, Route) or route.path.startswith(RESERVED_PREFIXES):
+                    raise ConfigError([f"plugin {outcome.plugin.name!r} route {route!r} is not "
+                                       f"a segue.Route outside {', '.join(RESERVED_PREFIXES)}"])
+                routes.append(route)
+        return routes
+
+    async def ready(self, node: NodeView, services: trio.Nursery,
+                    on_change: Callable[[], None]) -> None:
+        """segue_ready, then each plugin's segue_services started in `services`.
+
+        A services hook or a service that fails degrades its plugin (`on_change` is told);
+        the node goes on serving.
+        """
+        await self.call_async("segue_ready", self.settings.plugin_host.hook_timeout_s,
+                              node=node)
+        for outcome in self.call("segue_services", node=node):
+            if outcome.error is not None:
+                self._degrade(outcome.plugin, f"services hook failed: {outcome.error}")
+                on_change()
+                continue
+            for service in outcome.value or ():
+                services.start_soon(self._run_service, outcome.plugin, service, on_change)
+
+    async def _run_service(self, plugin: Plugin, service: Callable[[], Awaitable[None]],
+                           on_change: Callable[[], None]) -> None:
+        try:
+            await service()
+        except Exception as e:
+            log.exception("plugin service failed", plugin=plugin.name)
+            self._degrade(plugin, f"service {getattr(service, '__name__', '?')} failed: {e}")
+            on_change()
+
+    def _degrade(self, plugin: Plugin, reason: str) -> None:
+        plugin.health = Health("degraded", reason)
+
+    async def check_health(self, node: NodeView) -> None:
+        """segue_health of every plugin; one that raises, times out or answers nonsense is
+        reported degraded with that reason."""
+        timeout = self.settings.plugin_host.hook_timeout_s
+        for outcome in await self.call_async("segue_health", timeout, node=node):
+            if outcome.error is not None:
+                health = Health("degraded", f"health check failed: {outcome.error}")
+            elif outcome.value is None:
+                health = Health.ok()
+            elif isinstance(outcome.value, Health):
+                health = outcome.value
+            else:
+                health = Health("degraded", f"health hook returned {outcome.value!r}")
+            outcome.plugin.health = health
+
+    def reconfigure(self, new: Settings) -> str | None:
+        """Every plugin takes its table from `new`, or none does: the error line, or None.
+
+        On a refusal the plugins that had accepted are handed their old tables back, so the old
+        configuration keeps serving whole.
+        """
+        old = self.settings
+        accepted: list[Plugin] = []
+        for plugin in list(self.plugins):
+            error = self.configure(plugin, new)
+            if error is not None:
+                for earlier in accepted:
+                    self.configure(earlier, old)
+                return f"plugin {plugin.name!r}: {error}"
+            accepted.append(plugin)
+        self.settings = new
+        return None
+
+    async def reloaded(self, node: NodeView) -> None:
+        await self.call_async("segue_reload", self.settings.plugin_host.hook_timeout_s,
+                              node=node)
+
+    async def drain(self, node: NodeView, deadline_s: float) -> None:
+        await self.call_async("segue_drain", deadline_s, node=node, deadline_s=deadline_s)
+
+    async def stop(self, node: NodeView) -> None:
+        await self.call_async("segue_stop", self.settings.plugin_host.hook_timeout_s, node=node)
+
+
+def _refuse_unsupported_options(pm: pluggy.PluginManager, plugin: object) -> None:
+    """ValueError for a hookimpl option the host would silently ignore."""
+    for caller in pm.get_hookcallers(plugin) or []:
+        for impl in caller.get_hookimpls():
+            if impl.plugin is not plugin:
+                continue
+            used = [option for option in UNSUPPORTED_OPTIONS if getattr(impl, option, False)]
+            if used:
+                raise ValueError(
+                    f"hook {caller.name} uses {', '.join(used)}, which Segue does not honour "
+                    f"(hooks run one plugin at a time, in load order); remove the option")
