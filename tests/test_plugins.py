@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import inspect
 import json
 import os
 import re
@@ -12,8 +14,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
+
+import segue
 from conftest import SEGUE, Node
-from segue import hookspecs
+from segue import config, hookspecs
+from segue.plugin_host import PluginHost
 
 ALL_HOOKS = sorted(name for name in dir(hookspecs) if name.startswith("segue_"))
 DOCS = Path(__file__).parent.parent / "docs" / "plugins.md"
@@ -197,6 +203,31 @@ def test_deny_list_and_tracing(fresh_node: Node, plugin_path: str) -> None:
 def test_every_hook_is_documented_for_plugin_authors() -> None:
     text = DOCS.read_text()
     for hook in ALL_HOOKS:
-        assert f"### `{hook}" in text, f"{hook} has no section in docs/plugins.md"
-        section = text.split(f"### `{hook}", 1)[1].split("\n### ", 1)[0]
+        arguments = list(inspect.signature(getattr(hookspecs, hook)).parameters)
+        heading = f"### `{hook}({', '.join(arguments)})`"
+        assert heading in text, f"docs/plugins.md has no section {heading!r}"
+        section = text.split(heading, 1)[1].split("\n### ", 1)[0]
         assert "```python" in section and "@segue.hookimpl" in section, f"{hook}: no example"
+        spec_doc = inspect.getdoc(getattr(hookspecs, hook)) or ""
+        for argument in arguments:
+            assert f"`{argument}`" in section, f"{hook}: argument {argument} is not explained"
+            assert f":param {argument}:" in spec_doc or argument == "node", (
+                f"{hook}: the hookspec's docstring does not explain {argument}")
+
+
+class TryFirstPlugin:
+    """A plugin asking for an order the host does not give."""
+
+    @segue.hookimpl(tryfirst=True)
+    def segue_ready(self, node: segue.NodeView) -> None:
+        pass
+
+
+def test_a_hookimpl_option_the_host_cannot_honour_is_refused_at_load(tmp_path: Path) -> None:
+    settings = config.from_mapping({}, tmp_path / "segued.toml")
+    entry = importlib.metadata.EntryPoint("tryfirst", "test_plugins:TryFirstPlugin",
+                                          "segue.plugins")
+    with pytest.raises(config.ConfigError) as refused:
+        PluginHost.load(settings, [entry])
+    (line,) = refused.value.errors
+    assert "'tryfirst'" in line and "segue_ready uses tryfirst" in line

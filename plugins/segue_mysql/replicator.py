@@ -113,7 +113,7 @@ def snapshot(shard: Shard, node: segue.NodeView) -> None:
                             "status; consistent snapshots need MariaDB (docs/catalogue.md)")
     position = json.dumps({"file": status["binlog_snapshot_file"],
                            "pos": int(status["binlog_snapshot_position"])})
-    node.catalogue.apply_replicated(shard.name, rows, [], position, replace=True)
+    node.replication.apply_replicated(shard.name, rows, [], position, replace=True)
     shard.rows_applied += len(rows)
     shard.source_time = time.time()
 
@@ -121,7 +121,7 @@ def snapshot(shard: Shard, node: segue.NodeView) -> None:
 def stream(shard: Shard, node: segue.NodeView, stop: threading.Event,
            on_progress: Callable[[], None] = lambda: None) -> None:
     """Follow the binlog from the stored position until `stop` is set or an error."""
-    position = json.loads(node.catalogue.replication_position(shard.name) or "null")
+    position = json.loads(node.replication.replication_position(shard.name) or "null")
     if position is None:
         raise BinlogPurged("no stored position")
     reader = BinLogStreamReader(
@@ -165,7 +165,7 @@ def stream(shard: Shard, node: segue.NodeView, stop: threading.Event,
                 # A commit (XidEvent) or a statement of its own (DDL, which MariaDB logs with
                 # no XidEvent): the group ends here, with the position after it.
                 new_position = json.dumps({"file": reader.log_file, "pos": reader.log_pos})
-                node.catalogue.apply_replicated(shard.name, upserts, deletes, new_position)
+                node.replication.apply_replicated(shard.name, upserts, deletes, new_position)
                 shard.rows_applied += len(upserts) + len(deletes)
                 shard.source_time = float(event.timestamp) if (upserts or deletes) \
                     else time.time()
