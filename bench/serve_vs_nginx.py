@@ -22,11 +22,15 @@ Scale-out: `--workers N` starts Segue with N processes on its port (`segue run -
 SO_REUSEPORT) and nginx with `worker_processes N` and `listen ... reuseport`; nothing is pinned
 then, since the workers and wrk share the machine's cores.
 
+Before and after a change: `--baseline-tree DIR` also measures Segue run from the source tree
+DIR (a `git worktree` of the commit before the change; the same venv, the same node, its own
+port), interleaved with the others, and reports segue / baseline.
+
 Run it with the project's interpreter, since the `segue` script next to it is what is measured
 and the trio + h11 peer runs on it too:
 
     .venv/bin/python bench/serve_vs_nginx.py [--rounds 3] [--duration 10] [--json]
-        [--servers segue,nginx,h11] [--segue-cache BYTES] [--workers N]
+        [--servers segue,nginx,h11] [--segue-cache BYTES] [--workers N] [--baseline-tree DIR]
 
 Needs the Debian packages ffmpeg, nginx-light (or any nginx) and wrk.
 """
@@ -72,12 +76,14 @@ WARMUP_S = 2.0
 MARKER = "SEGUE-BENCH "
 H11_SERVER = Path(__file__).resolve().with_name("h11_memory_server.py")
 # --servers names, in their default order, and how the report labels them.
-LABELS = {"segue": "segue", "nginx": "nginx", "h11": "trio+h11 (memory)"}
+LABELS = {"segue": "segue", "nginx": "nginx", "h11": "trio+h11 (memory)",
+          "base": "segue (baseline tree)"}
 # (numerator, denominator, label) of each ratio reported when both servers ran.
 RATIOS = (
     ("segue", "nginx", "segue / nginx"),
     ("h11", "nginx", "trio+h11 / nginx"),
     ("segue", "h11", "segue / trio+h11"),
+    ("segue", "base", "segue / baseline"),
 )
 METRICS = ("requests_per_s", "mb_per_s", "p50_ms", "p99_ms")
 
@@ -160,13 +166,20 @@ class Server:
 
 @contextlib.contextmanager
 def segue_server(segue: Path, conf: Path, server: Server, pin: list[str],
-                 t: Path, workers: int = 1) -> Iterator[None]:
-    """`segue run`; with workers > 1, that many processes on the port (SO_REUSEPORT)."""
-    log_file = t / "segued.log"
+                 t: Path, workers: int = 1, tree: Path | None = None) -> Iterator[None]:
+    """`segue run`; with workers > 1, that many processes on the port (SO_REUSEPORT).
+
+    With `tree`, the Segue of that source tree, on the server's own port."""
+    log_file = t / ("segued.log" if tree is None else "segued-baseline.log")
+    command = [str(segue), "run"]
+    env = None
+    if tree is not None:
+        command = [sys.executable, "-m", "segue", "run", "--listen", f"127.0.0.1:{server.port}"]
+        env = {**os.environ, "PYTHONPATH": f"{tree / 'daemon'}:{tree / 'plugins'}"}
     with log_file.open("ab") as out:
         server.proc = subprocess.Popen(
-            [*pin, str(segue), "run", "--config", str(conf), "--workers", str(workers)],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
+            [*pin, *command, "--config", str(conf), "--workers", str(workers)],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, env=env,
         )
     try:
         wait_ready(server.proc, server.port, "/healthz", log_file)
@@ -365,16 +378,19 @@ def bench(args: argparse.Namespace, t: Path) -> dict[str, object]:
         path, auth = "/" + audio.name, None
         if name == "segue":
             conf, path, auth = setup_segue(segue, t, audio, ports[name], args.segue_cache)
+        elif name == "base":
+            path, auth = servers[0].path, servers[0].auth  # the segue node's track and token
         servers.append(Server(name, ports[name], path, auth, t / f"{name}.lua"))
         write_lua(servers[-1], size, args.seed)
 
     with contextlib.ExitStack() as running:
         for s in servers:
             log(f"starting {s.label} on port {s.port}")
-            if s.name == "segue":
+            if s.name in ("segue", "base"):
                 assert conf is not None
-                running.enter_context(segue_server(segue, conf, s, pin_server, t,
-                                                   workers=args.workers))
+                running.enter_context(segue_server(
+                    segue, conf, s, pin_server, t, workers=args.workers,
+                    tree=args.baseline_tree if s.name == "base" else None))
             elif s.name == "nginx":
                 assert nginx is not None
                 running.enter_context(nginx_server(nginx, s, pin_server, t,
@@ -437,6 +453,9 @@ def main() -> int:
     parser.add_argument("--servers", default=",".join(LABELS),
                         help="comma list of the servers to measure, in this order, out of "
                              f"{', '.join(LABELS)} (default {','.join(LABELS)})")
+    parser.add_argument("--baseline-tree", type=Path, default=None, metavar="DIR",
+                        help="also measure the Segue of source tree DIR (an earlier commit's "
+                             "worktree), interleaved, for a before/after ratio")
     args = parser.parse_args()
     if args.rounds < 1 or args.duration < 1 or args.connections < 1 or args.threads < 1:
         parser.error("--rounds, --duration, --connections and --threads must be at least 1")
@@ -448,6 +467,14 @@ def main() -> int:
         parser.error(f"--servers takes a comma list out of {', '.join(LABELS)}; "
                      f"got {args.servers!r}")
     args.servers = list(dict.fromkeys(names))
+    if args.baseline_tree is not None:
+        if args.servers[0] != "segue":
+            parser.error("--baseline-tree compares with segue: list segue first in --servers")
+        if not (args.baseline_tree / "daemon" / "segue").is_dir():
+            parser.error(f"--baseline-tree: {args.baseline_tree} is not a Segue source tree")
+        args.servers = [n for n in args.servers if n != "base"] + ["base"]
+    elif "base" in args.servers:
+        parser.error("--servers base needs --baseline-tree DIR")
     if args.workers < 1:
         parser.error("--workers must be at least 1")
     if args.workers > 1 and "h11" in args.servers:
