@@ -32,9 +32,10 @@ import trio
 from segue import __version__, config, workers
 from segue.catalogue import Catalogue
 from segue.config import ConfigError, Settings
-from segue.http.app import EdgeApp, NodeState
+from segue.http.app import EdgeApp
 from segue.http.server import serve
 from segue.library import Library
+from segue.lifecycle import Lifecycle, NodeState
 from segue.metrics import Metrics
 from segue.plugin_types import Health, Route
 from segue.plugins import Plugin, PluginHost
@@ -76,7 +77,8 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-def build_app(settings: Settings, metrics: Metrics | None = None) -> EdgeApp:
+def build_app(settings: Settings, metrics: Metrics | None = None,
+              lifecycle: Lifecycle | None = None) -> EdgeApp:
     """Everything a node serves with, loaded and checked; raises ConfigError."""
     errors: list[str] = []
     try:
@@ -114,6 +116,7 @@ def build_app(settings: Settings, metrics: Metrics | None = None) -> EdgeApp:
         tokens=tokens,
         metrics=metrics,
         limiter=limiter,
+        lifecycle=lifecycle or Lifecycle(metrics.streams_in_flight),
     )
 
 
@@ -135,7 +138,8 @@ class Node:
         self._main_health = Health.ok()
         self.notifier = Notifier()
         self.metrics = Metrics()
-        self.app = build_app(settings, self.metrics)
+        self.lifecycle = Lifecycle(self.metrics.streams_in_flight)
+        self.app = build_app(settings, self.metrics, self.lifecycle)
         self.tls = tls_context(settings)
         self.app.plugins = host.describe
         self._addresses: list[tuple[str, int]] = []
@@ -152,7 +156,7 @@ class Node:
 
     @property
     def state(self) -> str:
-        return self.app.state
+        return self.lifecycle.state
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -160,11 +164,11 @@ class Node:
 
     @property
     def streams_in_flight(self) -> int:
-        return self.app.in_flight
+        return self.lifecycle.streams_in_flight
 
     @property
     def health(self) -> Health:
-        return self.app.health
+        return self.lifecycle.health
 
     @property
     def config_path(self) -> Path:
@@ -199,7 +203,8 @@ class Node:
                 async with trio.open_nursery() as connections:
                     listeners = await connections.start(
                         functools.partial(serve, join=self.worker_index is not None),
-                        self.app, self.settings.http, self.tls)
+                        self.app.handle, self.lifecycle, self.metrics, self.settings.http,
+                        self.tls)
                     self._addresses = [listener.socket.getsockname()[:2] for listener in listeners]
                     await self._start_workers(connections)
                     async with trio.open_nursery() as services:
@@ -251,7 +256,7 @@ class Node:
         port = self._addresses[0][1]
         self._pool = workers.WorkerPool(count, self.settings.path,
                                         (self.settings.http.listen.host, port))
-        self._pool.update(workers.message(self.app.state, self.app.health))
+        self._pool.update(workers.message(self.lifecycle.state, self.lifecycle.health))
         await self._pool.run(nursery)
 
     async def _follow_main(self) -> None:
@@ -291,7 +296,7 @@ class Node:
         await self._check_health()
         services.start_soon(self._health_loop)
         services.start_soon(self._probe_shares)
-        self.app.state = NodeState.READY
+        self.lifecycle.ready()
         _freeze_startup_objects()
         self.notifier.ready(self._status_line())
         log.info("listening", node_id=self.node_id, addresses=[_format(a) for a in self._addresses],
@@ -365,21 +370,21 @@ class Node:
         for other in (self.host.health(), self._main_health):
             if other.worse_than(health):
                 health = other
-        self.app.health = health
+        self.lifecycle.set_health(health)
         if self._pool is not None:
-            self._pool.update(workers.message(self.app.state, health))
+            self._pool.update(workers.message(self.lifecycle.state, health))
         for share in shares.shares:
             self.metrics.share_up.labels(share.name).set(1 if share.healthy else 0)
         for plugin in self.host.plugins:
             self.metrics.plugin_health.labels(plugin.name).set(_HEALTH_GAUGE[plugin.health.status])
-        if self.app.state == NodeState.READY:
+        if self.lifecycle.state == NodeState.READY:
             self.notifier.status(self._status_line())
 
     def _status_line(self) -> str:
-        health = self.app.health
+        health = self.lifecycle.health
         detail = f" ({health.reason})" if health.reason else ""
-        return (f"{self.app.state}; {self.app.in_flight} streams; health {health.status}"
-                f"{detail}")
+        return (f"{self.lifecycle.state}; {self.lifecycle.streams_in_flight} streams; "
+                f"health {health.status}{detail}")
 
     async def _watchdog(self) -> None:
         """WATCHDOG=1 from the event loop itself: a blocked loop stops the pings."""
@@ -393,10 +398,10 @@ class Node:
     async def _handle_signals(self, signals: Any, lifespan: trio.CancelScope) -> None:
         async for signum in signals:
             if signum == signal.SIGHUP:
-                if self.app.state == NodeState.READY:
+                if self.lifecycle.state == NodeState.READY:
                     await self._reload()
                 else:
-                    log.warning("reload ignored", state=self.app.state,
+                    log.warning("reload ignored", state=self.lifecycle.state,
                                 reason="the node reloads only while it is ready")
             elif not self._stop.is_set():
                 log.info("draining", signal=signal.Signals(signum).name,
@@ -413,18 +418,20 @@ class Node:
         Not shielded: the only thing that cancels it is a second SIGTERM, which means "now".
         """
         deadline = trio.current_time() + self.settings.drain_timeout_s
-        self.app.start_draining()
+        self.lifecycle.start_draining()
         self.notifier.status(self._status_line())
         with trio.move_on_at(deadline) as waited:
             async with trio.open_nursery() as draining:
                 draining.start_soon(self._drain_hooks, self.settings.drain_timeout_s)
-                draining.start_soon(self.app.wait_idle)
+                draining.start_soon(self.lifecycle.wait_idle)
                 if self._pool is not None:
                     draining.start_soon(self._pool.drain,
-                                        workers.message(NodeState.DRAINING, self.app.health))
+                                        workers.message(NodeState.DRAINING,
+                                                        self.lifecycle.health))
         if waited.cancelled_caught:
-            log.warning("drain deadline passed", streams_in_flight=self.app.in_flight)
-        self.app.state = NodeState.STOPPING
+            log.warning("drain deadline passed",
+                        streams_in_flight=self.lifecycle.streams_in_flight)
+        self.lifecycle.stopping()
         self.notifier.stopping()
         await self.host.call_async("segue_stop", self.settings.plugin_host.hook_timeout_s,
                                    node=self)

@@ -20,9 +20,10 @@ from segue.catalogue import Catalogue
 from segue.http import ranges
 from segue.http.messages import Request, Response, Send, error, json_response, text
 from segue.library import Library, TrackNotFound, TrackUnavailable
+from segue.lifecycle import Lifecycle, NodeState
 from segue.log import user_hash
 from segue.metrics import CONTENT_TYPE, Metrics
-from segue.plugin_types import Health, Route
+from segue.plugin_types import Route
 from segue.seal.manifest import is_track_id
 from segue.seal.tokens import Grant, TokenError, TokenVerifier
 from segue.seal.track import OpenedTrack
@@ -33,18 +34,10 @@ SEARCH_MAX_LIMIT = 100
 _BEARER_REALM = 'Bearer realm="segue"'
 
 
-class NodeState:
-    """The node's life: what /healthz and /v1/status report."""
-
-    STARTING = "starting"
-    READY = "ready"
-    DRAINING = "draining"
-    STOPPING = "stopping"
-
-
 @dataclass
 class EdgeApp:
-    """The routes of one edge node and what they need."""
+    """The routes of one edge node and what they need; the node's state, health and streams
+    are read from its lifecycle."""
 
     node_id: str
     catalogue: Catalogue
@@ -52,47 +45,9 @@ class EdgeApp:
     tokens: TokenVerifier
     metrics: Metrics
     limiter: trio.CapacityLimiter
-    state: str = NodeState.STARTING
-    health: Health = field(default_factory=Health.ok)
+    lifecycle: Lifecycle
     routes: list[Route] = field(default_factory=list)
     plugins: Callable[[], list[dict[str, Any]]] = list
-    in_flight: int = 0
-    active_requests: int = 0
-    _idle: trio.Event = field(default_factory=trio.Event)
-    _idle_waits: set[trio.CancelScope] = field(default_factory=set)
-
-    def request_started(self) -> None:
-        self.active_requests += 1
-
-    def request_finished(self) -> None:
-        self.active_requests -= 1
-        if self.active_requests == 0:
-            self._idle.set()
-            self._idle = trio.Event()
-
-    async def wait_idle(self) -> None:
-        """Return once no request is being answered."""
-        while self.active_requests:
-            await self._idle.wait()
-
-    def watch_idle(self, scope: trio.CancelScope) -> None:
-        """Let draining cancel `scope`, a kept-alive connection's wait for its next request.
-
-        So idle keep-alive connections close at once instead of holding the node up until their
-        idle timeout. (Not a context manager: this runs once per request, and the generator
-        behind @contextmanager showed in the serving profile.) Pair with unwatch_idle.
-        """
-        if self.state not in (NodeState.STARTING, NodeState.READY):
-            scope.cancel()
-        self._idle_waits.add(scope)
-
-    def unwatch_idle(self, scope: trio.CancelScope) -> None:
-        self._idle_waits.discard(scope)
-
-    def start_draining(self) -> None:
-        self.state = NodeState.DRAINING
-        for scope in list(self._idle_waits):
-            scope.cancel()
 
     async def handle(self, request: Request) -> Response:
         """Route one request to its handler."""
@@ -124,23 +79,25 @@ class EdgeApp:
 
     def healthz(self) -> Response:
         """What load balancers poll: 200 while the node should get players, else 503."""
-        if self.state != NodeState.READY:
-            return text(503, self.state)
-        if self.health.status == "failing":
-            return text(503, f"failing: {self.health.reason}")
-        if self.health.status == "degraded":
-            return text(200, f"degraded: {self.health.reason}")
+        state, health = self.lifecycle.state, self.lifecycle.health
+        if state != NodeState.READY:
+            return text(503, state)
+        if health.status == "failing":
+            return text(503, f"failing: {health.reason}")
+        if health.status == "degraded":
+            return text(200, f"degraded: {health.reason}")
         return text(200, "ok")
 
     def status(self) -> Response:
+        health = self.lifecycle.health
         return json_response(
             200,
             {
                 "node_id": self.node_id,
                 "version": __version__,
-                "state": self.state,
-                "streams_in_flight": self.in_flight,
-                "health": {"status": self.health.status, "reason": self.health.reason},
+                "state": self.lifecycle.state,
+                "streams_in_flight": self.lifecycle.streams_in_flight,
+                "health": {"status": health.status, "reason": health.reason},
                 "plugins": self.plugins(),
             },
         )
