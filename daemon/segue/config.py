@@ -71,6 +71,7 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
     "http": {
         "listen": ("listen", DEFAULT_LISTEN),
         "max_header_bytes": ("int", 16 * 1024),
+        "max_body_bytes": ("int", 64 * 1024),
         "header_timeout_s": ("float", 10.0),
         "idle_timeout_s": ("float", 60.0),
         "send_timeout_s": ("float", 60.0),
@@ -131,6 +132,7 @@ _POSITIVE = {
     ("plugin_host", "hook_timeout_s"),
     ("plugin_host", "health_interval_s"),
     ("http", "max_header_bytes"),
+    ("http", "max_body_bytes"),
     ("http", "header_timeout_s"),
     ("http", "idle_timeout_s"),
     ("http", "send_timeout_s"),
@@ -149,6 +151,7 @@ _POSITIVE = {
 class HttpSettings:
     listen: Listen
     max_header_bytes: int
+    max_body_bytes: int
     header_timeout_s: float
     idle_timeout_s: float
     send_timeout_s: float

@@ -14,21 +14,24 @@ Send = Callable[[bytes | memoryview], Awaitable[None]]
 BodyWriter = Callable[[Send], Awaitable[None]]
 
 
-
 @dataclass(frozen=True)
 class Request:
-    """One parsed request: method, decoded path segments, query and lower-cased headers."""
+    """One parsed request: method, decoded path segments, query, lower-cased headers, and its
+    body (whole, at most [http] max_body_bytes; b"" for most)."""
 
     method: str
     path: str
     query: dict[str, list[str]]
     headers: dict[str, str]
+    body: bytes = b""
 
     @classmethod
     def from_wire(
-        cls, method: bytes, target: bytes, headers: Iterable[tuple[bytes, bytes]]
+        cls, method: bytes, target: bytes, headers: Iterable[tuple[bytes, bytes]],
+        body: bytes = b"",
     ) -> Request:
-        """From a parsed head (field names already lower-case); ValueError for a bad query."""
+        """From a parsed head (field names already lower-case) and the body read after it;
+        ValueError for a bad query."""
         raw = target.decode("ascii", "replace")
         scheme, sep, rest = raw.partition("://")
         if sep and scheme.lower() in ("http", "https"):
@@ -46,6 +49,7 @@ class Request:
             path=path,
             query=parse_qs(query, keep_blank_values=True, max_num_fields=50),
             headers=merged,
+            body=body,
         )
 
     def segments(self) -> list[str]:
@@ -61,8 +65,10 @@ class Request:
 class Response:
     """A response: status, headers, and either a small body or a writer that streams one.
 
-    `length` is the Content-Length of a streamed body; `fields` are extra fields for the
-    request's log line (track, range, user).
+    `length` is the Content-Length of a streamed body; a writer with no length streams a body
+    of unknown size (chunked; to an HTTP/1.0 client, until the connection closes), as Server-
+    Sent Events need. For HEAD, `length` alone states the size a GET would get. `fields` are
+    extra fields for the request's log line (track, range, user).
     """
 
     status: int
@@ -71,10 +77,6 @@ class Response:
     writer: BodyWriter | None = None
     length: int | None = None
     fields: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def content_length(self) -> int:
-        return self.length if self.length is not None else len(self.body)
 
 
 def text(status: int, message: str, *headers: tuple[str, str]) -> Response:

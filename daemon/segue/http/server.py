@@ -3,8 +3,12 @@
 Each phase has its own deadline: the first request's headers (header_timeout_s), the wait for
 the next request on a kept-alive connection (idle_timeout_s) and every send (send_timeout_s),
 so a slow or stalled peer costs one task and nothing else. Malformed HTTP gets a 400 (431 for
-oversized headers, 413 for a large body, 501 for Transfer-Encoding, 505 for another HTTP) and
-the connection closes; other connections never notice.
+oversized headers, 413 for a body over [http] max_body_bytes, 501 for Transfer-Encoding, 505
+for another HTTP) and the connection closes; other connections never notice.
+
+What HTTP/1.1 itself decides (framing, keep-alive, 100 Continue, when a stalled wait is a 408)
+is segue.http.connection's, which does no I/O; this module does the reads, the writes, the
+deadlines and the logging around it.
 """
 
 from __future__ import annotations
@@ -12,33 +16,71 @@ from __future__ import annotations
 import ssl
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import structlog
 import trio
 
-from segue.config import HttpSettings
-from segue.http.messages import Request, Response, error
-from segue.http.wire import (
-    FRAMING_HEADERS,
-    ProtocolError,
-    RequestHead,
-    find_head_end,
-    has_body,
-    parse_request_head,
-    response_head,
+from segue.http.connection import (
+    END_OF_REQUEST,
+    NEED_DATA,
+    BodyPart,
+    Data,
+    Outgoing,
+    ServerConnection,
+    closing_head,
 )
+from segue.http.messages import Request, Response, error
+from segue.http.wire import ProtocolError, RequestHead
 from segue.lifecycle import Lifecycle, NodeState
 from segue.metrics import Metrics
 
 log = structlog.get_logger("segue.http")
 
-Handler = Callable[[Request], Awaitable[Response]]
-
 RECEIVE_BYTES = 64 * 1024
-MAX_BODY_BYTES = 64 * 1024
 LINGER_SECONDS = 1.0
 LINGER_BYTES = 1024 * 1024
 LISTEN_BACKLOG = 65535  # the kernel caps it at net.core.somaxconn
+
+Stream = trio.abc.HalfCloseableStream | trio.SSLStream
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class Address(Protocol):
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+
+class HttpSettings(Protocol):
+    """What the connection loop reads of the node's [http] table (the node passes its
+    config.HttpSettings; this layer takes values, never the configuration module)."""
+
+    @property
+    def listen(self) -> Address: ...
+
+    @property
+    def max_header_bytes(self) -> int: ...
+
+    @property
+    def max_body_bytes(self) -> int: ...
+
+    @property
+    def header_timeout_s(self) -> float: ...
+
+    @property
+    def idle_timeout_s(self) -> float: ...
+
+    @property
+    def send_timeout_s(self) -> float: ...
+
+    @property
+    def max_connections(self) -> int: ...
+
+    @property
+    def workers(self) -> int: ...
 
 
 class _ClosedByPeer(Exception):
@@ -49,21 +91,18 @@ class _NothingSent(Exception):
     """A body writer failed before its first byte: the response can still become a 500."""
 
 
-class Connection:
-    """One client connection: read requests, dispatch them, write responses."""
+class _Connection:
+    """One client connection: the reads, writes and deadlines around a ServerConnection."""
 
-    def __init__(self, stream: trio.abc.HalfCloseableStream | trio.SSLStream,
-                 handler: Handler, lifecycle: Lifecycle, metrics: Metrics,
+    def __init__(self, stream: Stream, handler: Handler, lifecycle: Lifecycle, metrics: Metrics,
                  settings: HttpSettings) -> None:
         self.stream = stream
         self.handler = handler
         self.lifecycle = lifecycle
         self.metrics = metrics
         self.settings = settings
-        self.buffer = bytearray()  # received, not yet parsed: at most one head plus a read
-        self.keep_alive = True
+        self.http = ServerConnection(settings.max_header_bytes, settings.max_body_bytes)
         self.sent = 0  # body bytes of the current response written so far
-        self._in_request = False  # a head was read whose body has not all arrived
         # The raw socket of a plain TCP connection, for sendmsg; None under TLS.
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
 
@@ -71,12 +110,15 @@ class Connection:
         """Answer requests until the peer closes, a deadline passes, or HTTP goes wrong."""
         first = True
         try:
-            while self.keep_alive:
-                head = await self._await_request(idle=not first)
+            while True:
+                request = await self._await_request(idle=not first)
                 first = False
-                if head is None:
+                if request is None:
                     return
-                await self._respond(head)
+                await self._respond(*request)
+                if not self.http.keep_alive:
+                    break
+                self.http.next_cycle()
             await self._linger()  # after the last answer, so that nothing resets its tail
         except ProtocolError as e:
             self.metrics.bad_requests.inc()
@@ -90,8 +132,8 @@ class Connection:
                 cleanup.shield = True
                 await self.stream.aclose()
 
-    async def _await_request(self, *, idle: bool) -> RequestHead | None:
-        """The next request head (its body read and dropped), or None when the wait ends.
+    async def _await_request(self, *, idle: bool) -> tuple[RequestHead, bytes] | None:
+        """The next request's head and body, or None when the wait ends.
 
         The first request has [http] header_timeout_s; a kept-alive connection waits up to
         idle_timeout_s for the next one, and draining ends that wait at once.
@@ -102,61 +144,46 @@ class Connection:
             self.lifecycle.watch_idle(scope)
         try:
             with scope:
-                head = await self._read_head()
-                self._in_request = True
-                await self._drop_body(head)
-                self._in_request = False
-                return head
+                return await self._read_request()
         finally:
             if idle:
                 self.lifecycle.unwatch_idle(scope)
         drained = idle and not self.lifecycle.accepting
-        if (self.buffer or self._in_request) and not drained:
+        if self.http.mid_request and not drained:
             await self.send_and_close(error(408, "request headers took too long"))
         return None
 
-    async def _read_head(self) -> RequestHead:
-        limit = self.settings.max_header_bytes
-        searched = 0
+    async def _read_request(self) -> tuple[RequestHead, bytes]:
+        http = self.http
+        head: RequestHead | None = None
+        body: list[bytes] = []
         while True:
-            while self.buffer.startswith(b"\r\n"):  # RFC 9112 2.2: empty lines before a request
-                del self.buffer[:2]
-            end = find_head_end(self.buffer, max(searched - 3, 0))
-            if end > limit or (end < 0 and len(self.buffer) > limit):
-                raise ProtocolError("request headers are too large", 431)
-            if end >= 0:
-                head = bytes(self.buffer[:end])
-                del self.buffer[:end]
-                return parse_request_head(head)
-            searched = len(self.buffer)
-            await self._receive()
-
-    async def _drop_body(self, head: RequestHead) -> None:
-        """Read (and drop) a request body: no route takes one, but keep-alive needs it read."""
-        length = head.content_length
-        if length > MAX_BODY_BYTES:
-            raise ProtocolError("request body too large", 413)
-        if len(self.buffer) < length and (b"expect", b"100-continue") in (
-                (name, value.lower()) for name, value in head.headers):
-            await self._send(b"HTTP/1.1 100 Continue\r\n\r\n")  # or it waits before sending
-        while len(self.buffer) < length:
-            await self._receive()
-        del self.buffer[:length]
+            event = http.next_event()
+            if event is NEED_DATA:
+                if http.expects_continue:  # or the client waits before it sends the body
+                    await self._send((http.continue_response(),))
+                await self._receive()
+            elif isinstance(event, RequestHead):
+                head = event
+            elif isinstance(event, Data):
+                body.append(event.data)
+            elif event is END_OF_REQUEST:
+                assert head is not None  # the connection ends only a request it began
+                return head, b"".join(body)
+            else:  # CLOSED: the peer is gone, perhaps halfway through a request
+                raise _ClosedByPeer()
 
     async def _receive(self) -> None:
         try:
             data = await self.stream.receive_some(RECEIVE_BYTES)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise _ClosedByPeer() from None
-        if not data:
-            raise _ClosedByPeer()
-        self.buffer += data
+        self.http.receive_data(data)
 
-    async def _respond(self, head: RequestHead) -> None:
+    async def _respond(self, head: RequestHead, body: bytes) -> None:
         started = time.perf_counter()
-        self.keep_alive = head.keep_alive
         try:
-            request = Request.from_wire(head.method, head.target, head.headers)
+            request = Request.from_wire(head.method, head.target, head.headers, body)
         except ValueError:
             raise ProtocolError("malformed request target") from None
         with self.lifecycle.request():
@@ -169,13 +196,13 @@ class Connection:
             log.exception("request handler failed", method=request.method, path=request.path)
             response = error(500, "internal error")
         if self.lifecycle.state != NodeState.READY:
-            self.keep_alive = False  # draining: every answer closes its connection
+            self.http.close_after_response()  # draining: every answer closes its connection
         try:
-            head = self._head(request.method, response)
+            head = self._start(request.method, response)
         except ValueError as e:
             log.error("a handler's response cannot be sent", path=request.path, error=str(e))
             response = error(500, "internal error")
-            head = self._head(request.method, response)
+            head = self._start(request.method, response)
         self.sent = 0
         outcome = "ok"
         try:
@@ -191,12 +218,11 @@ class Connection:
             raise
         except _NothingSent as e:
             outcome = f"aborted: {e}"
-            self.keep_alive = False
             await self.send_and_close(error(500, "internal error"))
             raise _ClosedByPeer() from None
         except Exception as e:
             # A body that cannot be completed (a chunk failed verification mid-stream, say) is
-            # cut off: closing the connection short of Content-Length tells the player so.
+            # cut off: closing the connection short of its framing tells the player so.
             outcome = f"aborted: {type(e).__name__}"
             raise _ClosedByPeer() from None
         finally:
@@ -212,25 +238,13 @@ class Connection:
                 **response.fields,
             )
 
-    def _head(self, method: str, response: Response) -> bytes:
+    def _start(self, method: str, response: Response) -> bytes:
         """The response's head; ValueError when the response cannot be framed as it is."""
-        for name, _ in response.headers:
-            if name.lower() in FRAMING_HEADERS:
-                raise ValueError(f"{name} is the connection's to set, not a handler's")
-        headers = [("Server", "segue"), *response.headers]
-        if has_body(response.status):
-            if (method != "HEAD" and response.writer is None
-                    and response.length not in (None, len(response.body))):
-                raise ValueError(f"length {response.length} given for a body of "
-                                 f"{len(response.body)} bytes")
-            headers.append(("Content-Length", str(response.content_length)))
-        elif response.body or response.writer is not None or response.length:
-            raise ValueError(f"a {response.status} response has no body")
-        if not self.keep_alive:
-            headers.append(("Connection", "close"))
-        return response_head(response.status, headers)
+        return self.http.start_response(
+            response.status, response.headers, method, response.length,
+            body=response.body if response.writer is None else None)
 
-    async def _send(self, *parts: bytes | memoryview) -> None:
+    async def _send(self, parts: tuple[BodyPart, ...]) -> None:
         """Send every byte of `parts`, in order, under [http] send_timeout_s.
 
         On a plain TCP connection the parts go out with sendmsg, so a response head and its
@@ -252,42 +266,43 @@ class Connection:
 
     async def _send_response(self, request: Request, response: Response, head: bytes) -> None:
         """Write the head and the body, counting body bytes in self.sent as they go out."""
+        http = self.http
         if request.method == "HEAD" or (response.writer is None and not response.body):
-            await self._send(head)
+            await self._send((head,))
+            http.end_response()  # b"": nothing follows the head
             return
-        if response.writer is None:
-            await self._send(head, response.body)  # small bodies go out with the head
+        if response.writer is None:  # small bodies go out with the head
+            await self._send(_parts(http.send_body(response.body), head))
             self.sent = len(response.body)
+            http.end_response()  # b"": a whole body has its Content-Length
             return
-        length = response.content_length
         pending_head: bytes | None = head
 
         async def send_body(data: bytes | memoryview) -> None:
             nonlocal pending_head
-            if self.sent + len(data) > length:
-                raise RuntimeError(f"a body writer sent more than its {length} bytes")
-            if pending_head is not None:
-                await self._send(pending_head, data)
-                pending_head = None
-            else:
-                await self._send(data)
+            await self._send(_parts(http.send_body(data), pending_head))
+            pending_head = None
             self.sent += len(data)
 
-        try:
-            with self.lifecycle.stream():
+        with self.lifecycle.stream():
+            try:
                 await response.writer(send_body)
-        except (_ClosedByPeer, trio.TooSlowError):
-            raise
-        except Exception as e:
-            if pending_head is not None:  # not a byte out yet: the player can still get a 500
-                raise _NothingSent(f"{type(e).__name__} before the first byte") from e
+            except (_ClosedByPeer, trio.TooSlowError):
+                raise
+            except Exception as e:
+                if pending_head is not None:  # not a byte out yet: the player can still get a 500
+                    raise _NothingSent(f"{type(e).__name__} before the first byte") from e
+                raise
+        try:
+            tail = http.end_response()
+        except RuntimeError:
+            if pending_head is not None:
+                raise _NothingSent("the body writer sent nothing") from None
             raise
         if pending_head is not None:
-            if length:
-                raise _NothingSent("the body writer sent nothing")
-            await self._send(pending_head)
-        elif self.sent != length:
-            raise RuntimeError(f"a body writer sent {self.sent} of its {length} bytes")
+            await self._send((pending_head, tail) if tail else (pending_head,))
+        elif tail:
+            await self._send((tail,))
 
     async def send_and_close(self, response: Response) -> None:
         """Best effort: an error response on a connection that is about to close.
@@ -295,12 +310,9 @@ class Connection:
         The connection may not have seen a whole request (a timed-out or refused connection,
         a malformed head), so nothing here depends on one.
         """
-        head = response_head(response.status, [
-            ("Server", "segue"), ("Connection", "close"),
-            ("Content-Length", str(len(response.body))), *response.headers,
-        ])
+        head = closing_head(response.status, response.headers, len(response.body))
         try:
-            await self._send(head, response.body)
+            await self._send((head, response.body))
             await self._linger()
         except (_ClosedByPeer, trio.TooSlowError, trio.BrokenResourceError,
                 trio.ClosedResourceError):
@@ -330,7 +342,14 @@ class Connection:
                 drained += len(data)
 
 
-async def _sendmsg_all(sock: trio.socket.SocketType, parts: tuple[bytes | memoryview, ...]) -> None:
+def _parts(out: Outgoing, head: bytes | None) -> tuple[BodyPart, ...]:
+    """What to write for send_body's `out`, after the response head while it is unsent."""
+    if isinstance(out, tuple):
+        return out if head is None else (head, *out)
+    return (out,) if head is None else (head, out)
+
+
+async def _sendmsg_all(sock: trio.socket.SocketType, parts: tuple[BodyPart, ...]) -> None:
     """sendmsg until every byte of `parts` is written (the kernel may take fewer)."""
     views = [memoryview(part) for part in parts]
     while views:
@@ -383,6 +402,17 @@ async def _shared_port_listeners(settings: HttpSettings,
     return listeners
 
 
+async def serve_connection(stream: Stream, handler: Handler, lifecycle: Lifecycle,
+                           metrics: Metrics, settings: HttpSettings) -> None:
+    """Serve one accepted connection until it closes; never raises for what it meets."""
+    try:
+        await _Connection(stream, handler, lifecycle, metrics, settings).serve()
+    except Exception:
+        # One connection's bug must never take the listener, and every other player, down
+        # with it.
+        log.exception("connection failed")
+
+
 async def serve(
     handler: Handler,
     lifecycle: Lifecycle,
@@ -395,7 +425,9 @@ async def serve(
 ) -> None:
     """Listen on settings.listen (with TLS when `tls` is given) and serve until cancelled.
 
-    `join`: a serving worker, binding the port its node's main process holds.
+    `handler` answers each request; `lifecycle` says whether the node is draining and counts
+    requests and streams; `join`: a serving worker, binding the port its node's main process
+    holds.
 
     task_status gets the TCP listeners, whose sockets say where the node listens.
     """
@@ -408,23 +440,19 @@ async def serve(
         listeners = [trio.SSLListener(listener, tls, https_compatible=True) for listener in tcp]
     active = 0
 
-    async def accept(stream: trio.abc.HalfCloseableStream | trio.SSLStream) -> None:
+    async def accepted(stream: Stream) -> None:
         nonlocal active
-        connection = Connection(stream, handler, lifecycle, metrics, settings)
         if active >= settings.max_connections:
-            await connection.send_and_close(error(503, "too many connections"))
+            refused = _Connection(stream, handler, lifecycle, metrics, settings)
+            await refused.send_and_close(error(503, "too many connections"))
             await stream.aclose()
             return
         active += 1
         try:
-            await connection.serve()
-        except Exception:
-            # One connection's bug must never take the listener, and every other player,
-            # down with it.
-            log.exception("connection failed")
+            await serve_connection(stream, handler, lifecycle, metrics, settings)
         finally:
             active -= 1
 
     async with trio.open_nursery() as nursery:
         task_status.started(tcp)
-        await trio.serve_listeners(accept, listeners, handler_nursery=nursery)
+        await trio.serve_listeners(accepted, listeners, handler_nursery=nursery)

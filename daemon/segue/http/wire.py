@@ -3,14 +3,14 @@
 Segue first used h11 here. Profiles of the serving path put h11 at 30 % of the event loop's
 time (about 70 us to parse one request head and 60 us to validate and write one response head
 on the reference VM), more than everything Segue itself did per request. The subset a player
-edge needs is small: GET and HEAD, no request bodies it uses, no trailers, no upgrades. So this
-module parses exactly that, strictly, in a few bytes operations per line:
+edge needs is small: GET and HEAD, small request bodies at most, no trailers, no upgrades. So
+this module parses exactly that, strictly, in a few bytes operations per line:
 
 * request line `METHOD SP TARGET SP HTTP/1.x`; a well-formed other version gets 505; lines
   end in CRLF or a bare LF;
 * header fields `name: value`, name a token with no space before the colon, no obs-fold, no
   control characters in values; HTTP/1.1 needs exactly one Host;
-* a body framed by Content-Length only (one value, digits), read and dropped by the caller;
+* a body framed by Content-Length only (one value, digits), read by segue.http.connection;
   Transfer-Encoding is refused with 501, and with Content-Length as well with 400 (the request
   smuggling case);
 * keep-alive unless the request says `Connection: close` or is HTTP/1.0.
