@@ -21,7 +21,6 @@ import gc
 import os
 import signal
 import ssl
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -32,23 +31,22 @@ import trio
 from segue import __version__, config, workers
 from segue.catalogue import Catalogue
 from segue.config import ConfigError, Settings
-from segue.http.app import EdgeApp, NodeState
+from segue.http.app import CATALOGUE_TIMEOUT_S, EdgeApp, NodeState
 from segue.http.server import serve
-from segue.library import Library
 from segue.metrics import Metrics
 from segue.plugin_types import Health, Route
 from segue.plugins import Plugin, PluginHost
 from segue.seal.errors import KeyFileError
 from segue.seal.keyring import load_edge_keys, load_token_verifier
 from segue.seal.keys import check_private_file
-from segue.storage.errors import StoreError
-from segue.storage.shares import open_shares
+from segue.share_settings import open_shares
+from segue.storage.library import Library
+from segue.storage.probe import probe_shares
 from segue.systemd import Notifier, watchdog_interval
 
 log = structlog.get_logger("segue.node")
 
 RESERVED_PREFIXES = ("/v1/", "/healthz", "/metrics")
-PROBE_TICK_S = 0.25
 FULL_COLLECTION_EVERY = 100  # middle-generation collections per full one (CPython's default: 10)
 _HEALTH_GAUGE = {"ok": 0, "degraded": 1, "failing": 2}
 
@@ -98,9 +96,12 @@ def build_app(settings: Settings, metrics: Metrics | None = None) -> EdgeApp:
     limiter = trio.CapacityLimiter(settings.limits.worker_threads)
     library = Library(
         shares,
-        catalogue,
         keys,
-        limiter,
+        accepted_version=catalogue.accepted_version,
+        accept_version=catalogue.accept_version,
+        versions_limiter=limiter,
+        versions_timeout_s=CATALOGUE_TIMEOUT_S,
+        worker_threads=settings.limits.worker_threads,
         open_tracks=settings.limits.open_tracks,
         metrics=metrics,
         read_timeout_s=settings.store.read_timeout_s,
@@ -287,10 +288,11 @@ class Node:
                 continue
             for service in outcome.value or ():
                 services.start_soon(self._run_service, outcome.plugin.name, service)
-        self.app.library.start_read_ahead(services)
+        services.start_soon(self.app.library.prefetch.run)
         await self._check_health()
         services.start_soon(self._health_loop)
-        services.start_soon(self._probe_shares)
+        services.start_soon(probe_shares, self.app.library.shares,
+                            self.settings.store.read_timeout_s, self._publish_health)
         self.app.state = NodeState.READY
         _freeze_startup_objects()
         self.notifier.ready(self._status_line())
@@ -328,36 +330,6 @@ class Node:
                 health = Health("degraded", f"health hook returned {outcome.value!r}")
             outcome.plugin.health = health
         self._publish_health()
-
-    async def _probe_shares(self) -> None:
-        """Probe shares marked down (with their backoff) and restore those that answer."""
-        shares = self.app.library.shares
-        timeout = self.settings.store.read_timeout_s
-        known = {s.name: s.healthy for s in shares.shares}
-        while True:
-            now = trio.current_time()
-            for share in shares.shares:
-                if not share.due_for_probe(_monotonic()):
-                    continue
-                try:
-                    with trio.fail_after(timeout):
-                        await trio.to_thread.run_sync(share.store.probe, abandon_on_cancel=True,
-                                                      limiter=share.limiter)
-                except trio.TooSlowError:
-                    share.failed(f"probe timed out after {timeout:g} s")
-                except StoreError as e:
-                    share.failed(str(e))
-                else:
-                    share.answered()
-            changed = {s.name: s.healthy for s in shares.shares}
-            if changed != known:
-                for share in shares.shares:
-                    if share.healthy != known.get(share.name):
-                        log.warning("share up" if share.healthy else "share down",
-                                    share=share.name, error=share.last_error)
-                known = changed
-                self._publish_health()
-            await trio.sleep_until(now + PROBE_TICK_S)
 
     def _publish_health(self) -> None:
         shares = self.app.library.shares
@@ -495,11 +467,6 @@ def _freeze_startup_objects() -> None:
     gc.freeze()
     young, middle, _ = gc.get_threshold()
     gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
-
-
-def _monotonic() -> float:
-    """The clock Share's backoff uses (threads mark shares down, so not trio's clock)."""
-    return time.monotonic()
 
 
 def _format(address: tuple[str, int]) -> str:

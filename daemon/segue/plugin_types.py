@@ -6,34 +6,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from segue.catalogue import Catalogue
+from segue.health import Health, HealthStatus
 from segue.http.messages import Request, Response
 
-HealthStatus = Literal["ok", "degraded", "failing"]
-_ORDER = {"ok": 0, "degraded": 1, "failing": 2}
-
-
-@dataclass(frozen=True)
-class Health:
-    """A plugin's (or the node's) health: ok, degraded (serving, something is wrong) or failing
-    (this node should get no traffic), with a reason for people."""
-
-    status: HealthStatus
-    reason: str = ""
-
-    def __post_init__(self) -> None:
-        if self.status not in _ORDER:
-            raise ValueError(f"health status must be ok, degraded or failing, not {self.status!r}")
-
-    @classmethod
-    def ok(cls) -> Health:
-        return cls("ok")
-
-    def worse_than(self, other: Health) -> bool:
-        return _ORDER[self.status] > _ORDER[other.status]
-
+__all__ = ["Health", "HealthStatus"]  # one Health for plugins and every room of the node
 
 Handler = Callable[[Request], Awaitable[Response]]
 

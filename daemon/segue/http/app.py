@@ -15,17 +15,18 @@ from typing import Any
 import trio
 
 from segue import __version__
-from segue.buffers import Lease
 from segue.catalogue import Catalogue
 from segue.http import ranges
 from segue.http.messages import Request, Response, Send, error, json_response, text
-from segue.library import Library, TrackNotFound, TrackUnavailable
 from segue.log import user_hash
 from segue.metrics import CONTENT_TYPE, Metrics
 from segue.plugin_types import Health, Route
 from segue.seal.manifest import is_track_id
 from segue.seal.tokens import Grant, TokenError, TokenVerifier
 from segue.seal.track import OpenedTrack
+from segue.storage.buffers import Lease
+from segue.storage.errors import TrackNotFound, TrackUnavailable
+from segue.storage.library import Library
 
 SEARCH_DEFAULT_LIMIT = 20
 CATALOGUE_TIMEOUT_S = 10.0
