@@ -295,7 +295,8 @@ def test_a_hung_smb_server_costs_its_share_and_nothing_else(fresh_node: Node, sm
         status, body = get(fresh_node.url(second, token))
         assert (status, body) == (200, fresh_node.tracks[second].read_bytes())
         assert time.monotonic() - started < 10  # read_timeout_s is 2 s
-        assert healthz(fresh_node).startswith("degraded: share a down")
+        # The node hears of it on the probe service's next tick.
+        wait_until(lambda: healthz(fresh_node).startswith("degraded: share a down"), 5)
         assert get(fresh_node.url(second, token, "/meta"))[0] == 200
         assert get(f"{fresh_node.base}/v1/search?q=Two&token={token}")[0] == 200
         assert get(fresh_node.base + "/metrics")[0] == 200
