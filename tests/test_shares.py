@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import threading
 import time
 import urllib.error
@@ -275,3 +276,30 @@ def test_two_readers_of_one_smb_file_at_once(tmp_path: Path) -> None:
         assert errors == []
     finally:
         server.stop()
+
+
+def test_a_hung_smb_server_costs_its_share_and_nothing_else(fresh_node: Node, smbds,
+                                                            tmp_path: Path) -> None:
+    """Issue 19: a share that stops answering (smbd stopped, connections open) is given up
+    after the read deadline, marked down, and the node keeps serving from the other copies."""
+    use_shares(fresh_node, smbds)
+    first, second = fresh_node.pack(
+        make_tone(tmp_path / "one.mp3", MP3, seconds=5, title="One"),
+        make_tone(tmp_path / "two.mp3", MP3, seconds=5, title="Two"))
+    fresh_node.start()
+    token = fresh_node.token()
+    assert get(fresh_node.url(first, token))[0] == 200  # every share connected
+    os.killpg(smbds[0].proc.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        status, body = get(fresh_node.url(second, token))
+        assert (status, body) == (200, fresh_node.tracks[second].read_bytes())
+        assert time.monotonic() - started < 10  # read_timeout_s is 2 s
+        # The node hears of it on the probe service's next tick.
+        wait_until(lambda: healthz(fresh_node).startswith("degraded: share a down"), 5)
+        assert get(fresh_node.url(second, token, "/meta"))[0] == 200
+        assert get(f"{fresh_node.base}/v1/search?q=Two&token={token}")[0] == 200
+        assert get(fresh_node.base + "/metrics")[0] == 200
+    finally:
+        os.killpg(smbds[0].proc.pid, signal.SIGCONT)
+    wait_until(lambda: healthz(fresh_node) == "ok")

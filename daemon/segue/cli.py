@@ -250,7 +250,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
     from segue.media import MediaError
     from segue.packer import Packer
     from segue.progress import Progress
-    from segue.storage.shares import open_shares
+    from segue.wiring import open_shares
 
     settings = _load(args)
     signer = load_signing_key(settings.packer.signing_key, "packer.signing_key", settings)
@@ -421,7 +421,7 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     from segue.configured_keys import load_trusted_packagers
     from segue.seal.manifest import is_track_id
     from segue.storage.fsck import check
-    from segue.storage.shares import open_shares
+    from segue.wiring import open_shares
 
     settings = _load(args)
     if args.track is not None and not is_track_id(args.track):

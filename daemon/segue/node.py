@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import gc
 import signal
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -43,13 +42,12 @@ from segue.http.server import serve
 from segue.lifecycle import Lifecycle, NodeState
 from segue.metrics import Metrics
 from segue.plugin_host import PluginHost
-from segue.storage.errors import StoreError
+from segue.storage.probe import probe_shares
 from segue.systemd import Notifier, watchdog_interval
 from segue.workers import MainSide, WorkerSide
 
 log = structlog.get_logger("segue.node")
 
-PROBE_TICK_S = 0.25
 FULL_COLLECTION_EVERY = 100  # middle-generation collections per full one (CPython's default: 10)
 RESTART_KEYS = ("listen", "max_connections", "workers")
 
@@ -161,10 +159,11 @@ class Node:
 
     async def _become_ready(self, services: trio.Nursery) -> None:
         await self.host.ready(self, services, self._publish_health)
-        self.serving.library.start_read_ahead(services)
+        services.start_soon(self.serving.library.prefetch.run)
         await self._check_health()
         services.start_soon(self._health_loop)
-        services.start_soon(self._probe_shares)
+        services.start_soon(probe_shares, self.serving.library.shares,
+                            self.settings.store.read_timeout_s, self._publish_health)
         self.lifecycle.ready()
         _freeze_startup_objects()
         self.notifier.ready(self._status_line())
@@ -180,36 +179,6 @@ class Node:
     async def _check_health(self) -> None:
         await self.host.check_health(self)
         self._publish_health()
-
-    async def _probe_shares(self) -> None:
-        """Probe shares marked down (with their backoff) and restore those that answer."""
-        shares = self.serving.library.shares
-        timeout = self.settings.store.read_timeout_s
-        known = {s.name: s.healthy for s in shares.shares}
-        while True:
-            now = trio.current_time()
-            for share in shares.shares:
-                if not share.due_for_probe(time.monotonic()):
-                    continue
-                try:
-                    with trio.fail_after(timeout):
-                        await trio.to_thread.run_sync(share.store.probe, abandon_on_cancel=True,
-                                                      limiter=share.limiter)
-                except trio.TooSlowError:
-                    share.failed(f"probe timed out after {timeout:g} s")
-                except StoreError as e:
-                    share.failed(str(e))
-                else:
-                    share.answered()
-            changed = {s.name: s.healthy for s in shares.shares}
-            if changed != known:
-                for share in shares.shares:
-                    if share.healthy != known.get(share.name):
-                        log.warning("share up" if share.healthy else "share down",
-                                    share=share.name, error=share.last_error)
-                known = changed
-                self._publish_health()
-            await trio.sleep_until(now + PROBE_TICK_S)
 
     def _publish_health(self) -> None:
         """The node's health from its sources, to everyone who reports it."""

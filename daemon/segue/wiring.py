@@ -12,14 +12,17 @@ from dataclasses import dataclass
 import trio
 
 from segue.catalogue import Catalogue
-from segue.config import ConfigError, Settings
+from segue.config import ConfigError, Settings, ShareSettings
 from segue.configured_keys import load_edge_keys, load_token_verifier
+from segue.http.app import CATALOGUE_TIMEOUT_S
 from segue.http.auth import Authorizer
-from segue.library import Library
 from segue.metrics import Metrics
 from segue.seal.errors import KeyFileError
 from segue.seal.keys import check_private_file
-from segue.storage.shares import open_shares
+from segue.storage import backends
+from segue.storage.errors import StoreConfigError
+from segue.storage.library import Library
+from segue.storage.shares import ShareSet
 
 
 @dataclass(frozen=True)
@@ -56,9 +59,12 @@ def build(settings: Settings, metrics: Metrics | None = None) -> Serving:
     limiter = trio.CapacityLimiter(settings.limits.worker_threads)
     library = Library(
         shares,
-        catalogue,
         keys,
-        limiter,
+        accepted_version=catalogue.accepted_version,
+        accept_version=catalogue.accept_version,
+        versions_limiter=limiter,
+        versions_timeout_s=CATALOGUE_TIMEOUT_S,
+        worker_threads=settings.limits.worker_threads,
         open_tracks=settings.limits.open_tracks,
         metrics=metrics,
         read_timeout_s=settings.store.read_timeout_s,
@@ -66,6 +72,24 @@ def build(settings: Settings, metrics: Metrics | None = None) -> Serving:
         read_ahead_chunks=settings.cache.read_ahead_chunks,
     )
     return Serving(catalogue, library, Authorizer(tokens), limiter)
+
+
+def open_shares(settings: Settings) -> ShareSet:
+    """The shares named in [store] (or the single [store] path); raises ConfigError."""
+    store = settings.store
+    configured = store.shares or (
+        ShareSettings("local", str(store.path), None, False, True),)
+    specs = [backends.ShareSpec(
+        name=share.name, url=share.url, threads=settings.limits.worker_threads,
+        timeout_s=store.read_timeout_s, password_file=share.password_file,
+        encrypt=share.encrypt, require_signing=share.require_signing,
+    ) for share in configured]
+    try:
+        return backends.open_shares(specs, store.replicas)
+    except StoreConfigError as e:
+        raise ConfigError([
+            f"{settings.path}: {f'store.shares {name}' if store.shares else 'store.path'}: {what}"
+            for name, what in e.problems]) from None
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:

@@ -15,18 +15,19 @@ from typing import Any
 import trio
 
 from segue import __version__
-from segue.buffers import Lease
 from segue.catalogue import Catalogue
 from segue.http import ranges
 from segue.http.auth import Authorizer
 from segue.http.messages import Request, Response, Send, error, json_response, text
 from segue.http.router import Endpoint
-from segue.library import Library, TrackNotFound, TrackUnavailable
 from segue.lifecycle import Lifecycle, NodeState
 from segue.log import user_hash
 from segue.metrics import CONTENT_TYPE, Metrics
 from segue.seal.manifest import is_track_id
 from segue.seal.track import OpenedTrack
+from segue.storage.buffers import Lease
+from segue.storage.errors import TrackNotFound, TrackUnavailable
+from segue.storage.library import Library
 from segue.threads import in_thread
 
 SEARCH_DEFAULT_LIMIT = 20

@@ -6,9 +6,11 @@ track's own folder.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import PurePosixPath
 
 from segue.seal.manifest import is_track_id
+from segue.storage.errors import BadCopyError
 
 MANIFEST_NAME = "manifest.json"
 
@@ -28,3 +30,21 @@ def chunk_path(track_id: str, index: int) -> PurePosixPath:
     if index < 0:
         raise ValueError(f"invalid chunk index {index}")
     return track_dir(track_id) / f"{index}.chunk"
+
+
+#: A signed manifest is a few KiB (its chunk digests: 65 bytes a chunk, about 250 KiB for a
+#: 1 GiB track); a larger file is not one, and reading it whole (a link to /dev/zero) would
+#: exhaust memory.
+MANIFEST_MAX_BYTES = 1024 * 1024
+
+
+def read_manifest(read_into: Callable[[PurePosixPath, str, bytearray], int],
+                  track_id: str) -> bytes:
+    """A track's manifest through a store's `read_into(path, what, buf)`; BadCopyError for a
+    file larger than MANIFEST_MAX_BYTES, which is not read further."""
+    buf = bytearray(MANIFEST_MAX_BYTES + 1)
+    length = read_into(manifest_path(track_id), f"manifest of track {track_id}", buf)
+    if length > MANIFEST_MAX_BYTES:
+        raise BadCopyError(f"manifest of track {track_id} is larger than "
+                         f"{MANIFEST_MAX_BYTES} bytes: not a manifest")
+    return bytes(memoryview(buf)[:length])

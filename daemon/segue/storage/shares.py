@@ -1,31 +1,22 @@
-"""Several shares as one store: placement of chunks, health of each share, failover order.
+"""Several shares as one store: each share's store, limiter and health; failover order.
 
-A share that fails a read is marked unhealthy and is then probed with exponential backoff
-until it answers again. Readers try a chunk's healthy copies first, in placement order, and the
-unhealthy ones last, so a share that is down costs nothing while a healthy copy exists.
+A share that fails a read is marked down; `segue.storage.probe` then probes it with
+exponential backoff until it answers again. Readers try a chunk's healthy copies first, in
+placement order, and the ones marked down last, so a share that is down costs nothing while a
+healthy copy exists.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import trio
 
-from segue.config import ConfigError, Settings, ShareSettings
 from segue.health import Health
-from segue.seal.errors import KeyFileError
-from segue.seal.keys import read_secret
-from segue.storage.local import LocalStore
 from segue.storage.placement import placement
-from segue.storage.smb import SmbStore, SmbUrl
 from segue.storage.store import ChunkStore
-
-PROBE_BACKOFF_START_S = 0.5
-PROBE_BACKOFF_MAX_S = 30.0
 
 
 @dataclass
@@ -39,29 +30,18 @@ class Share:
     limiter: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(8))
     healthy: bool = True
     last_error: str = ""
-    next_probe: float = 0.0
-    backoff: float = PROBE_BACKOFF_START_S
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def failed(self, error: str) -> None:
-        """Record a failed read or probe (from any thread) and schedule the next probe."""
+        """Mark the share down after a failed read or probe (from any thread)."""
         with self._lock:
-            if self.healthy:
-                self.backoff = PROBE_BACKOFF_START_S
-            else:
-                self.backoff = min(self.backoff * 2, PROBE_BACKOFF_MAX_S)
             self.healthy = False
             self.last_error = error
-            self.next_probe = time.monotonic() + self.backoff
 
     def answered(self) -> None:
         with self._lock:
             self.healthy = True
             self.last_error = ""
-            self.backoff = PROBE_BACKOFF_START_S
-
-    def due_for_probe(self, now: float) -> bool:
-        return not self.healthy and now >= self.next_probe
 
 
 class ShareSet:
@@ -111,33 +91,3 @@ class ShareSet:
             return Health("failing", f"no share can be read: {reasons}")
         return Health("degraded", reasons)
 
-
-def open_shares(settings: Settings) -> ShareSet:
-    """The shares named in [store] (or the single [store] path); raises ConfigError."""
-    errors: list[str] = []
-    shares: list[Share] = []
-    configured = settings.store.shares or (
-        ShareSettings("local", str(settings.store.path), None, False, True),)
-    for share in configured:
-        key = "store.path" if not settings.store.shares else f"store.shares {share.name}"
-        if share.is_smb:
-            try:
-                url = SmbUrl.parse(share.url)
-                assert share.password_file is not None
-                password = read_secret(share.password_file)
-            except (ValueError, KeyFileError) as e:
-                errors.append(f"{settings.path}: {key}: {e}")
-                continue
-            shares.append(Share(share.name, SmbStore(url, password, encrypt=share.encrypt,
-                                                     require_signing=share.require_signing),
-                                trio.CapacityLimiter(settings.limits.worker_threads)))
-        else:
-            path = Path(share.url)
-            if not path.is_dir():
-                errors.append(f"{settings.path}: {key}: {path} is not a directory")
-                continue
-            shares.append(Share(share.name, LocalStore(path),
-                                trio.CapacityLimiter(settings.limits.worker_threads)))
-    if errors:
-        raise ConfigError(errors)
-    return ShareSet(shares, settings.store.replicas)

@@ -3,8 +3,12 @@
 URL form: smb://USER@HOST[:PORT]/SHARE[/PATH]. The password comes from a secret file. Sessions
 and connections are pooled per store (a connection cache of its own) and reused; after any
 connection error the pool is dropped so that the next call reconnects. Every method blocks and
-is called from worker threads; smbprotocol has no per-read timeout, so callers bound each call
-with their own deadline.
+is called from worker threads.
+
+smbprotocol bounds only the connect and negotiate (connection_timeout, here the share's
+deadline); a request the server never answers waits for ever. So callers bound each call with
+their own deadline and then call `reset`, which closes the pooled connections' sockets: that
+ends every request still waiting on them, and frees the threads the deadline abandoned.
 """
 
 from __future__ import annotations
@@ -14,13 +18,20 @@ import errno
 import threading
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 import smbclient
 from smbprotocol.exceptions import SMBException
 
+from segue.seal.errors import KeyFileError
+from segue.seal.keys import read_secret
+from segue.seal.manifest import is_track_id
 from segue.storage import layout
 from segue.storage.errors import NotInStoreError, StoreError
+
+if TYPE_CHECKING:
+    from segue.storage.backends import ShareSpec
 
 CONNECT_TIMEOUT_S = 5
 # Readers let others read, and delete or rename over, a file they have open. smbclient's
@@ -64,8 +75,9 @@ class SmbStore:
     """The track layout below one folder of one SMB share."""
 
     def __init__(self, url: SmbUrl, password: str, *, encrypt: bool = False,
-                 require_signing: bool = True) -> None:
+                 require_signing: bool = True, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
         self.url = url
+        self._timeout = timeout_s
         self.root = str(url)
         self._password = password
         self._encrypt = encrypt
@@ -73,6 +85,19 @@ class SmbStore:
         self._cache: dict = {}
         self._lock = threading.Lock()
         self._registered = False
+
+    @classmethod
+    def from_spec(cls, spec: ShareSpec) -> SmbStore:
+        """The store the spec's smb:// URL names; ValueError for a bad URL or password file."""
+        url = SmbUrl.parse(spec.url)
+        if spec.password_file is None:
+            raise ValueError(f"{spec.url!r}: an smb:// share needs a password file")
+        try:
+            password = read_secret(spec.password_file)
+        except KeyFileError as e:
+            raise ValueError(str(e)) from None
+        return cls(url, password, encrypt=spec.encrypt, require_signing=spec.require_signing,
+                   timeout_s=min(spec.timeout_s, CONNECT_TIMEOUT_S))
 
     def __repr__(self) -> str:
         return f"SmbStore({self.root!r})"
@@ -90,20 +115,25 @@ class SmbStore:
                 smbclient.register_session(
                     self.url.host, username=self.url.user, password=self._password,
                     port=self.url.port, encrypt=self._encrypt or None,
-                    connection_timeout=CONNECT_TIMEOUT_S, connection_cache=self._cache,
+                    connection_timeout=self._timeout, connection_cache=self._cache,
                     require_signing=self._require_signing,
                 )
                 self._registered = True
         return {"port": self.url.port, "connection_cache": self._cache}
 
     def reset(self) -> None:
-        """Drop the pooled connections; the next call connects afresh."""
-        with self._lock:
-            self._registered = False
-            cache, self._cache = self._cache, {}
-        # A dead connection may fail to close; it is gone either way.
-        with contextlib.suppress(Exception):
-            smbclient.reset_connection_cache(fail_on_error=False, connection_cache=cache)
+        """Drop the pooled connections; the next call connects afresh.
+
+        Not under the lock: a thread stuck registering a session holds it, and this is what
+        unsticks it. Only the sockets are closed (no logoff, which a hung server would never
+        answer); closing them wakes every request waiting on them with an error.
+        """
+        cache, self._cache = self._cache, {}
+        self._registered = False
+        for connection in list(cache.values()):
+            # A dead connection may fail to close; it is gone either way.
+            with contextlib.suppress(Exception):
+                connection.disconnect(close=False)
 
     def _fail(self, what: str, e: Exception) -> StoreError:
         if isinstance(e, OSError) and e.errno == errno.ENOENT:
@@ -112,19 +142,17 @@ class SmbStore:
         return StoreError(f"cannot access {what} on {self.root}: {type(e).__name__}: {e}")
 
     def read_manifest(self, track_id: str) -> bytes:
-        what = f"manifest of track {track_id}"
-        try:
-            with smbclient.open_file(self._unc(layout.manifest_path(track_id)), mode="rb",
-                                     buffering=0, share_access=READ_SHARING,
-                                     **self._session()) as f:
-                return f.readall()
-        except (OSError, SMBException, ValueError) as e:
-            raise self._fail(what, e) from None
+        """The manifest file, refused (StoreError) past layout.MANIFEST_MAX_BYTES."""
+        return layout.read_manifest(self._read_into, track_id)
 
     def read_chunk_into(self, track_id: str, index: int, buf: bytearray) -> int:
-        what = f"chunk {index} of track {track_id}"
+        """Read a chunk file into `buf`; returns its length (len(buf) means "too large")."""
+        return self._read_into(layout.chunk_path(track_id, index),
+                               f"chunk {index} of track {track_id}", buf)
+
+    def _read_into(self, rel: PurePosixPath, what: str, buf: bytearray) -> int:
         try:
-            with smbclient.open_file(self._unc(layout.chunk_path(track_id, index)), mode="rb",
+            with smbclient.open_file(self._unc(rel), mode="rb",
                                      buffering=0, share_access=READ_SHARING,
                                      **self._session()) as f:
                 view = memoryview(buf)
@@ -164,7 +192,7 @@ class SmbStore:
             raise self._fail(str(rel), e) from None
 
     def track_ids(self) -> list[str]:
-        """Every track with a folder on this share (for fsck)."""
+        """Every track with a folder on this share (for fsck); other names are skipped."""
         try:
             kw = self._session()
             root = self._unc("tracks")
@@ -172,7 +200,7 @@ class SmbStore:
             for prefix in smbclient.scandir(root, **kw):
                 if prefix.is_dir():
                     found += [e.name for e in smbclient.scandir(f"{root}\\{prefix.name}", **kw)
-                              if e.is_dir()]
+                              if is_track_id(e.name) and e.is_dir()]
             return sorted(found)
         except (OSError, SMBException, ValueError) as e:
             if isinstance(e, OSError) and e.errno == errno.ENOENT:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from segue.buffers import BufferPool, Lease
-from segue.chunk_cache import ChunkCache
 from segue.metrics import Metrics
+from segue.storage.buffers import BufferPool, Lease
+from segue.storage.chunk_cache import ChunkCache
 
 
 def lease(pool: BufferPool, fill: int, length: int = 100) -> Lease:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from segue.buffers import Lease
 from segue.metrics import Metrics
+from segue.storage.buffers import Lease
 
 Key = tuple[str, int, int]  # track id, content version, chunk index
 

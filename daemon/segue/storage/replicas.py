@@ -1,0 +1,186 @@
+"""Reading one copy of a manifest or chunk from whichever share can give a good one.
+
+Every read of a share is one worker-thread hop under that share's limiter and the [store]
+read deadline (segue.threads.in_thread): a hung share uses up its own threads and no one
+else's, and whoever waits gives up on it after the deadline and tries the next copy. The thread
+also verifies (and for chunks decrypts) what it read, so no unverified byte reaches the event
+loop. A copy that cannot be read (share down, file missing, too slow) or fails verification is
+skipped for the next copy; the player never notices while one good copy exists.
+
+A share that errors or times out is marked down (the probe service brings it back); a copy
+that is merely missing, corrupt or malformed is skipped without blaming its share.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+import structlog
+import trio
+
+from segue.metrics import Metrics
+from segue.seal.chunks import TAG_BYTES
+from segue.seal.errors import ChunkAuthenticationError, SealError
+from segue.seal.track import OpenedTrack
+from segue.storage.buffers import BufferPool, Lease
+from segue.storage.errors import (
+    BadCopyError,
+    NotInStoreError,
+    StoreError,
+    TrackNotFound,
+    TrackUnavailable,
+)
+from segue.storage.shares import Share, ShareSet
+from segue.threads import in_thread
+
+log = structlog.get_logger("segue.storage.replicas")
+
+T = TypeVar("T")
+
+
+class _CopyFailed(Exception):
+    """One copy could not be used; the next copy may be."""
+
+
+class Replicas:
+    """Reads verified manifests and chunks from the shares, failing over between copies."""
+
+    def __init__(self, shares: ShareSet, metrics: Metrics, *, read_timeout_s: float,
+                 keep_buffers: int) -> None:
+        """`keep_buffers`: plaintext buffers kept for reuse per chunk size (about what the
+        threads and streams hold at once)."""
+        self.shares = shares
+        self._metrics = metrics
+        self._timeout = read_timeout_s
+        self._pools: dict[int, BufferPool] = {}
+        self._keep_buffers = keep_buffers
+        self._thread = threading.local()
+
+    async def manifest(self, track_id: str, verify: Callable[[bytes], T]) -> T:
+        """`verify(data)` of the first copy of the track's manifest, in share-health order,
+        that it accepts (it raises SealError for one it refuses; it runs in the thread).
+
+        Raises TrackNotFound when no share has the track, else TrackUnavailable when no copy
+        could be read and verified.
+        """
+        missing = 0
+        problems = []
+        for share in self.shares.in_health_order():
+            try:
+                return await in_thread(self._verified_manifest, share, track_id, verify,
+                                       limiter=share.limiter, timeout_s=self._timeout)
+            except trio.TooSlowError:
+                await self._timed_out(share, f"manifest read timed out after {self._timeout:g} s")
+                problems.append(f"{share.name}: timed out")
+            except NotInStoreError:
+                missing += 1
+            except _CopyFailed as e:
+                problems.append(f"{share.name}: {e}")
+        if missing == len(self.shares.shares):
+            raise TrackNotFound(track_id)
+        raise TrackUnavailable(f"track {track_id}: no usable manifest ({'; '.join(problems)})")
+
+    def _verified_manifest(self, share: Share, track_id: str, verify: Callable[[bytes], T]) -> T:
+        """Read and verify one copy of a manifest (in a worker thread)."""
+        try:
+            data = share.store.read_manifest(track_id)
+        except NotInStoreError:
+            raise
+        except BadCopyError as e:
+            log.error("manifest refused", track=track_id, share=share.name, error=str(e))
+            raise _CopyFailed(str(e)) from None
+        except StoreError as e:
+            share.failed(str(e))
+            raise _CopyFailed(str(e)) from None
+        try:
+            return verify(data)
+        except SealError as e:
+            log.error("manifest refused", track=track_id, share=share.name, error=str(e))
+            raise _CopyFailed(str(e)) from None
+
+    async def chunk(self, track: OpenedTrack, index: int) -> Lease:
+        """Plaintext of chunk `index`, verified, in a pooled buffer the caller must release:
+        each copy in turn; raises TrackUnavailable when none can be used."""
+        track_id = track.manifest.track_id
+        tried = []
+        for attempt, share in enumerate(
+            self.shares.holders(track_id, index, track.manifest.extra.get("placement"))
+        ):
+            if attempt:
+                self._metrics.failovers.inc()
+            try:
+                lease = await in_thread(self._read_copy, share, track, index,
+                                        limiter=share.limiter, timeout_s=self._timeout)
+            except trio.TooSlowError:
+                await self._timed_out(share, f"read timed out after {self._timeout:g} s")
+                self._metrics.child(self._metrics.store_reads, share.name, "timeout").inc()
+                tried.append(f"{share.name} (timed out)")
+                continue
+            except _CopyFailed as e:
+                tried.append(f"{share.name} ({e})")
+                continue
+            self._metrics.child(self._metrics.store_reads, share.name, "ok").inc()
+            return lease
+        log.error("no readable copy of a chunk", track=track_id, chunk=index, tried=tried)
+        raise TrackUnavailable(f"chunk {index} of track {track_id}: no readable copy")
+
+    async def _timed_out(self, share: Share, reason: str) -> None:
+        """Mark a share that missed the deadline down and drop its stuck connections (the next
+        read or probe connects afresh; for SMB, closing them frees the abandoned threads)."""
+        share.failed(reason)
+        # Not under the share's limiter: its threads may all be stuck, which is what this
+        # unsticks.
+        with trio.move_on_after(self._timeout):
+            await trio.to_thread.run_sync(share.store.reset, abandon_on_cancel=True)
+
+    def _pool(self, size: int) -> BufferPool:
+        pool = self._pools.get(size)
+        if pool is None:
+            pool = self._pools.setdefault(size, BufferPool(size, self._keep_buffers))
+        return pool
+
+    def _read_buffer(self, size: int) -> bytearray:
+        """This worker thread's buffer for sealed chunks; one byte longer than any valid one."""
+        buf: bytearray | None = getattr(self._thread, "buf", None)
+        if buf is None or len(buf) != size:
+            buf = self._thread.buf = bytearray(size)
+        return buf
+
+    def _read_copy(self, share: Share, track: OpenedTrack, index: int) -> Lease:
+        """Read, verify and decrypt one copy of a chunk (in a worker thread)."""
+        track_id = track.manifest.track_id
+        chunk_size = track.manifest.chunk_size
+        sealed = self._read_buffer(chunk_size + TAG_BYTES + 1)
+        try:
+            length = share.store.read_chunk_into(track_id, index, sealed)
+        except NotInStoreError:
+            self._metrics.child(self._metrics.store_reads, share.name, "missing").inc()
+            log.warning("chunk copy missing", track=track_id, chunk=index, share=share.name)
+            raise _CopyFailed("missing") from None
+        except BadCopyError as e:
+            self._metrics.child(self._metrics.store_reads, share.name, "corrupt").inc()
+            log.error("chunk copy refused", track=track_id, chunk=index, share=share.name,
+                      error=str(e))
+            raise _CopyFailed("not a chunk file") from None
+        except StoreError as e:
+            share.failed(str(e))
+            self._metrics.child(self._metrics.store_reads, share.name, "error").inc()
+            log.warning("share read failed", track=track_id, chunk=index, share=share.name,
+                        error=str(e))
+            raise _CopyFailed("unreadable") from None
+        pool = self._pool(chunk_size)
+        plain = pool.take()
+        try:
+            if length != track.plaintext_length(index) + TAG_BYTES:
+                raise ChunkAuthenticationError(track_id, index)
+            size = track.cipher.open_into(index, memoryview(sealed)[:length], plain)
+        except ChunkAuthenticationError:
+            pool.give_back(plain)
+            self._metrics.chunk_auth_failures.inc()
+            self._metrics.child(self._metrics.store_reads, share.name, "corrupt").inc()
+            log.error("chunk failed verification", track=track_id, chunk=index,
+                      share=share.name)
+            raise _CopyFailed("failed verification") from None
+        return Lease(plain, size, pool)
