@@ -1,0 +1,170 @@
+"""Regressions of the security review: each test fails on the code before its fix."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import MP3, Node, make_tone, segue
+from segue.seal import keys
+from segue.seal import manifest as mf
+from segue.seal.errors import ManifestError
+from segue.seal.track import TrackSealer
+from segue.storage import layout
+
+TRACK = "0123456789abcdef0123456789abcdef"
+
+
+@cache
+def packager() -> Any:
+    return keys.generate("ed25519")
+
+
+@cache
+def recipient() -> Any:
+    return keys.generate("x25519")
+
+
+def trusted() -> dict[str, Any]:
+    return {keys.key_id(packager().public_key()): packager().public_key()}
+
+
+@cache
+def good_manifest() -> bytes:
+    """A valid manifest of a three-chunk track, with the placement `segue pack` writes."""
+    data = bytes(range(250))
+    sealer = TrackSealer(TRACK, len(data), 100)
+    for i in range(sealer.count):
+        sealer.seal_chunk(i, data[i * 100:(i + 1) * 100])
+    return sealer.manifest(mf.TrackMeta(title="t", mime="audio/mpeg"), [recipient().public_key()],
+                           packager(), extra={"placement": {"shares": ["a"], "replicas": 1}})
+
+
+def envelope_and_payload() -> tuple[dict[str, Any], dict[str, Any]]:
+    envelope = json.loads(good_manifest())
+    return envelope, json.loads(mf.b64d(envelope["payload"]))
+
+
+def signed(payload: bytes, envelope: dict[str, Any] | None = None) -> bytes:
+    """Manifest file bytes around `payload`, validly signed by the trusted packager: only
+    then does the parser look inside the payload."""
+    envelope = dict(envelope or json.loads(good_manifest()))
+    envelope["payload"] = mf.b64e(payload)
+    envelope["signatures"] = [{
+        "key_id": keys.key_id(packager().public_key()), "alg": mf.ED25519,
+        "sig": mf.b64e(packager().sign(mf.SIGNATURE_LABEL + payload)),
+    }]
+    return json.dumps(envelope).encode()
+
+
+def verify_or_refuse(data: bytes) -> None:
+    """verify() may accept or refuse with ManifestError; any other exception fails the test."""
+    with contextlib.suppress(ManifestError):
+        mf.verify(data, trusted())
+
+
+# --- Finding 3: a manifest of any shape is refused with ManifestError, never crashes ---------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.integers(min_value=2**60)
+    | st.floats() | st.text(max_size=40) | st.binary(max_size=40).map(mf.b64e),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                max_size=4),
+    max_leaves=12,
+)
+_ENVELOPE, _PAYLOAD = envelope_and_payload()
+# Every field a reader looks at: (where, key). "meta" and "recipients" are inside the payload.
+FIELDS = (
+    [("envelope", k) for k in _ENVELOPE]
+    + [("signature", k) for k in _ENVELOPE["signatures"][0]]
+    + [("payload", k) for k in _PAYLOAD]
+    + [("meta", k) for k in _PAYLOAD["meta"]]
+    + [("recipient", k) for k in _PAYLOAD["recipients"][0]]
+    + [("payload", "unknown"), ("payload", "nan")]
+)
+
+
+def mutate(where: str, key: str, value: Any, delete: bool) -> bytes:
+    envelope, payload = envelope_and_payload()
+    target = {"envelope": envelope, "signature": envelope["signatures"][0], "payload": payload,
+              "meta": payload["meta"], "recipient": payload["recipients"][0]}[where]
+    if delete:
+        target.pop(key, None)
+    else:
+        target[key] = value
+    if where in ("envelope", "signature"):
+        return json.dumps(envelope).encode()
+    return signed(json.dumps(payload).encode())
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(field=st.sampled_from(FIELDS), value=json_values, delete=st.booleans())
+def test_any_value_in_any_manifest_field_is_refused_with_manifest_error(
+        field: tuple[str, str], value: Any, delete: bool) -> None:
+    verify_or_refuse(mutate(*field, value, delete))
+
+
+@settings(max_examples=100, deadline=None)
+@given(document=json_values)
+def test_any_json_document_as_envelope_or_payload_is_refused_with_manifest_error(
+        document: Any) -> None:
+    text = json.dumps(document).encode()
+    verify_or_refuse(text)
+    verify_or_refuse(signed(text))
+
+
+@pytest.mark.parametrize("depth", [1000, 100_000])
+def test_deeply_nested_json_is_a_manifest_error(depth: int) -> None:
+    nested = b"[" * depth + b"]" * depth
+    with pytest.raises(ManifestError, match="not valid JSON"):
+        mf.verify(b'{"segue_manifest": 1, "x": ' + nested + b"}", trusted())
+    with pytest.raises(ManifestError, match="not valid JSON"):
+        mf.verify(signed(b'{"meta": ' + nested + b"}"), trusted())
+
+
+def test_a_list_as_signature_key_id_is_a_manifest_error() -> None:
+    envelope = json.loads(good_manifest())
+    envelope["signatures"].insert(0, {"key_id": ["a"], "alg": mf.ED25519, "sig": ""})
+    data = json.dumps(envelope).encode()
+    assert mf.verify(data, trusted()).track_id == TRACK  # the good signature still counts
+    del envelope["signatures"][1]
+    with pytest.raises(ManifestError, match="malformed key id"):
+        mf.verify(json.dumps(envelope).encode(), trusted())
+
+
+@pytest.mark.parametrize(("where", "key", "value", "error"), [
+    ("meta", "duration_s", float("inf"), "Infinity is not a JSON number"),
+    ("meta", "duration_s", 10**400, "finite"),
+    ("meta", "mime", "audio/mpeg\r\nX-Injected: 1", "printable ASCII"),
+    ("payload", "placement", {"shares": [{"a": 1}], "replicas": 1}, "placement"),
+    ("recipient", "key_id", ["a"], "key_id must be a string"),
+    ("payload", "meta", [], "meta must be a JSON object"),
+], ids=["infinity", "huge-int", "crlf-mime", "placement", "recipient-key-id", "meta-list"])
+def test_fields_of_the_wrong_type_are_named_in_the_error(where: str, key: str, value: Any,
+                                                         error: str) -> None:
+    with pytest.raises(ManifestError, match=error):
+        mf.verify(mutate(where, key, value, delete=False), trusted())
+
+
+def test_fsck_reports_a_garbage_manifest_and_goes_on_to_the_next_track(fresh_node: Node,
+                                                                       tmp_path: Path) -> None:
+    garbage, good = fresh_node.pack(make_tone(tmp_path / "a.mp3", MP3, seconds=2, title="a"),
+                                    make_tone(tmp_path / "b.mp3", MP3, seconds=2, title="b"))
+    path = fresh_node.root / "store" / layout.manifest_path(garbage)
+    envelope = json.loads(path.read_bytes())
+    envelope["signatures"][0]["key_id"] = ["not", "a", "key", "id"]
+    path.write_text(json.dumps(envelope))
+    result = segue("fsck", "--config", fresh_node.conf, check=False)
+    assert result.returncode == 1, result.stderr
+    assert f"{garbage} on local: manifest invalid: manifest carries no valid signature by a " \
+        "trusted packager key ((a malformed key id)); no valid copy on any share " \
+        "(NOT repaired)" in result.stdout
+    assert "checked 2 tracks" in result.stdout
+    assert good not in result.stdout  # checked, and nothing wrong with it
