@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import urllib.request
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import MP3, Node, make_tone, segue
+from segue.media import track_id_of
 from segue.seal import keys
 from segue.seal import manifest as mf
 from segue.seal.errors import ManifestError
@@ -168,3 +171,33 @@ def test_fsck_reports_a_garbage_manifest_and_goes_on_to_the_next_track(fresh_nod
         "(NOT repaired)" in result.stdout
     assert "checked 2 tracks" in result.stdout
     assert good not in result.stdout  # checked, and nothing wrong with it
+
+
+# --- Finding 6: versions come only from trusted manifests, and are bounded ---------------------
+
+def test_a_version_beyond_max_version_is_refused_when_parsing_and_signing() -> None:
+    _, payload = envelope_and_payload()
+    payload["version"] = 2**53 - 1
+    assert mf.verify(signed(json.dumps(payload).encode()), trusted()).version == 2**53 - 1
+    payload["version"] = 2**53
+    with pytest.raises(ManifestError, match="version must be at least 1 and at most"):
+        mf.verify(signed(json.dumps(payload).encode()), trusted())
+    manifest = mf.verify(good_manifest(), trusted())
+    with pytest.raises(ManifestError, match=f"version {2**63 - 1} is not between"):
+        mf.sign(dataclasses.replace(manifest, version=2**63 - 1), packager())
+
+
+def test_pack_ignores_the_version_of_an_unsigned_manifest_planted_in_the_store(
+        fresh_node: Node, tmp_path: Path) -> None:
+    source = make_tone(tmp_path / "t.mp3", MP3, seconds=2, title="t")
+    path = fresh_node.root / "store" / layout.manifest_path(track_id_of(source))
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({
+        "segue_manifest": 1, "signatures": [],
+        "payload": mf.b64e(json.dumps({"version": 2**63 - 1}).encode())}))
+    (track,) = fresh_node.pack(source)
+    packager = keys.load_public_key(fresh_node.root / "keys" / "packager-ed25519.pem.pub")
+    assert mf.verify(path.read_bytes(), {keys.key_id(packager): packager}).version == 1
+    fresh_node.start()
+    with urllib.request.urlopen(fresh_node.url(track, fresh_node.token()), timeout=20) as r:
+        assert r.read() == source.read_bytes()

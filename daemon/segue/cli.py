@@ -242,17 +242,23 @@ def cmd_pack(args: argparse.Namespace) -> int:
     from segue.media import MediaError
     from segue.packer import Packer
     from segue.progress import Progress
-    from segue.seal.keyring import load_recipients, load_signing_key
+    from segue.seal.keyring import load_recipients, load_signing_key, load_trusted_packagers
+    from segue.seal.keys import key_id
     from segue.storage.shares import open_shares
 
     settings = _load(args)
     signer = load_signing_key(settings.packer.signing_key, "packer.signing_key", settings)
+    # Manifests signed by this packager or one the edges trust number the next version.
+    trusted = {key_id(signer.public_key()): signer.public_key()}
+    if settings.seal.trusted_packagers:
+        trusted.update(load_trusted_packagers(settings))
     packer = Packer(
         shares=open_shares(settings),
         catalogue=Catalogue.create(settings.catalogue_path),
         signer=signer,
         recipients=load_recipients(settings),
         chunk_size=settings.packer.chunk_size,
+        trusted=trusted,
     )
     from segue.plugins import PluginHost
 

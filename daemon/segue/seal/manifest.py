@@ -27,6 +27,9 @@ from segue.seal.wrap import WrappedKey
 
 FORMAT = 1
 MAX_CONTENT_VERSION = 2**64 - 1
+# Manifest versions are stored in SQLite (64-bit) and incremented; 2^53 - 1 is also the largest
+# integer that every JSON reader holds exactly.
+MAX_VERSION = 2**53 - 1
 # Chunks are held whole in memory by readers; 64 MiB bounds what a manifest can ask for.
 MAX_CHUNK_SIZE = 64 * 1024 * 1024
 ED25519 = "Ed25519"
@@ -120,6 +123,9 @@ class Manifest:
 
 def sign(manifest: Manifest, signer: PrivateKeyTypes) -> bytes:
     """Return the manifest file bytes: the payload signed with an Ed25519 or P-256 key."""
+    if not 1 <= manifest.version <= MAX_VERSION:
+        raise ManifestError(f"track {manifest.track_id}: version {manifest.version} is not "
+                            f"between 1 and {MAX_VERSION}; readers would refuse the manifest")
     payload = manifest.payload()
     message = SIGNATURE_LABEL + payload
     if isinstance(signer, ed25519.Ed25519PrivateKey):
@@ -211,7 +217,7 @@ def _parse_payload(payload: bytes) -> Manifest:
     meta = _object(_required(doc, "meta"), "manifest payload field meta")
     manifest = Manifest(
         track_id=_str(doc, "track_id"),
-        version=_int(doc, "version", 1),
+        version=_int(doc, "version", 1, MAX_VERSION),
         content_version=_int(doc, "content_version", 1, MAX_CONTENT_VERSION),
         created=_int(doc, "created", 0, default=0),
         size=_int(doc, "size", 0),
@@ -342,18 +348,6 @@ def _kind(value: Any) -> str:
     """A JSON value's type for an error message (the value itself may be huge or hostile)."""
     return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
             list: "a list", dict: "an object", type(None): "null"}.get(type(value), "a value")
-
-
-def peek_version(data: bytes) -> int:
-    """The `version` of a manifest file, unverified (0 if unreadable).
-
-    Only for choosing the next version number when re-packing; never for trusting anything.
-    """
-    try:
-        version = json.loads(b64d(json.loads(data)["payload"]))["version"]
-    except (ValueError, KeyError, TypeError, ManifestError):
-        return 0
-    return version if type(version) is int else 0
 
 
 def check_not_rolled_back(manifest: Manifest, accepted_version: int | None) -> None:
