@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import subprocess
 import urllib.request
 from functools import cache
 from pathlib import Path
@@ -15,11 +16,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import MP3, Node, make_tone, segue
+from segue.catalogue import Catalogue
 from segue.media import track_id_of
 from segue.seal import keys
 from segue.seal import manifest as mf
 from segue.seal.errors import ManifestError
-from segue.seal.track import TrackSealer
+from segue.seal.track import TrackSealer, rewrap
 from segue.storage import layout
 
 TRACK = "0123456789abcdef0123456789abcdef"
@@ -201,3 +203,88 @@ def test_pack_ignores_the_version_of_an_unsigned_manifest_planted_in_the_store(
     fresh_node.start()
     with urllib.request.urlopen(fresh_node.url(track, fresh_node.token()), timeout=20) as r:
         assert r.read() == source.read_bytes()
+
+
+# --- Finding 2: fsck --repair never spreads a wrong manifest -----------------------------------
+
+def local_shares(node: Node, names: tuple[str, ...] = ("a", "b", "c")) -> dict[str, Path]:
+    """Make the node store its tracks on several local directories (2 replicas of each chunk)."""
+    dirs = {name: node.root / f"share-{name}" for name in names}
+    for d in dirs.values():
+        d.mkdir()
+    tables = "".join(f'\n[[store.shares]]\nname = "{n}"\nurl = "{d}"\n' for n, d in dirs.items())
+    node.conf.write_text(node.conf.read_text().replace(
+        '[store]\npath = "store"\n', f"[store]\nreplicas = 2\n{tables}"))
+    return dirs
+
+
+def next_version(node: Node, manifest: bytes) -> bytes:
+    """The manifest re-wrapped as its next version, signed by the node's packager."""
+    packager = keys.load_private_key(node.root / "keys" / "packager-ed25519.pem")
+    edge = keys.load_private_key(node.root / "keys" / "edge-x25519.pem")
+    return rewrap(manifest, {keys.key_id(packager.public_key()): packager.public_key()},
+                  {keys.key_id(edge.public_key()): edge}, [edge.public_key()], packager)
+
+
+def fsck(node: Node, *args: str) -> subprocess.CompletedProcess:
+    return segue("fsck", "--config", node.conf, *args, check=False)
+
+
+def test_fsck_repair_never_copies_another_tracks_manifest_over_good_ones(
+        fresh_node: Node, tmp_path: Path) -> None:
+    shares = local_shares(fresh_node)
+    track, other = fresh_node.pack(
+        make_tone(tmp_path / "a.mp3", MP3, seconds=2, freq=440, title="a"),
+        make_tone(tmp_path / "b.mp3", MP3, seconds=2, freq=550, title="b"))
+    good = (shares["b"] / layout.manifest_path(track)).read_bytes()
+    # A validly signed, newer manifest of the other track, copied into this track's folder.
+    planted = next_version(fresh_node, (shares["a"] / layout.manifest_path(other)).read_bytes())
+    (shares["a"] / layout.manifest_path(track)).write_bytes(planted)
+
+    result = fsck(fresh_node, "--repair")
+    assert f"{track} on a: manifest invalid: it is the manifest of track {other} (repaired)" \
+        in result.stdout
+    assert "1 problems, 1 repaired" in result.stdout, result.stdout + result.stderr
+    assert result.returncode == 0
+    for share in shares.values():
+        assert (share / layout.manifest_path(track)).read_bytes() == good
+    assert fsck(fresh_node).returncode == 0
+
+
+def test_fsck_refuses_manifests_older_than_the_version_the_node_accepted(
+        fresh_node: Node, tmp_path: Path) -> None:
+    (track,) = fresh_node.pack(make_tone(tmp_path / "a.mp3", MP3, seconds=2, title="a"))
+    path = fresh_node.root / "store" / layout.manifest_path(track)
+    version_1 = path.read_bytes()
+    path.write_bytes(next_version(fresh_node, version_1))
+    Catalogue(fresh_node.root / "catalogue.sqlite").accept_version(track, 2)  # served as v2
+    path.write_bytes(version_1)  # a storage attacker replays version 1
+
+    result = fsck(fresh_node, "--repair")
+    assert result.returncode == 1
+    assert f"{track} on local: manifest invalid: track {track}: manifest version 1 is older " \
+        "than version 2 already accepted; no valid copy on any share (NOT repaired)" \
+        in result.stdout
+    assert path.read_bytes() == version_1
+
+
+def test_fsck_repair_replaces_a_valid_older_manifest_only_when_asked_to(
+        fresh_node: Node, tmp_path: Path) -> None:
+    shares = local_shares(fresh_node)
+    (track,) = fresh_node.pack(make_tone(tmp_path / "a.mp3", MP3, seconds=2, title="a"))
+    older = shares["a"] / layout.manifest_path(track)
+    version_1 = older.read_bytes()
+    version_2 = next_version(fresh_node, version_1)
+    for name in ("b", "c"):
+        (shares[name] / layout.manifest_path(track)).write_bytes(version_2)
+
+    kept = fsck(fresh_node, "--repair")
+    assert kept.returncode == 1
+    assert f"{track} on a: manifest version 1 older than 2 (a valid copy: --repair " \
+        "--replace-older replaces it) (NOT repaired)" in kept.stdout
+    assert older.read_bytes() == version_1
+    replaced = fsck(fresh_node, "--repair", "--replace-older")
+    assert replaced.returncode == 0, replaced.stdout + replaced.stderr
+    assert f"{track} on a: manifest version 1 older than 2 (repaired)" in replaced.stdout
+    assert older.read_bytes() == version_2
+    assert "--replace-older works with --repair only" in fsck(fresh_node, "--replace-older").stderr

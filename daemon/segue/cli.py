@@ -73,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fsck", help="check (and repair) manifests and chunks on every share")
     p.add_argument("--config", required=True, type=Path, metavar="CONF")
     p.add_argument("--repair", action="store_true", help="rewrite bad copies from good ones")
+    p.add_argument("--replace-older", action="store_true",
+                   help="with --repair, also replace valid manifests older than the newest")
     p.add_argument("--track", metavar="ID", help="check only this track")
 
     p = sub.add_parser("plugins", help="list plugins: name, version, hooks, health")
@@ -415,6 +417,7 @@ def _live_health(settings: Settings) -> dict[str, dict[str, str]]:
 
 
 def cmd_fsck(args: argparse.Namespace) -> int:
+    from segue.catalogue import Catalogue
     from segue.seal.keyring import load_trusted_packagers
     from segue.seal.manifest import is_track_id
     from segue.storage.fsck import check
@@ -423,10 +426,15 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     settings = _load(args)
     if args.track is not None and not is_track_id(args.track):
         raise UsageError(f"--track: {args.track!r} is not a track id")
+    if args.replace_older and not args.repair:
+        raise UsageError("--replace-older works with --repair only")
     trusted = load_trusted_packagers(settings)
     shares = open_shares(settings)
-    report = check(shares, trusted, track_ids=None if args.track is None else [args.track],
-                   repair=args.repair, report_problem=lambda p: print(p, flush=True))
+    catalogue = Catalogue.create(settings.catalogue_path)
+    report = check(shares, trusted, accepted_version=catalogue.accepted_version,
+                   track_ids=None if args.track is None else [args.track],
+                   repair=args.repair, replace_older=args.replace_older,
+                   report_problem=lambda p: print(p, flush=True))
     problems = report.problems or []
     print(f"checked {report.tracks} tracks, {report.chunks} chunks on {len(shares.shares)} "
           f"shares: {len(problems)} problems, {len(problems) - len(report.unrepaired)} repaired")
