@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
+import socket
 import subprocess
 import urllib.request
 from functools import cache
@@ -23,6 +25,7 @@ from segue.seal import manifest as mf
 from segue.seal.errors import ManifestError
 from segue.seal.track import TrackSealer, rewrap
 from segue.storage import layout
+from segue.systemd import Notifier
 
 TRACK = "0123456789abcdef0123456789abcdef"
 
@@ -288,3 +291,24 @@ def test_fsck_repair_replaces_a_valid_older_manifest_only_when_asked_to(
     assert f"{track} on a: manifest version 1 older than 2 (repaired)" in replaced.stdout
     assert older.read_bytes() == version_2
     assert "--replace-older works with --repair only" in fsck(fresh_node, "--replace-older").stderr
+
+
+# --- Finding 7: STATUS= texts cannot inject other sd_notify assignments ------------------------
+
+def test_status_texts_lose_their_control_characters(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify.sock"))
+    sock.settimeout(5)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
+    try:
+        notifier = Notifier()
+        notifier.ready("degraded: haproxy: backend said\nWATCHDOG=trigger")
+        assert sock.recv(4096).decode().splitlines() == [
+            "READY=1", "STATUS=degraded: haproxy: backend said WATCHDOG=trigger",
+            f"MAINPID={os.getpid()}"]
+        notifier.status("degraded: haproxy: \r\nREADY=0\x00\x1b[2J\x85end")
+        assert sock.recv(4096).decode().splitlines() == [
+            "STATUS=degraded: haproxy:  READY=0 [2J end"]
+    finally:
+        sock.close()
