@@ -312,3 +312,19 @@ def test_status_texts_lose_their_control_characters(tmp_path: Path,
             "STATUS=degraded: haproxy:  READY=0 [2J end"]
     finally:
         sock.close()
+
+
+# --- Finding 8: init never overwrites a key file without --force ------------------------------
+
+def test_init_over_a_node_without_its_config_keeps_the_keys(tmp_path: Path) -> None:
+    root = tmp_path / "n"
+    segue("init", root)
+    (root / "segued.toml").rename(tmp_path / "moved.toml")
+    before = {p: p.read_bytes() for p in (root / "keys").iterdir()}
+    again = segue("init", root, check=False)
+    assert again.returncode == 2
+    assert again.stderr.splitlines() == [
+        f"segue: {root / 'keys' / 'edge-x25519.pem'} exists; refusing to overwrite it (--force "
+        "makes a new node over it, replacing its keys, store and catalogue)"]
+    assert {p: p.read_bytes() for p in (root / "keys").iterdir()} == before
+    assert not (root / "segued.toml").exists()

@@ -157,21 +157,28 @@ def cmd_init(args: argparse.Namespace) -> int:
         raise UsageError(f"--listen: {e}") from None
     root: Path = args.dir.resolve()
     conf = root / "segued.toml"
-    if conf.exists() and not args.force:
-        raise UsageError(f"{conf} exists; use --force to make a new node over it")
+    keys = {root / "keys" / f"{role}-{key_type}.pem": (role, key_type)
+            for role, key_type in (("edge", "x25519"), ("edge", "rsa"), ("packager", "ed25519"),
+                                   ("auth", "ed25519"))}
+    store = root / "store"
+    catalogue_path = root / "catalogue.sqlite"
+    if not args.force:
+        # Checked before writing anything: a node whose segued.toml was moved away still has
+        # keys that its sealed tracks need.
+        for path in (conf, *keys, *(k.with_name(k.name + ".pub") for k in keys), store,
+                     catalogue_path):
+            if path.exists():
+                raise UsageError(f"{path} exists; refusing to overwrite it (--force makes a new "
+                                 "node over it, replacing its keys, store and catalogue)")
     root.mkdir(parents=True, exist_ok=True)
     made = []
-    for role, key_type in (("edge", "x25519"), ("edge", "rsa"), ("packager", "ed25519"),
-                           ("auth", "ed25519")):
-        path = root / "keys" / f"{role}-{key_type}.pem"
-        kid = write_key_pair(generate(key_type), path, overwrite=True)
+    for path, (role, key_type) in keys.items():
+        kid = write_key_pair(generate(key_type), path, overwrite=args.force)
         made.append(f"{path} ({role} {key_type} key, id {kid})")
-    store = root / "store"
     if args.force and store.exists():
         # The old chunks were sealed for the old keys; nothing could open them any more.
         shutil.rmtree(store)
     store.mkdir()
-    catalogue_path = root / "catalogue.sqlite"
     for stale in (catalogue_path, root / "catalogue.sqlite-wal", root / "catalogue.sqlite-shm"):
         stale.unlink(missing_ok=True)
     Catalogue.create(catalogue_path).close()
