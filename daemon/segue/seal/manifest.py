@@ -190,9 +190,8 @@ def verify(data: bytes, trusted: Mapping[str, PublicKeyTypes]) -> Manifest:
             public, alg, b64d(entry.get("sig", "")), message
         ):
             return _parse_payload(payload)
-    raise ManifestError(
-        f"manifest carries no valid signature by a trusted packager key ({', '.join(signers)})"
-    )
+    named = ", ".join(signers[:4]) + (f" and {len(signers) - 4} more" if len(signers) > 4 else "")
+    raise ManifestError(f"manifest carries no valid signature by a trusted packager key ({named})")
 
 
 def _loads(data: bytes, what: str) -> Any:
