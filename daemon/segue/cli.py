@@ -73,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fsck", help="check (and repair) manifests and chunks on every share")
     p.add_argument("--config", required=True, type=Path, metavar="CONF")
     p.add_argument("--repair", action="store_true", help="rewrite bad copies from good ones")
+    p.add_argument("--replace-older", action="store_true",
+                   help="with --repair, also replace valid manifests older than the newest")
     p.add_argument("--track", metavar="ID", help="check only this track")
 
     p = sub.add_parser("plugins", help="list plugins: name, version, hooks, health")
@@ -162,21 +164,28 @@ def cmd_init(args: argparse.Namespace) -> int:
         raise UsageError(f"--listen: {e}") from None
     root: Path = args.dir.resolve()
     conf = root / "segued.toml"
-    if conf.exists() and not args.force:
-        raise UsageError(f"{conf} exists; use --force to make a new node over it")
+    keys = {root / "keys" / f"{role}-{key_type}.pem": (role, key_type)
+            for role, key_type in (("edge", "x25519"), ("edge", "rsa"), ("packager", "ed25519"),
+                                   ("auth", "ed25519"))}
+    store = root / "store"
+    catalogue_path = root / "catalogue.sqlite"
+    if not args.force:
+        # Checked before writing anything: a node whose segued.toml was moved away still has
+        # keys that its sealed tracks need.
+        for path in (conf, *keys, *(k.with_name(k.name + ".pub") for k in keys), store,
+                     catalogue_path):
+            if path.exists():
+                raise UsageError(f"{path} exists; refusing to overwrite it (--force makes a new "
+                                 "node over it, replacing its keys, store and catalogue)")
     root.mkdir(parents=True, exist_ok=True)
     made = []
-    for role, key_type in (("edge", "x25519"), ("edge", "rsa"), ("packager", "ed25519"),
-                           ("auth", "ed25519")):
-        path = root / "keys" / f"{role}-{key_type}.pem"
-        kid = write_key_pair(generate(key_type), path, overwrite=True)
+    for path, (role, key_type) in keys.items():
+        kid = write_key_pair(generate(key_type), path, overwrite=args.force)
         made.append(f"{path} ({role} {key_type} key, id {kid})")
-    store = root / "store"
     if args.force and store.exists():
         # The old chunks were sealed for the old keys; nothing could open them any more.
         shutil.rmtree(store)
     store.mkdir()
-    catalogue_path = root / "catalogue.sqlite"
     for stale in (catalogue_path, root / "catalogue.sqlite-wal", root / "catalogue.sqlite-shm"):
         stale.unlink(missing_ok=True)
     Catalogue.create(catalogue_path).close()
@@ -246,20 +255,26 @@ def _load(args: argparse.Namespace) -> Settings:
 
 def cmd_pack(args: argparse.Namespace) -> int:
     from segue.catalogue import Catalogue
-    from segue.configured_keys import load_recipients, load_signing_key
+    from segue.configured_keys import load_recipients, load_signing_key, load_trusted_packagers
     from segue.media import MediaError
     from segue.packer import Packer
     from segue.progress import Progress
+    from segue.seal.keys import key_id
     from segue.wiring import open_shares
 
     settings = _load(args)
     signer = load_signing_key(settings.packer.signing_key, "packer.signing_key", settings)
+    # Manifests signed by this packager or one the edges trust number the next version.
+    trusted = {key_id(signer.public_key()): signer.public_key()}
+    if settings.seal.trusted_packagers:
+        trusted.update(load_trusted_packagers(settings))
     packer = Packer(
         shares=open_shares(settings),
         catalogue=Catalogue.create(settings.catalogue_path),
         signer=signer,
         recipients=load_recipients(settings),
         chunk_size=settings.packer.chunk_size,
+        trusted=trusted,
     )
     from segue.plugin_host import PluginHost
 
@@ -418,6 +433,7 @@ def _live_health(settings: Settings) -> dict[str, dict[str, str]]:
 
 
 def cmd_fsck(args: argparse.Namespace) -> int:
+    from segue.catalogue import Catalogue
     from segue.configured_keys import load_trusted_packagers
     from segue.seal.manifest import is_track_id
     from segue.storage.fsck import check
@@ -426,10 +442,15 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     settings = _load(args)
     if args.track is not None and not is_track_id(args.track):
         raise UsageError(f"--track: {args.track!r} is not a track id")
+    if args.replace_older and not args.repair:
+        raise UsageError("--replace-older works with --repair only")
     trusted = load_trusted_packagers(settings)
     shares = open_shares(settings)
-    report = check(shares, trusted, track_ids=None if args.track is None else [args.track],
-                   repair=args.repair, report_problem=lambda p: print(p, flush=True))
+    catalogue = Catalogue.create(settings.catalogue_path)
+    report = check(shares, trusted, accepted_version=catalogue.accepted_version,
+                   track_ids=None if args.track is None else [args.track],
+                   repair=args.repair, replace_older=args.replace_older,
+                   report_problem=lambda p: print(p, flush=True))
     problems = report.problems or []
     print(f"checked {report.tracks} tracks, {report.chunks} chunks on {len(shares.shares)} "
           f"shares: {len(problems)} problems, {len(problems) - len(report.unrepaired)} repaired")

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
 
 from segue.catalogue import Catalogue, TrackRecord
 from segue.media import MediaError, probe, track_id_of
 from segue.seal.chunks import chunk_count
-from segue.seal.manifest import peek_version
+from segue.seal.errors import ManifestError
+from segue.seal.manifest import verify
 from segue.seal.track import TrackSealer
 from segue.storage.errors import NotInStoreError
 from segue.storage.placement import placement
 from segue.storage.shares import Share, ShareSet
+
+log = structlog.get_logger("segue.packer")
 
 
 @dataclass(frozen=True)
@@ -30,13 +34,15 @@ class Packed:
 
 @dataclass(frozen=True)
 class Packer:
-    """Everything packing needs: where to put tracks, whom to wrap keys for, who signs."""
+    """Everything packing needs: where to put tracks, whom to wrap keys for, who signs, and
+    whose manifests already in the store count when numbering a new version (`trusted`)."""
 
     shares: ShareSet
     catalogue: Catalogue
     signer: PrivateKeyTypes
     recipients: Sequence[PublicKeyTypes]
     chunk_size: int
+    trusted: Mapping[str, PublicKeyTypes]
 
     def pack(self, path: Path, progress: Callable[[int], None] | None = None) -> Packed:
         """Pack one file; packing a file that is already packed changes nothing.
@@ -90,10 +96,19 @@ class Packer:
         return share
 
     def _next_version(self, track_id: str) -> int:
+        """One above the version the catalogue accepted and those of the track's manifests in
+        the store that verify against the trusted packager keys. An unverified manifest does
+        not count: anyone who can write to a share could plant a huge version in it."""
         versions = [self.catalogue.accepted_version(track_id) or 0]
         for share in self.shares.shares:
             try:
-                versions.append(peek_version(share.store.read_manifest(track_id)))
+                manifest = verify(share.store.read_manifest(track_id), self.trusted)
             except NotInStoreError:
                 continue
+            except ManifestError as e:
+                log.warning("manifest in the store ignored for the version number",
+                            track=track_id, share=share.name, error=str(e))
+                continue
+            if manifest.track_id == track_id:
+                versions.append(manifest.version)
         return max(versions) + 1

@@ -7,9 +7,14 @@ a terminal, under systemd, and in tests that own a notify socket.
 from __future__ import annotations
 
 import os
+import re
 import time
 
 from systemd import daemon
+
+# sd_notify messages are newline-separated assignments: a line break in a STATUS text (a health
+# reason can quote what a plugin's backend answered) would add assignments of its own.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
 
 
 class Notifier:
@@ -24,14 +29,15 @@ class Notifier:
             daemon.notify("\n".join(lines))
 
     def ready(self, status: str) -> None:
-        self._last_status = status
-        self._send("READY=1", f"STATUS={status}", f"MAINPID={os.getpid()}")
+        self._last_status = _one_line(status)
+        self._send("READY=1", f"STATUS={self._last_status}", f"MAINPID={os.getpid()}")
 
     def status(self, status: str) -> None:
         """Update STATUS= (only when it changed, so a steady node sends nothing)."""
-        if status != self._last_status:
-            self._last_status = status
-            self._send(f"STATUS={status}")
+        line = _one_line(status)
+        if line != self._last_status:
+            self._last_status = line
+            self._send(f"STATUS={line}")
 
     def reloading(self) -> None:
         usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
@@ -42,6 +48,11 @@ class Notifier:
 
     def watchdog(self) -> None:
         self._send("WATCHDOG=1")
+
+
+def _one_line(text: str) -> str:
+    """`text` with each run of control characters (line breaks among them) made one space."""
+    return _CONTROL.sub(" ", text)
 
 
 def watchdog_interval() -> float | None:

@@ -1,8 +1,11 @@
 """`segue fsck`: every manifest signature and every chunk digest on every share.
 
 Needs no private key: manifests are checked against the trusted packager keys and chunks
-against the SHA-256 digests the signed manifest lists. With repair, a missing or bad copy is
-rewritten from a good one (the newest valid manifest; a chunk copy whose digest matches).
+against the SHA-256 digests the signed manifest lists. A manifest copy is valid only if it also
+names the track whose folder holds it and is not older than the version this node accepted
+(rollback protection), as the edge itself would check. With repair, a missing or bad copy is
+rewritten from a good one (the newest valid manifest; a chunk copy whose digest matches); a
+valid but older manifest copy is replaced only when asked for, never on fsck's own judgement.
 """
 
 from __future__ import annotations
@@ -50,11 +53,18 @@ def check(
     shares: ShareSet,
     trusted: Mapping[str, PublicKeyTypes],
     *,
+    accepted_version: Callable[[str], int | None],
     track_ids: Iterable[str] | None = None,
     repair: bool = False,
+    replace_older: bool = False,
     report_problem: Callable[[Problem], None] = lambda p: None,
 ) -> Report:
-    """Check (and with `repair`, mend) the given tracks, or every track on any share."""
+    """Check (and with `repair`, mend) the given tracks, or every track on any share.
+
+    `accepted_version` gives the newest manifest version the node accepted for a track (the
+    catalogue's); older copies are rollbacks. `replace_older` lets repair also overwrite a
+    valid copy whose version is older than the newest valid one.
+    """
     if track_ids is None:
         found: set[str] = set()
         for share in shares.shares:
@@ -70,7 +80,8 @@ def check(
 
     for track_id in track_ids:
         report.tracks += 1
-        manifest = _check_manifests(shares, trusted, track_id, repair, problem)
+        manifest = _check_manifests(shares, trusted, accepted_version(track_id), track_id,
+                                    repair, replace_older, problem)
         if manifest is None:
             continue
         for index, digest in enumerate(manifest.chunk_digests):
@@ -82,25 +93,33 @@ def check(
 def _check_manifests(
     shares: ShareSet,
     trusted: Mapping[str, PublicKeyTypes],
+    accepted: int | None,
     track_id: str,
     repair: bool,
+    replace_older: bool,
     problem: Callable[[Problem], None],
 ) -> mf.Manifest | None:
-    """The newest valid manifest of a track; copies that are missing, bad or older are
-    problems (rewritten from the newest with `repair`)."""
+    """The newest valid manifest of a track. Copies that are missing or invalid are problems,
+    rewritten from the newest with `repair`; older valid copies too, but rewritten only with
+    `replace_older` as well."""
     raw: dict[str, bytes] = {}
     states: dict[str, str] = {}
     valid: dict[str, mf.Manifest] = {}
     for share in shares.shares:
         try:
-            raw[share.name] = share.store.read_manifest(track_id)
-            valid[share.name] = mf.verify(raw[share.name], trusted)
+            data = share.store.read_manifest(track_id)
+            manifest = mf.verify(data, trusted)
+            if manifest.track_id != track_id:
+                raise ManifestError(f"it is the manifest of track {manifest.track_id}")
+            mf.check_not_rolled_back(manifest, accepted)
         except NotInStoreError:
             states[share.name] = "missing"
         except StoreError as e:
             states[share.name] = f"unreadable: {e}"
         except ManifestError as e:
             states[share.name] = f"invalid: {e}"
+        else:
+            raw[share.name], valid[share.name] = data, manifest
     if not valid:
         for name, state in states.items():
             problem(Problem(track_id, name, f"manifest {state}; no valid copy on any share"))
@@ -108,12 +127,18 @@ def _check_manifests(
     newest = max(valid, key=lambda name: valid[name].version)
     best, data = valid[newest], raw[newest]
     for share in shares.shares:
-        if share.name in valid and valid[share.name].version == best.version:
+        copy = valid.get(share.name)
+        if copy is None:
+            found, rewrite = Problem(track_id, share.name, f"manifest {states[share.name]}"), repair
+        elif copy.version < best.version:
+            found = Problem(track_id, share.name,
+                            f"manifest version {copy.version} older than {best.version}")
+            rewrite = repair and replace_older
+            if not rewrite:
+                found.what += " (a valid copy: --repair --replace-older replaces it)"
+        else:
             continue
-        what = (f"manifest version {valid[share.name].version} older than {best.version}"
-                if share.name in valid else f"manifest {states[share.name]}")
-        found = Problem(track_id, share.name, what)
-        if repair:
+        if rewrite:
             found.repaired = _write(share, lambda store: store.write_manifest(track_id, data))
         problem(found)
     return best

@@ -1,0 +1,330 @@
+"""Regressions of the security review: each test fails on the code before its fix."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import socket
+import subprocess
+import urllib.request
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import MP3, Node, make_tone, segue
+from segue.catalogue import Catalogue
+from segue.media import track_id_of
+from segue.seal import keys
+from segue.seal import manifest as mf
+from segue.seal.errors import ManifestError
+from segue.seal.track import TrackSealer, rewrap
+from segue.storage import layout
+from segue.systemd import Notifier
+
+TRACK = "0123456789abcdef0123456789abcdef"
+
+
+@cache
+def packager() -> Any:
+    return keys.generate("ed25519")
+
+
+@cache
+def recipient() -> Any:
+    return keys.generate("x25519")
+
+
+def trusted() -> dict[str, Any]:
+    return {keys.key_id(packager().public_key()): packager().public_key()}
+
+
+@cache
+def good_manifest() -> bytes:
+    """A valid manifest of a three-chunk track, with the placement `segue pack` writes."""
+    data = bytes(range(250))
+    sealer = TrackSealer(TRACK, len(data), 100)
+    for i in range(sealer.count):
+        sealer.seal_chunk(i, data[i * 100:(i + 1) * 100])
+    return sealer.manifest(mf.TrackMeta(title="t", mime="audio/mpeg"), [recipient().public_key()],
+                           packager(), extra={"placement": {"shares": ["a"], "replicas": 1}})
+
+
+def envelope_and_payload() -> tuple[dict[str, Any], dict[str, Any]]:
+    envelope = json.loads(good_manifest())
+    return envelope, json.loads(mf.b64d(envelope["payload"]))
+
+
+def signed(payload: bytes, envelope: dict[str, Any] | None = None) -> bytes:
+    """Manifest file bytes around `payload`, validly signed by the trusted packager: only
+    then does the parser look inside the payload."""
+    envelope = dict(envelope or json.loads(good_manifest()))
+    envelope["payload"] = mf.b64e(payload)
+    envelope["signatures"] = [{
+        "key_id": keys.key_id(packager().public_key()), "alg": mf.ED25519,
+        "sig": mf.b64e(packager().sign(mf.SIGNATURE_LABEL + payload)),
+    }]
+    return json.dumps(envelope).encode()
+
+
+def verify_or_refuse(data: bytes) -> None:
+    """verify() may accept or refuse with ManifestError; any other exception fails the test."""
+    with contextlib.suppress(ManifestError):
+        mf.verify(data, trusted())
+
+
+# --- Finding 3: a manifest of any shape is refused with ManifestError, never crashes ---------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.integers(min_value=2**60)
+    | st.floats() | st.text(max_size=40) | st.binary(max_size=40).map(mf.b64e),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                max_size=4),
+    max_leaves=12,
+)
+_ENVELOPE, _PAYLOAD = envelope_and_payload()
+# Every field a reader looks at: (where, key). "meta" and "recipients" are inside the payload.
+FIELDS = (
+    [("envelope", k) for k in _ENVELOPE]
+    + [("signature", k) for k in _ENVELOPE["signatures"][0]]
+    + [("payload", k) for k in _PAYLOAD]
+    + [("meta", k) for k in _PAYLOAD["meta"]]
+    + [("recipient", k) for k in _PAYLOAD["recipients"][0]]
+    + [("payload", "unknown"), ("payload", "nan")]
+)
+
+
+def mutate(where: str, key: str, value: Any, delete: bool) -> bytes:
+    envelope, payload = envelope_and_payload()
+    target = {"envelope": envelope, "signature": envelope["signatures"][0], "payload": payload,
+              "meta": payload["meta"], "recipient": payload["recipients"][0]}[where]
+    if delete:
+        target.pop(key, None)
+    else:
+        target[key] = value
+    if where in ("envelope", "signature"):
+        return json.dumps(envelope).encode()
+    return signed(json.dumps(payload).encode())
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(field=st.sampled_from(FIELDS), value=json_values, delete=st.booleans())
+def test_any_value_in_any_manifest_field_is_refused_with_manifest_error(
+        field: tuple[str, str], value: Any, delete: bool) -> None:
+    verify_or_refuse(mutate(*field, value, delete))
+
+
+@settings(max_examples=100, deadline=None)
+@given(document=json_values)
+def test_any_json_document_as_envelope_or_payload_is_refused_with_manifest_error(
+        document: Any) -> None:
+    text = json.dumps(document).encode()
+    verify_or_refuse(text)
+    verify_or_refuse(signed(text))
+
+
+@pytest.mark.parametrize("depth", [1000, 100_000])
+def test_deeply_nested_json_is_a_manifest_error(depth: int) -> None:
+    nested = b"[" * depth + b"]" * depth
+    with pytest.raises(ManifestError, match="not valid JSON"):
+        mf.verify(b'{"segue_manifest": 1, "x": ' + nested + b"}", trusted())
+    with pytest.raises(ManifestError, match="not valid JSON"):
+        mf.verify(signed(b'{"meta": ' + nested + b"}"), trusted())
+
+
+def test_a_list_as_signature_key_id_is_a_manifest_error() -> None:
+    envelope = json.loads(good_manifest())
+    envelope["signatures"].insert(0, {"key_id": ["a"], "alg": mf.ED25519, "sig": ""})
+    data = json.dumps(envelope).encode()
+    assert mf.verify(data, trusted()).track_id == TRACK  # the good signature still counts
+    del envelope["signatures"][1]
+    with pytest.raises(ManifestError, match="malformed key id"):
+        mf.verify(json.dumps(envelope).encode(), trusted())
+
+
+@pytest.mark.parametrize(("where", "key", "value", "error"), [
+    ("meta", "duration_s", float("inf"), "Infinity is not a JSON number"),
+    ("meta", "duration_s", 10**400, "finite"),
+    ("meta", "mime", "audio/mpeg\r\nX-Injected: 1", "printable ASCII"),
+    ("payload", "placement", {"shares": [{"a": 1}], "replicas": 1}, "placement"),
+    ("recipient", "key_id", ["a"], "key_id must be a string"),
+    ("payload", "meta", [], "meta must be a JSON object"),
+], ids=["infinity", "huge-int", "crlf-mime", "placement", "recipient-key-id", "meta-list"])
+def test_fields_of_the_wrong_type_are_named_in_the_error(where: str, key: str, value: Any,
+                                                         error: str) -> None:
+    with pytest.raises(ManifestError, match=error):
+        mf.verify(mutate(where, key, value, delete=False), trusted())
+
+
+def test_fsck_reports_a_garbage_manifest_and_goes_on_to_the_next_track(fresh_node: Node,
+                                                                       tmp_path: Path) -> None:
+    garbage, good = fresh_node.pack(make_tone(tmp_path / "a.mp3", MP3, seconds=2, title="a"),
+                                    make_tone(tmp_path / "b.mp3", MP3, seconds=2, title="b"))
+    path = fresh_node.root / "store" / layout.manifest_path(garbage)
+    envelope = json.loads(path.read_bytes())
+    envelope["signatures"][0]["key_id"] = ["not", "a", "key", "id"]
+    path.write_text(json.dumps(envelope))
+    result = segue("fsck", "--config", fresh_node.conf, check=False)
+    assert result.returncode == 1, result.stderr
+    assert f"{garbage} on local: manifest invalid: manifest carries no valid signature by a " \
+        "trusted packager key ((a malformed key id)); no valid copy on any share " \
+        "(NOT repaired)" in result.stdout
+    assert "checked 2 tracks" in result.stdout
+    assert good not in result.stdout  # checked, and nothing wrong with it
+
+
+# --- Finding 6: versions come only from trusted manifests, and are bounded ---------------------
+
+def test_a_version_beyond_max_version_is_refused_when_parsing_and_signing() -> None:
+    _, payload = envelope_and_payload()
+    payload["version"] = 2**53 - 1
+    assert mf.verify(signed(json.dumps(payload).encode()), trusted()).version == 2**53 - 1
+    payload["version"] = 2**53
+    with pytest.raises(ManifestError, match="version must be at least 1 and at most"):
+        mf.verify(signed(json.dumps(payload).encode()), trusted())
+    manifest = mf.verify(good_manifest(), trusted())
+    with pytest.raises(ManifestError, match=f"version {2**63 - 1} is not between"):
+        mf.sign(dataclasses.replace(manifest, version=2**63 - 1), packager())
+
+
+def test_pack_ignores_the_version_of_an_unsigned_manifest_planted_in_the_store(
+        fresh_node: Node, tmp_path: Path) -> None:
+    source = make_tone(tmp_path / "t.mp3", MP3, seconds=2, title="t")
+    path = fresh_node.root / "store" / layout.manifest_path(track_id_of(source))
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({
+        "segue_manifest": 1, "signatures": [],
+        "payload": mf.b64e(json.dumps({"version": 2**63 - 1}).encode())}))
+    (track,) = fresh_node.pack(source)
+    packager = keys.load_public_key(fresh_node.root / "keys" / "packager-ed25519.pem.pub")
+    assert mf.verify(path.read_bytes(), {keys.key_id(packager): packager}).version == 1
+    fresh_node.start()
+    with urllib.request.urlopen(fresh_node.url(track, fresh_node.token()), timeout=20) as r:
+        assert r.read() == source.read_bytes()
+
+
+# --- Finding 2: fsck --repair never spreads a wrong manifest -----------------------------------
+
+def local_shares(node: Node, names: tuple[str, ...] = ("a", "b", "c")) -> dict[str, Path]:
+    """Make the node store its tracks on several local directories (2 replicas of each chunk)."""
+    dirs = {name: node.root / f"share-{name}" for name in names}
+    for d in dirs.values():
+        d.mkdir()
+    tables = "".join(f'\n[[store.shares]]\nname = "{n}"\nurl = "{d}"\n' for n, d in dirs.items())
+    node.conf.write_text(node.conf.read_text().replace(
+        '[store]\npath = "store"\n', f"[store]\nreplicas = 2\n{tables}"))
+    return dirs
+
+
+def next_version(node: Node, manifest: bytes) -> bytes:
+    """The manifest re-wrapped as its next version, signed by the node's packager."""
+    packager = keys.load_private_key(node.root / "keys" / "packager-ed25519.pem")
+    edge = keys.load_private_key(node.root / "keys" / "edge-x25519.pem")
+    return rewrap(manifest, {keys.key_id(packager.public_key()): packager.public_key()},
+                  {keys.key_id(edge.public_key()): edge}, [edge.public_key()], packager)
+
+
+def fsck(node: Node, *args: str) -> subprocess.CompletedProcess:
+    return segue("fsck", "--config", node.conf, *args, check=False)
+
+
+def test_fsck_repair_never_copies_another_tracks_manifest_over_good_ones(
+        fresh_node: Node, tmp_path: Path) -> None:
+    shares = local_shares(fresh_node)
+    track, other = fresh_node.pack(
+        make_tone(tmp_path / "a.mp3", MP3, seconds=2, freq=440, title="a"),
+        make_tone(tmp_path / "b.mp3", MP3, seconds=2, freq=550, title="b"))
+    good = (shares["b"] / layout.manifest_path(track)).read_bytes()
+    # A validly signed, newer manifest of the other track, copied into this track's folder.
+    planted = next_version(fresh_node, (shares["a"] / layout.manifest_path(other)).read_bytes())
+    (shares["a"] / layout.manifest_path(track)).write_bytes(planted)
+
+    result = fsck(fresh_node, "--repair")
+    assert f"{track} on a: manifest invalid: it is the manifest of track {other} (repaired)" \
+        in result.stdout
+    assert "1 problems, 1 repaired" in result.stdout, result.stdout + result.stderr
+    assert result.returncode == 0
+    for share in shares.values():
+        assert (share / layout.manifest_path(track)).read_bytes() == good
+    assert fsck(fresh_node).returncode == 0
+
+
+def test_fsck_refuses_manifests_older_than_the_version_the_node_accepted(
+        fresh_node: Node, tmp_path: Path) -> None:
+    (track,) = fresh_node.pack(make_tone(tmp_path / "a.mp3", MP3, seconds=2, title="a"))
+    path = fresh_node.root / "store" / layout.manifest_path(track)
+    version_1 = path.read_bytes()
+    path.write_bytes(next_version(fresh_node, version_1))
+    Catalogue(fresh_node.root / "catalogue.sqlite").accept_version(track, 2)  # served as v2
+    path.write_bytes(version_1)  # a storage attacker replays version 1
+
+    result = fsck(fresh_node, "--repair")
+    assert result.returncode == 1
+    assert f"{track} on local: manifest invalid: track {track}: manifest version 1 is older " \
+        "than version 2 already accepted; no valid copy on any share (NOT repaired)" \
+        in result.stdout
+    assert path.read_bytes() == version_1
+
+
+def test_fsck_repair_replaces_a_valid_older_manifest_only_when_asked_to(
+        fresh_node: Node, tmp_path: Path) -> None:
+    shares = local_shares(fresh_node)
+    (track,) = fresh_node.pack(make_tone(tmp_path / "a.mp3", MP3, seconds=2, title="a"))
+    older = shares["a"] / layout.manifest_path(track)
+    version_1 = older.read_bytes()
+    version_2 = next_version(fresh_node, version_1)
+    for name in ("b", "c"):
+        (shares[name] / layout.manifest_path(track)).write_bytes(version_2)
+
+    kept = fsck(fresh_node, "--repair")
+    assert kept.returncode == 1
+    assert f"{track} on a: manifest version 1 older than 2 (a valid copy: --repair " \
+        "--replace-older replaces it) (NOT repaired)" in kept.stdout
+    assert older.read_bytes() == version_1
+    replaced = fsck(fresh_node, "--repair", "--replace-older")
+    assert replaced.returncode == 0, replaced.stdout + replaced.stderr
+    assert f"{track} on a: manifest version 1 older than 2 (repaired)" in replaced.stdout
+    assert older.read_bytes() == version_2
+    assert "--replace-older works with --repair only" in fsck(fresh_node, "--replace-older").stderr
+
+
+# --- Finding 7: STATUS= texts cannot inject other sd_notify assignments ------------------------
+
+def test_status_texts_lose_their_control_characters(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify.sock"))
+    sock.settimeout(5)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
+    try:
+        notifier = Notifier()
+        notifier.ready("degraded: haproxy: backend said\nWATCHDOG=trigger")
+        assert sock.recv(4096).decode().splitlines() == [
+            "READY=1", "STATUS=degraded: haproxy: backend said WATCHDOG=trigger",
+            f"MAINPID={os.getpid()}"]
+        notifier.status("degraded: haproxy: \r\nREADY=0\x00\x1b[2J\x85end")
+        assert sock.recv(4096).decode().splitlines() == [
+            "STATUS=degraded: haproxy:  READY=0 [2J end"]
+    finally:
+        sock.close()
+
+
+# --- Finding 8: init never overwrites a key file without --force ------------------------------
+
+def test_init_over_a_node_without_its_config_keeps_the_keys(tmp_path: Path) -> None:
+    root = tmp_path / "n"
+    segue("init", root)
+    (root / "segued.toml").rename(tmp_path / "moved.toml")
+    before = {p: p.read_bytes() for p in (root / "keys").iterdir()}
+    again = segue("init", root, check=False)
+    assert again.returncode == 2
+    assert again.stderr.splitlines() == [
+        f"segue: {root / 'keys' / 'edge-x25519.pem'} exists; refusing to overwrite it (--force "
+        "makes a new node over it, replacing its keys, store and catalogue)"]
+    assert {p: p.read_bytes() for p in (root / "keys").iterdir()} == before
+    assert not (root / "segued.toml").exists()
