@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import PurePosixPath
+from typing import Protocol
 
 from segue.seal.manifest import is_track_id
 from segue.storage.errors import BadCopyError
@@ -48,3 +49,17 @@ def read_manifest(read_into: Callable[[PurePosixPath, str, bytearray], int],
         raise BadCopyError(f"manifest of track {track_id} is larger than "
                          f"{MANIFEST_MAX_BYTES} bytes: not a manifest")
     return bytes(memoryview(buf)[:length])
+
+
+class _Readable(Protocol):
+    def readinto(self, buf: memoryview) -> int | None: ...
+
+
+def fill(f: _Readable, buf: bytearray) -> int:
+    """Read from `f` into `buf` until it is full or the file ends; the bytes read. (One read
+    may return fewer bytes than asked, on a network share especially.)"""
+    view = memoryview(buf)
+    filled = 0
+    while filled < len(buf) and (n := f.readinto(view[filled:])):
+        filled += n
+    return filled

@@ -63,11 +63,7 @@ class LocalStore:
             with open(fd, "rb", buffering=0) as f:
                 if not stat.S_ISREG(os.fstat(fd).st_mode):
                     raise BadCopyError(f"cannot read {what} from {path}: not a regular file")
-                view = memoryview(buf)
-                filled = 0
-                while filled < len(buf) and (n := f.readinto(view[filled:])):
-                    filled += n
-                return filled
+                return layout.fill(f, buf)
         except OSError as e:
             raise StoreError(f"cannot read {what} from {path}: {e.strerror}") from None
 

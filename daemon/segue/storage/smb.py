@@ -155,11 +155,7 @@ class SmbStore:
             with smbclient.open_file(self._unc(rel), mode="rb",
                                      buffering=0, share_access=READ_SHARING,
                                      **self._session()) as f:
-                view = memoryview(buf)
-                filled = 0
-                while filled < len(buf) and (n := f.readinto(view[filled:])):
-                    filled += n
-                return filled
+                return layout.fill(f, buf)
         except (OSError, SMBException, ValueError) as e:
             raise self._fail(what, e) from None
 
