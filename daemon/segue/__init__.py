@@ -16,6 +16,7 @@ from segue.api import (
     Request,
     Response,
     Route,
+    SessionsView,
     TrackRecord,
 )
 from segue.config import resolve_path
@@ -32,6 +33,7 @@ __all__ = [
     "Request",
     "Response",
     "Route",
+    "SessionsView",
     "TrackRecord",
     "__version__",
     "hookimpl",

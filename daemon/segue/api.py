@@ -32,6 +32,7 @@ __all__ = [
     "Request",
     "Response",
     "Route",
+    "SessionsView",
     "TrackRecord",
 ]
 
@@ -86,6 +87,27 @@ class ReplicationSink(Protocol):
         ...
 
 
+class SessionsView(Protocol):
+    """The node's playback sessions, as a session transport sees them (since API version 2).
+
+    Deltas and states travel in their JSON form: stamped with hybrid logical clocks, merged by
+    rules under which duplicates, reordering and whole states are all harmless.
+    """
+
+    def apply_remote(self, user: str, delta: Mapping[str, Any]) -> bool:
+        """Merge a delta (or a whole state) from another node into `user`'s session; False
+        when it is malformed (dropped and counted). Stamps too far ahead are clamped."""
+        ...
+
+    def digests(self) -> dict[str, str]:
+        """Each listener's state digest: two nodes hold the same state iff digests match."""
+        ...
+
+    def export(self, user: str) -> dict[str, Any] | None:
+        """A listener's whole state (send it to a peer whose digest differs)."""
+        ...
+
+
 class NodeView(Protocol):
     """What hooks may read about the node they run in."""
 
@@ -126,6 +148,11 @@ class NodeView(Protocol):
     @property
     def catalogue(self) -> ReplicationSink:
         """The same as ``replication`` (API version 1's name, kept for old plugins)."""
+        ...
+
+    @property
+    def sessions(self) -> SessionsView:
+        """The playback sessions: the session transports' door (since API version 2)."""
         ...
 
     def plugin_config(self, name: str) -> Mapping[str, Any]:

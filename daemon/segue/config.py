@@ -114,6 +114,15 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "open_tracks": ("int", 1024),
     },
     "log": {"format": ("str", "auto"), "level": ("str", "info")},
+    "sessions": {
+        "path": ("path", "sessions.sqlite"),
+        "ticket_key": ("path", "session-ticket.key"),
+        "device_timeout_s": ("float", 120.0),
+        "commands_per_s": ("float", 20.0),
+        "command_burst": ("int", 40),
+        "heartbeat_s": ("float", 15.0),
+        "max_subscribers": ("int", 20_000),
+    },
     "plugin_host": {
         "allow": ("strs", []),
         "deny": ("strs", []),
@@ -128,6 +137,11 @@ _CHOICES = {
     ("log", "level"): ("debug", "info", "warning", "error"),
 }
 _POSITIVE = {
+    ("sessions", "device_timeout_s"),
+    ("sessions", "commands_per_s"),
+    ("sessions", "command_burst"),
+    ("sessions", "heartbeat_s"),
+    ("sessions", "max_subscribers"),
     ("node", "drain_timeout_s"),
     ("plugin_host", "hook_timeout_s"),
     ("plugin_host", "health_interval_s"),
@@ -237,6 +251,17 @@ class PluginHostSettings:
 
 
 @dataclass(frozen=True)
+class SessionSettings:
+    path: Path
+    ticket_key: Path
+    device_timeout_s: float
+    commands_per_s: float
+    command_burst: int
+    heartbeat_s: float
+    max_subscribers: int
+
+
+@dataclass(frozen=True)
 class Settings:
     """The whole validated configuration of one node."""
 
@@ -253,6 +278,7 @@ class Settings:
     limits: LimitSettings
     log: LogSettings
     plugin_host: PluginHostSettings
+    sessions: SessionSettings
     plugins: dict[str, Any] = field(default_factory=dict)
 
 
@@ -328,6 +354,7 @@ def from_mapping(raw: dict[str, Any], path: Path) -> Settings:
         limits=LimitSettings(**sect("limits")),
         log=LogSettings(**sect("log")),
         plugin_host=PluginHostSettings(**sect("plugin_host")),
+        sessions=SessionSettings(**sect("sessions")),
         plugins=dict(raw.get("plugins", {})),
     )
 

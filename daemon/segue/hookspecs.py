@@ -17,6 +17,8 @@ The order over a node's life::
     -> segue_ready -> segue_services -> segue_health (every health_interval_s)
     -> segue_reload (each SIGHUP) -> segue_drain (SIGTERM) -> segue_stop
 
+``segue_session_changed`` is called after every session change accepted on the node.
+
 Two hooks serve commands rather than the running node: ``segue_catalogue_init`` (``segue
 catalogue init``) and ``segue_track_packed`` (``segue pack``).
 """
@@ -194,6 +196,34 @@ def segue_stop(node: NodeView) -> Awaitable[None] | None:
     Raises: logged with the plugin's name; stopping goes on.
 
     May be async (awaited under hook_timeout_s). Since API version 1.
+    """
+
+
+# --- playback sessions between nodes ------------------------------------------------------------
+
+
+@hookspec
+def segue_session_changed(node: NodeView, user: str, delta: Mapping[str, Any]) -> None:
+    """A listener's session changed on this node: carry the change to the other nodes.
+
+    Called: after every change accepted on this node (a player's command, a device of this
+    node leaving), in the node's main process; not for changes merged from elsewhere with
+    ``node.sessions.apply_remote``, so a transport never echoes what it delivered.
+
+    :param user: the listener (the player token's ``sub``).
+    :param delta: the change as a partial session state in its JSON form, every part stamped
+        with a hybrid logical clock. Deliver it to the other nodes' ``node.sessions.
+        apply_remote(user, delta)``; duplicates, reordering and late arrival are harmless
+        (the merge is commutative, associative and idempotent), and a whole state from
+        ``node.sessions.export(user)`` merges the same way (anti-entropy: compare
+        ``node.sessions.digests()``).
+
+    Return: nothing. Must not block or wait: hand the delta to a service of the plugin through
+    a bounded channel (and count what a full channel drops; anti-entropy repairs it).
+
+    Raises: logged with the plugin's name; the change stands.
+
+    Sync only. Since API version 2.
     """
 
 

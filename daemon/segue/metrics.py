@@ -118,6 +118,33 @@ class Metrics:
             "(started, skipped: no capacity).", ["outcome"], registry=self.registry,
         )
 
+        self.sessions = Gauge(
+            "segue_sessions", "Listeners' sessions this node holds.",
+            registry=self.registry, multiprocess_mode="livemax",
+        )
+        self.session_devices = Gauge(
+            "segue_session_devices", "Devices present in the sessions this node holds.",
+            registry=self.registry, multiprocess_mode="livemax",
+        )
+        self.session_subscribers = Gauge(
+            "segue_session_subscribers", "Session event streams open now.",
+            registry=self.registry, multiprocess_mode="livesum",
+        )
+        self.session_commands = Counter(
+            "segue_session_commands", "Session commands by outcome (applied, duplicate, "
+            "invalid, conflict, limited).", ["outcome"], registry=self.registry,
+        )
+        self.session_remote = Counter(
+            "segue_session_remote_deltas", "Session deltas from other nodes by outcome "
+            "(applied, unchanged, malformed, clamped).", ["outcome"], registry=self.registry,
+        )
+        self.command_to_event = Histogram(
+            "segue_session_command_to_event_seconds",
+            "From a session change accepted to its event written to a subscriber's socket.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=self.registry,
+        )
+
     def child(self, metric: Any, *labels: str) -> Any:
         """`metric.labels(*labels)`, remembered."""
         key = (id(metric), labels)

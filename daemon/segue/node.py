@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import functools
 import gc
+import os
 import signal
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,17 +33,22 @@ import structlog
 import trio
 
 from segue import __version__, config, wiring
-from segue.api import ReplicationSink
+from segue.api import ReplicationSink, SessionsView
 from segue.catalogue import ReplicationView
 from segue.config import ConfigError, Settings, format_address
 from segue.configured_keys import load_edge_keys, load_token_verifier
 from segue.health import Health, worst
 from segue.http.app import EdgeRoutes
-from segue.http.router import Router
+from segue.http.router import Endpoint, Router
 from segue.http.server import serve
+from segue.http.sessions import SessionRoutes, SessionsPort
 from segue.lifecycle import Lifecycle, NodeState
 from segue.metrics import Metrics
 from segue.plugin_host import PluginHost
+from segue.seal.manifest import is_track_id
+from segue.sessions import ipc
+from segue.sessions.ipc import RemoteSessions
+from segue.sessions.state import SessionState
 from segue.storage.probe import probe_shares
 from segue.systemd import Notifier, watchdog_interval
 from segue.workers import MainSide, WorkerSide
@@ -73,6 +80,14 @@ class Node:
             WorkerSide(self._publish_health) if worker
             else MainSide(settings.http.workers, settings.path))
         self._replication = ReplicationView(self.serving.catalogue)
+        self.ticket_key = wiring.ticket_key(settings)
+        # The main process owns the sessions; a worker reaches them through it.
+        self._sessions = None if worker else wiring.open_sessions(settings, self.serving,
+                                                                  self.metrics)
+        if self._sessions is not None:
+            self._sessions.observe_local(self._session_changed)
+        self._sessions_port: SessionsPort | None = (
+            self._sessions or RemoteSessions.from_environment(is_track_id))
         self._addresses: list[tuple[str, int]] = []
         self._stop = trio.Event()
 
@@ -113,6 +128,12 @@ class Node:
     def catalogue(self) -> ReplicationSink:
         return self._replication
 
+    @property
+    def sessions(self) -> SessionsView:
+        if self._sessions is None:
+            raise RuntimeError("a serving worker has no sessions of its own")
+        return self._sessions
+
     def plugin_config(self, name: str) -> Mapping[str, Any]:
         return self.settings.plugins.get(name, {})
 
@@ -129,7 +150,9 @@ class Node:
 
     async def _live(self) -> None:
         routes = await self.host.start(self, self.metrics.registry)
-        router = Router(self._edge_routes().endpoints(), routes)
+        if self._sessions is not None:
+            await self._sessions.load()
+        router = Router([*self._edge_routes().endpoints(), *self._session_routes()], routes)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async with trio.open_nursery() as lifespan:
                 lifespan.start_soon(self._handle_signals, signals, lifespan.cancel_scope)
@@ -140,6 +163,8 @@ class Node:
                         self.lifecycle, self.metrics, self.settings.http, self.tls)
                     self._addresses = [listener.socket.getsockname()[:2] for listener in listeners]
                     port = self._addresses[0][1]
+                    if self._sessions is not None and self.settings.http.workers > 1:
+                        await connections.start(self._serve_sessions_to_workers)
                     await connections.start(self.side.run, (self.settings.http.listen.host, port),
                                             [route.path for route in routes], self._stop.set)
                     async with trio.open_nursery() as services:
@@ -151,14 +176,39 @@ class Node:
                 lifespan.cancel_scope.cancel()
         log.info("stopped")
 
+    def _session_routes(self) -> list[Endpoint]:
+        if self._sessions_port is None:
+            return []
+        sessions = self.settings.sessions
+        return SessionRoutes(
+            sessions=self._sessions_port, auth=self.serving.auth, ticket_key=self.ticket_key,
+            lifecycle=self.lifecycle, metrics=self.metrics, heartbeat_s=sessions.heartbeat_s,
+            max_subscribers=sessions.max_subscribers).endpoints()
+
+    def _session_changed(self, user: str, delta: SessionState) -> None:
+        """A change accepted here: the transports carry it to the other nodes."""
+        self.host.call("segue_session_changed", node=self, user=user, delta=delta.to_json())
+
     def _edge_routes(self) -> EdgeRoutes:
         return EdgeRoutes(node_id=self.node_id, lifecycle=self.lifecycle,
                           catalogue=self.serving.catalogue, library=self.serving.library,
                           auth=self.serving.auth, metrics=self.metrics,
                           limiter=self.serving.limiter, plugins=self.host.describe)
 
+    async def _serve_sessions_to_workers(
+            self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The workers' way to the sessions: a unix socket in a private directory, named to
+        them in the environment they inherit."""
+        assert self._sessions is not None
+        with tempfile.TemporaryDirectory(prefix="segue-sessions-") as private:
+            path = Path(private) / "sessions.sock"
+            os.environ[ipc.SOCKET_ENV] = str(path)
+            await ipc.serve(self._sessions, path, task_status=task_status)
+
     async def _become_ready(self, services: trio.Nursery) -> None:
         await self.host.ready(self, services, self._publish_health)
+        if self._sessions is not None:
+            services.start_soon(self._sessions.run)
         services.start_soon(self.serving.library.prefetch.run)
         await self._check_health()
         services.start_soon(self._health_loop)

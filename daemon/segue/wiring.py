@@ -6,6 +6,8 @@ becomes the plain values and objects that storage, seal and http take.
 
 from __future__ import annotations
 
+import functools
+import sqlite3
 import ssl
 from dataclasses import dataclass
 
@@ -19,10 +21,15 @@ from segue.http.auth import Authorizer
 from segue.metrics import Metrics
 from segue.seal.errors import KeyFileError
 from segue.seal.keys import check_private_file
+from segue.seal.manifest import is_track_id
+from segue.sessions import tickets
+from segue.sessions.service import Sessions
+from segue.sessions.store import SessionStore
 from segue.storage import backends
 from segue.storage.errors import StoreConfigError
 from segue.storage.library import Library
 from segue.storage.shares import ShareSet
+from segue.threads import in_thread
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,40 @@ def open_shares(settings: Settings) -> ShareSet:
         raise ConfigError([
             f"{settings.path}: {f'store.shares {name}' if store.shares else 'store.path'}: {what}"
             for name, what in e.problems]) from None
+
+
+async def track_length_ms(catalogue: Catalogue, limiter: trio.CapacityLimiter,
+                          track_id: str) -> int | None:
+    """A track's length from the catalogue (None when unknown); KeyError for no such track."""
+    record = await in_thread(catalogue.get, track_id, limiter=limiter,
+                             timeout_s=CATALOGUE_TIMEOUT_S)
+    if record is None:
+        raise KeyError(track_id)
+    return int(record.duration_s * 1000) if record.duration_s > 0 else None
+
+
+def open_sessions(settings: Settings, serving: Serving, metrics: Metrics) -> Sessions:
+    """The node's sessions (the main process's); raises ConfigError."""
+    path = settings.sessions.path
+    try:
+        store = SessionStore(path)
+    except (OSError, sqlite3.Error) as e:
+        raise ConfigError([f"{settings.path}: sessions.path: cannot open {path}: {e}"]) from None
+    return Sessions(
+        settings.node_id, store, metrics,
+        device_timeout_s=settings.sessions.device_timeout_s,
+        commands_per_s=settings.sessions.commands_per_s,
+        command_burst=settings.sessions.command_burst,
+        duration_ms=functools.partial(track_length_ms, serving.catalogue, serving.limiter),
+        is_track=is_track_id)
+
+
+def ticket_key(settings: Settings) -> bytes:
+    """The key of event-stream tickets ([sessions] ticket_key, made when missing)."""
+    try:
+        return tickets.load_or_create_key(settings.sessions.ticket_key)
+    except (OSError, ValueError) as e:
+        raise ConfigError([f"{settings.path}: sessions.ticket_key: {e}"]) from None
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 REASONS = {
     200: "OK", 206: "Partial Content", 400: "Bad Request", 401: "Unauthorized",
     403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
-    413: "Content Too Large", 416: "Range Not Satisfiable", 431: "Request Header Fields Too Large",
+    413: "Content Too Large", 416: "Range Not Satisfiable", 429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
     500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
     505: "HTTP Version Not Supported",
 }

@@ -67,6 +67,11 @@ class Command:
     device_name: str | None = None
     device_kind: str | None = None
 
+    def tracks(self) -> list[str]:
+        """The tracks the command names (the token must grant each)."""
+        return [*([self.args["track"]] if "track" in self.args else []),
+                *self.args.get("queue", [])]
+
 
 def parse(doc: Any, is_track: Callable[[str], bool]) -> Command:
     """A Command from a JSON document; CommandError(400) naming the first bad field."""

@@ -175,6 +175,21 @@ class SessionState:
             self.order.pop(item_id, None)
         return self.to_json() != before
 
+    def restamped(self, fix: Callable[[Stamp], Stamp]) -> SessionState:
+        """The same state with every stamp passed through `fix` (clamping a remote delta)."""
+        def reg(r: Register[Any] | None) -> Register[Any] | None:
+            return None if r is None else Register(r.value, fix(r.stamp))
+
+        def regs(m: dict[str, Register[Any]]) -> dict[str, Register[Any]]:
+            return {k: Register(r.value, fix(r.stamp)) for k, r in m.items()}
+
+        return SessionState(
+            playback=reg(self.playback), active_device=reg(self.active_device),
+            shuffle=reg(self.shuffle), repeat=reg(self.repeat), devices=regs(self.devices),
+            volumes=regs(self.volumes), order=regs(self.order),
+            queue={k: QueueItem(q.track_id, fix(q.added)) for k, q in self.queue.items()},
+            removed={k: fix(v) for k, v in self.removed.items()})
+
     def copy(self) -> SessionState:
         return SessionState.from_json(self.to_json())
 

@@ -77,8 +77,19 @@ def segue_routes(node):
         time.sleep(float(request.query_one("seconds") or "1"))
         return Response(200, [("Content-Type", "text/plain")], b"unblocked\n")
 
+    async def apply_session(request: Request) -> Response:
+        # A session transport's receiving end, reachable over HTTP for the tests: a real one
+        # gets deltas from its bus or gossip instead.
+        doc = json.loads(request.body)
+        applied = node.sessions.apply_remote(doc["user"], doc["delta"])
+        return Response(200 if applied else 400, [("Content-Type", "application/json")],
+                        json.dumps({"applied": applied,
+                                    "digest": node.sessions.digests().get(doc["user"])}
+                                   ).encode())
+
     _record("segue_routes", node)
-    return [Route("GET", "/example/hello", hello), Route("GET", "/example/block", block)]
+    return [Route("GET", "/example/hello", hello), Route("GET", "/example/block", block),
+            Route("POST", "/example/sessions/apply", apply_session)]
 
 
 @segue.hookimpl
@@ -127,3 +138,8 @@ def segue_catalogue_init() -> list[str]:
 @segue.hookimpl
 def segue_track_packed(track, manifest_version: int) -> None:
     _record("segue_track_packed", track_id=track.track_id, manifest_version=manifest_version)
+
+
+@segue.hookimpl
+def segue_session_changed(node, user: str, delta) -> None:
+    _record("segue_session_changed", node, user=user, delta=delta)
