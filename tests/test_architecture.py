@@ -19,6 +19,7 @@ BELOW_THE_NODE = [
     *sorted((CORE / "seal").glob("*.py")),
     *sorted((CORE / "storage").glob("*.py")),
     *sorted((CORE / "http").glob("*.py")),
+    *sorted((CORE / "sessions").glob("*.py")),
     *(CORE / name for name in ("health.py", "lifecycle.py", "threads.py", "api.py",
                                "catalogue.py", "metrics.py")),
 ]

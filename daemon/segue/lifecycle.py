@@ -59,7 +59,7 @@ class _Count:
 
 
 class Lifecycle:
-    """State, health, streams and requests in flight, and the idle keep-alive waits."""
+    """State, health, streams and requests in flight, and the waits that draining ends."""
 
     def __init__(self, streams_gauge: _Gauge | None = None) -> None:
         self._state = NodeState.STARTING
@@ -67,7 +67,7 @@ class Lifecycle:
         self._streams = _Count(streams_gauge)
         self._requests = _Count(on_zero=self._no_requests)
         self._idle = trio.Event()
-        self._idle_waits: set[trio.CancelScope] = set()
+        self._drain_scopes: set[trio.CancelScope] = set()
         self.draining = trio.Event()  # set once the node starts draining; never cleared
 
     # --- read by everyone ---
@@ -102,16 +102,17 @@ class Lifecycle:
         """`with lifecycle.request():` around answering one request (drain waits for these)."""
         return self._requests
 
-    def watch_idle(self, scope: trio.CancelScope) -> None:
-        """Let draining cancel `scope`, a kept-alive connection's wait for its next request,
-        so idle connections close at once instead of holding the node up until their idle
-        timeout. Pair with unwatch_idle."""
+    def cancel_on_drain(self, scope: trio.CancelScope) -> None:
+        """Let draining cancel `scope`: a kept-alive connection's wait for its next request
+        (idle connections close at once instead of holding the node up until their idle
+        timeout), an event stream (its player reconnects to another node). At once when the
+        node drains already. Pair with forget_on_drain."""
         if not self.accepting:
             scope.cancel()
-        self._idle_waits.add(scope)
+        self._drain_scopes.add(scope)
 
-    def unwatch_idle(self, scope: trio.CancelScope) -> None:
-        self._idle_waits.discard(scope)
+    def forget_on_drain(self, scope: trio.CancelScope) -> None:
+        self._drain_scopes.discard(scope)
 
     async def wait_idle(self) -> None:
         """Return once no request is being answered."""
@@ -129,7 +130,7 @@ class Lifecycle:
         """Draining: /healthz says so, idle keep-alive connections close, answers close theirs."""
         self._state = NodeState.DRAINING
         self.draining.set()
-        for scope in list(self._idle_waits):
+        for scope in list(self._drain_scopes):
             scope.cancel()
 
     def stopping(self) -> None:

@@ -33,16 +33,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"segue worker {args.index}: {line}", file=sys.stderr)
         return 2
     log.configure(settings.log.format, settings.log.level)
-    structlog.contextvars.bind_contextvars(worker=args.index)
     worker = node.Node(settings, PluginHost(settings), worker=True,
                        overrides={"listen": args.listen, "workers": args.workers})
     try:
-        trio.run(worker.run, strict_exception_groups=True)
+        trio.run(_run_as_worker, worker, args.index, strict_exception_groups=True)
     except Exception as e:
         found = sole_error(e)
         print(f"segue worker {args.index}: {type(found).__name__}: {found}", file=sys.stderr)
         return 1
     return 0
+
+
+async def _run_as_worker(worker: node.Node, index: int) -> None:
+    # Bound inside the run, so that every task (each connection's) carries it into its logs.
+    structlog.contextvars.bind_contextvars(worker=index)
+    await worker.run()
 
 
 if __name__ == "__main__":

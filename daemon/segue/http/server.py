@@ -141,13 +141,13 @@ class _Connection:
         timeout = self.settings.idle_timeout_s if idle else self.settings.header_timeout_s
         scope = trio.CancelScope(deadline=trio.current_time() + timeout)
         if idle:
-            self.lifecycle.watch_idle(scope)
+            self.lifecycle.cancel_on_drain(scope)
         try:
             with scope:
                 return await self._read_request()
         finally:
             if idle:
-                self.lifecycle.unwatch_idle(scope)
+                self.lifecycle.forget_on_drain(scope)
         drained = idle and not self.lifecycle.accepting
         if self.http.mid_request and not drained:
             await self.send_and_close(error(408, "request headers took too long"))

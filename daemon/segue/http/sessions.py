@@ -146,24 +146,23 @@ class SessionRoutes:
     async def _follow(self, subscription: Subscription, after: str | None, send: Send) -> None:
         """Events until the node drains (the player reconnects elsewhere) or the peer goes."""
         first = True
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_cancel_when, self.lifecycle.draining, nursery.cancel_scope)
-            while True:
-                view = await subscription.next(after, self.heartbeat_s)
-                if view is None:
-                    await send(b": heartbeat\n\n")
-                    continue
-                after = view["stamp"]
-                await send(_event(view))
-                if not first:
-                    self.metrics.command_to_event.observe(
-                        time.perf_counter() - subscription.changed_at)
-                first = False
-
-
-async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
-    await event.wait()
-    scope.cancel()
+        scope = trio.CancelScope()
+        self.lifecycle.cancel_on_drain(scope)
+        try:
+            with scope:
+                while True:
+                    view = await subscription.next(after, self.heartbeat_s)
+                    if view is None:
+                        await send(b": heartbeat\n\n")
+                        continue
+                    after = view["stamp"]
+                    await send(_event(view))
+                    if not first:
+                        self.metrics.command_to_event.observe(
+                            time.perf_counter() - subscription.changed_at)
+                    first = False
+        finally:
+            self.lifecycle.forget_on_drain(scope)
 
 
 def _event(view: dict[str, Any]) -> bytes:
