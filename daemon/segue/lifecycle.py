@@ -68,7 +68,6 @@ class Lifecycle:
         self._requests = _Count(on_zero=self._no_requests)
         self._idle = trio.Event()
         self._drain_scopes: set[trio.CancelScope] = set()
-        self.draining = trio.Event()  # set once the node starts draining; never cleared
 
     # --- read by everyone ---
     @property
@@ -129,13 +128,11 @@ class Lifecycle:
     def start_draining(self) -> None:
         """Draining: /healthz says so, idle keep-alive connections close, answers close theirs."""
         self._state = NodeState.DRAINING
-        self.draining.set()
         for scope in list(self._drain_scopes):
             scope.cancel()
 
     def stopping(self) -> None:
         self._state = NodeState.STOPPING
-        self.draining.set()
 
     def _no_requests(self) -> None:
         self._idle.set()
