@@ -187,7 +187,9 @@ class Node:
 
     def _session_changed(self, user: str, delta: SessionState) -> None:
         """A change accepted here: the transports carry it to the other nodes."""
-        self.host.call("segue_session_changed", node=self, user=user, delta=delta.to_json())
+        if self.host.implemented("segue_session_changed"):
+            self.host.call("segue_session_changed", node=self, user=user,
+                           delta=delta.to_json())
 
     def _edge_routes(self) -> EdgeRoutes:
         return EdgeRoutes(node_id=self.node_id, lifecycle=self.lifecycle,

@@ -216,6 +216,11 @@ class PluginHost:
                          duration_ms=round((time.perf_counter() - started) * 1000, 3))
         return Outcome(plugin, value)
 
+    def implemented(self, hook: str) -> bool:
+        """Whether any loaded plugin implements `hook` (so a caller can skip building its
+        arguments on a hot path)."""
+        return bool(getattr(self.pm.hook, hook).get_hookimpls())
+
     def call(self, hook: str, **kwargs: Any) -> list[Outcome]:
         """Call `hook` on every plugin, in load order; failures are returned, not raised."""
         return [self.call_one(p, hook, **kwargs) for p in list(self.plugins)]

@@ -31,6 +31,7 @@ from segue.threads import in_thread
 log = structlog.get_logger("segue.sessions")
 
 FLUSH_EVERY_S = 0.5
+FLUSH_BATCH = 32
 STORE_TIMEOUT_S = 10.0
 RECENT_COMMANDS = 64  # command ids remembered per listener, for retries
 MAX_RTT_MS = 10_000
@@ -146,10 +147,17 @@ class Sessions:
                 await self.flush()
 
     async def flush(self) -> None:
+        """Write the sessions changed since the last flush (in a thread). Their JSON is made
+        here, a batch at a time with the loop let through in between: a thousand listeners'
+        states at once would stall every stream for tens of milliseconds."""
         if not self._dirty:
             return
-        docs = [(user, self._states[user].to_json()) for user in self._dirty]
-        self._dirty.clear()
+        docs = []
+        for n, user in enumerate(list(self._dirty)):
+            self._dirty.discard(user)
+            docs.append((user, self._states[user].to_json()))
+            if n % FLUSH_BATCH == FLUSH_BATCH - 1:
+                await trio.sleep(0)
         try:
             await in_thread(self._store.save, docs, limiter=self._store_limiter,
                             timeout_s=STORE_TIMEOUT_S)

@@ -154,26 +154,38 @@ class SessionState:
     # --- the lattice ----------------------------------------------------------------------
     def merge(self, other: SessionState) -> bool:
         """Join `other` (a state or a delta) into this one; whether anything changed."""
-        before = self.to_json()
-        self.playback = _later(self.playback, other.playback, _encode_playback)
-        self.active_device = _later(self.active_device, other.active_device, _same)
-        self.shuffle = _later(self.shuffle, other.shuffle, _same)
-        self.repeat = _later(self.repeat, other.repeat, _same)
-        _merge_map(self.devices, other.devices, _encode_device)
-        _merge_map(self.volumes, other.volumes, _same)
-        _merge_map(self.order, other.order, _same)
+        changed = False
+        playback = _later(self.playback, other.playback, _encode_playback)
+        active = _later(self.active_device, other.active_device, _same)
+        shuffle = _later(self.shuffle, other.shuffle, _same)
+        repeat = _later(self.repeat, other.repeat, _same)
+        changed = (playback is not self.playback or active is not self.active_device
+                   or shuffle is not self.shuffle or repeat is not self.repeat)
+        self.playback, self.active_device, self.shuffle, self.repeat = (
+            playback, active, shuffle, repeat)
+        changed |= _merge_map(self.devices, other.devices, _encode_device)
+        changed |= _merge_map(self.volumes, other.volumes, _same)
+        changed |= _merge_map(self.order, other.order, _same)
         for item_id, removed in other.removed.items():
             mine = self.removed.get(item_id)
-            self.removed[item_id] = removed if mine is None else max(mine, removed)
+            if mine is None or removed > mine:
+                self.removed[item_id] = removed
+                changed = True
+                # Removed, the item goes, and so does its place: only the tombstone stays.
+                self.queue.pop(item_id, None)
+                self.order.pop(item_id, None)
         for item_id, added in other.queue.items():
+            if item_id in self.removed:
+                continue
             mine_item = self.queue.get(item_id)
             if mine_item is None or (added.added, added.track_id) > (mine_item.added,
                                                                         mine_item.track_id):
                 self.queue[item_id] = added
-        for item_id in self.removed:
-            self.queue.pop(item_id, None)
-            self.order.pop(item_id, None)
-        return self.to_json() != before
+                changed = True
+        for item_id in other.order:
+            if item_id in self.removed:
+                self.order.pop(item_id, None)
+        return changed
 
     def restamped(self, fix: Callable[[Stamp], Stamp]) -> SessionState:
         """The same state with every stamp passed through `fix` (clamping a remote delta)."""
@@ -297,11 +309,17 @@ class SessionState:
 
 
 def _merge_map(mine: dict[str, Register[T]], theirs: dict[str, Register[T]],
-               encode: Callable[[T], Any]) -> None:
+               encode: Callable[[T], Any]) -> bool:
+    """Join `theirs` into `mine`, register by register; whether any changed."""
+    changed = False
     for key, register in theirs.items():
-        winner = _later(mine.get(key), register, encode)
-        assert winner is not None
-        mine[key] = winner
+        current = mine.get(key)
+        winner = _later(current, register, encode)
+        if winner is not current:
+            assert winner is not None
+            mine[key] = winner
+            changed = True
+    return changed
 
 
 def _canonical(doc: Any) -> str:
