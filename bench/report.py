@@ -114,6 +114,10 @@ SCENARIOS = (
              600, "whole tracks from an SMB share, against bare smbprotocol", 90),
     Scenario("replication", "replication", (), ("--quick",), 900,
              "catalogue replication from MariaDB, and search", 150),
+    Scenario("sessions", "sessions", (),
+             ("--subscribers", "1000", "--users", "100", "--rate", "100", "--seconds", "5",
+              "--heartbeat", "2"),
+             600, "playback sessions: idle event streams, commands to events", 90),
 )
 BY_NAME = {s.name: s for s in SCENARIOS}
 # --only also takes these names for several scenarios at once.
@@ -862,9 +866,45 @@ def section_replication(r: Report) -> list[str]:
     return lines + analysis("replication")
 
 
+def section_sessions(r: Report) -> list[str]:
+    doc = r.doc("sessions")
+    lines = ["## Playback sessions, one worker", "",
+             "Idle event streams held open (RSS, heartbeat lateness), then one event stream "
+             "per listener and commands spread over the listeners (from the command's request "
+             "to its event on the listener's stream, measured by the load generator, and "
+             "segued's own histogram). No peer: the figures stand against the targets. "
+             "Source: `bench/sessions.py`.", ""]
+    targets = (("idle", "RSS with the idle streams, MiB", ("rss_mib",), "<", 500.0, 1),
+               ("idle", "heartbeat lateness p99 ms", ("heartbeat_late", "p99_ms"), "<", 1000.0,
+                1),
+               ("commands", "command to event p99 ms", ("command_to_event", "p99_ms"), "<",
+                50.0, 1))
+    if doc is None:
+        for _, figure, _, op, limit, _ in targets:
+            r.check("sessions", figure, NA, f"{op} {fmt(limit, 0)}", NA)
+        return lines + r.not_measured("sessions") + analysis("sessions")
+    res = doc.get("results", {})
+    rows = []
+    for part, figure, keys, op, limit, digits in targets:
+        value = dig(res, part, *keys)
+        met = verdict(value, op, limit)
+        r.check("sessions", figure, fmt(value, digits), f"{op} {fmt(limit, 0)}", met)
+        rows.append([figure, fmt(value, digits), f"{op} {fmt(limit, 0)}", met])
+    s = doc.get("setup", {})
+    lines += [*table(["figure", "measured", "target", "met?"], rows), "",
+              f"Setup: {fmt(dig(s, 'subscribers'), 0)} idle streams, "
+              f"{fmt(dig(s, 'users'), 0)} listeners, {fmt(dig(s, 'rate'), 0)} commands/s for "
+              f"{fmt(dig(s, 'seconds'), 0)} s, heartbeat every {fmt(dig(s, 'heartbeat_s'), 1)} s;"
+              f" commands achieved {fmt(dig(res, 'commands', 'rate_achieved'), 0)}/s, "
+              f"segued's own p99 at most "
+              f"{fmt(dig(res, 'server_command_to_event', 'p99_ms_at_most'), 0)} ms.", "",
+              r.ran("sessions"), ""]
+    return lines + analysis("sessions")
+
+
 SECTIONS: tuple[Callable[[Report], list[str]], ...] = (
     section_throughput, section_scale_out, section_players, section_first_play,
-    section_stores, section_replication)
+    section_stores, section_replication, section_sessions)
 VERSION_ORDER = ("python", "segue", "cryptography", "openssl", "trio", "h11", "nginx", "wrk",
                  "ffmpeg")
 

@@ -1,7 +1,8 @@
 """Benchmark: playback sessions on one worker: idle event streams, and commands to events.
 
-This prints figures; it judges nothing. One segued (one process, `[sessions] heartbeat_s` set
-short so heartbeats can be timed), on loopback, and a trio load generator in this process:
+This prints figures; it judges nothing. One segued (one process, `[sessions] heartbeat_s` as
+--heartbeat, 15 s by default as in the product), on loopback, and a trio load generator in
+this process:
 
 * idle: --subscribers event streams (`/v1/session/events`) spread over --users listeners,
   opened over a ramp, then held for --hold heartbeat periods. Reported: the node's RSS with
@@ -17,7 +18,7 @@ segued share the machine's cores; their CPU times are reported so the reader can
 was busy.
 
     .venv/bin/python bench/sessions.py [--subscribers 10000] [--users 1000] [--rate 1000]
-        [--seconds 20] [--heartbeat 2] [--json]
+        [--seconds 20] [--heartbeat 15] [--hold 3] [--json]
 """
 
 from __future__ import annotations
@@ -322,9 +323,9 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=1000.0,
                         help="commands a second in all (0: skip that part)")
     parser.add_argument("--seconds", type=float, default=20.0, help="seconds of commands")
-    parser.add_argument("--heartbeat", type=float, default=2.0,
+    parser.add_argument("--heartbeat", type=float, default=15.0,
                         help="[sessions] heartbeat_s for the run")
-    parser.add_argument("--hold", type=int, default=5, help="heartbeats the idle streams hold")
+    parser.add_argument("--hold", type=int, default=3, help="heartbeats the idle streams hold")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
