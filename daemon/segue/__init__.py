@@ -7,34 +7,15 @@ The public plugin API is what this package exports: ``hookimpl`` and ``PLUGIN_AP
 
 __version__ = "0.1.0"
 
-from segue.api import (
-    Health,
-    NodeState,
-    NodeView,
-    PluginConfigError,
-    ReplicationSink,
-    Request,
-    Response,
-    Route,
-    SessionsView,
-    TrackRecord,
-)
+from segue import api
+from segue.api import *  # noqa: F403 - the public values and Protocols, listed in api.__all__
 from segue.config import resolve_path
 from segue.hookspecs import PLUGIN_API_VERSION, hookimpl
 from segue.seal.keys import read_secret
 
 __all__ = [
+    *api.__all__,
     "PLUGIN_API_VERSION",
-    "Health",
-    "NodeState",
-    "NodeView",
-    "PluginConfigError",
-    "ReplicationSink",
-    "Request",
-    "Response",
-    "Route",
-    "SessionsView",
-    "TrackRecord",
     "__version__",
     "hookimpl",
     "read_secret",
