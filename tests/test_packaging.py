@@ -61,8 +61,15 @@ def run(*cmd: str | os.PathLike[str], timeout: float = 300, **kw) -> subprocess.
     return done
 
 
-def apt_get(*args: str | os.PathLike[str]) -> None:
-    run("apt-get", "-y", "-q", *args, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+def apt_get(*args: str | os.PathLike[str], check: bool = True) -> None:
+    """apt-get, waiting for the dpkg lock if another apt-get (tools/ensure-commands) holds it."""
+    command = ["apt-get", "-y", "-q", "-o", "DPkg::Lock::Timeout=300", *map(str, args)]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    if check:
+        run(*command, env=env, timeout=600)
+    else:
+        subprocess.run(command, env=env, capture_output=True, check=False,
+                       stdin=subprocess.DEVNULL, timeout=600)
 
 
 def installed() -> bool:
@@ -191,8 +198,10 @@ def machine() -> Iterator[Machine]:
         yield Machine(work)
     finally:
         if installed():
-            subprocess.run(["dpkg", "--purge", "segue"], capture_output=True, check=False,
-                           stdin=subprocess.DEVNULL, timeout=300)
+            apt_get("purge", "segue", check=False)
+        if installed():  # half-installed: apt-get may refuse what dpkg does
+            subprocess.run(["dpkg", "--purge", "--force-all", "segue"], capture_output=True,
+                           check=False, stdin=subprocess.DEVNULL, timeout=300)
         for path in (Path("/etc/segue"), STATE, CACHE):
             shutil.rmtree(path, ignore_errors=True)
         if not user_existed:
