@@ -12,10 +12,19 @@ DEMO   ?= demo
 # and gcc build systemd-python).
 SYSTEM_COMMANDS := ffmpeg:ffmpeg ffprobe:ffmpeg curl:curl gcc:gcc pkg-config:pkg-config prlimit:util-linux \
 	/usr/include/systemd/sd-daemon.h:libsystemd-dev smbd:samba smbpasswd:samba \
-	haproxy:haproxy mariadbd:mariadb-server mariadb-install-db:mariadb-server
+	haproxy:haproxy mariadbd:mariadb-server mariadb-install-db:mariadb-server \
+	$(DEB_COMMANDS)
+# What `make deb` builds with (packaging/debian/control's Build-Depends) and what
+# tests/test_packaging.py checks and installs the package with.
+DEB_COMMANDS := dpkg-buildpackage:dpkg-dev dpkg-parsechangelog:dpkg-dev dh:debhelper \
+	dh_virtualenv:dh-virtualenv /usr/bin/python3.11:python3.11 \
+	/usr/lib/python3.11/ensurepip/__init__.py:python3.11-venv \
+	/usr/include/python3.11/Python.h:python3.11-dev lintian:lintian \
+	systemd-analyze:systemd systemd-sysusers:systemd systemd-tmpfiles:systemd \
+	runuser:util-linux
 BENCH_COMMANDS  := nginx:nginx-light wrk:wrk taskset:util-linux
 
-.PHONY: run test lint typecheck bench bench-setup setup system-deps bench-deps clean
+.PHONY: run test lint typecheck bench bench-setup setup system-deps bench-deps clean deb deb-deps lock
 
 setup: system-deps $(VENV)/.installed
 
@@ -54,5 +63,29 @@ $(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
 bench: bench-setup
 	VENV=$(VENV) bench/run $(BENCH_ARGS)
 
+# `make deb` builds the Debian package segue_VERSION_amd64.deb into DEB_DIR: the source tree
+# (git's files, committed or not) is copied into DEB_DIR/build with packaging/debian as its
+# debian/, and dpkg-buildpackage builds the binary package there.
+DEB_DIR ?= dist
+DEB_VERSION = $(shell dpkg-parsechangelog -l packaging/debian/changelog -S Version)
+
+deb-deps:
+	@tools/ensure-commands $(DEB_COMMANDS) git:git
+
+deb: deb-deps
+	rm -rf $(DEB_DIR)/build && mkdir -p $(DEB_DIR)/build/segue
+	git ls-files -z --cached --others --exclude-standard | \
+		xargs -0 sh -c 'for f; do [ -e "$$f" ] && printf "%s\0" "$$f"; done' sh | \
+		tar --null -T - -cf - | tar -C $(DEB_DIR)/build/segue -xf -
+	cp -r packaging/debian $(DEB_DIR)/build/segue/debian
+	cd $(DEB_DIR)/build/segue && dpkg-buildpackage -us -uc -b
+	mv $(DEB_DIR)/build/segue_$(DEB_VERSION)_amd64.deb $(DEB_DIR)/
+	rm -rf $(DEB_DIR)/build
+	@echo "built $(DEB_DIR)/segue_$(DEB_VERSION)_amd64.deb"
+
+# packaging/requirements.lock: the package's Python environment, pinned with hashes.
+lock:
+	tools/lock-requirements
+
 clean:
-	rm -rf $(VENV) $(DEMO) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(DEMO) .pytest_cache .mypy_cache .ruff_cache .hypothesis dist
