@@ -42,6 +42,7 @@ from common import (
     get,
     log,
     machine,
+    pinning,
     run,
     run_in_temp_dir,
     stop,
@@ -264,9 +265,13 @@ def bench(args: argparse.Namespace, t: Path) -> dict[str, object]:
     users = max(args.users, 1)
     tokens = [issue(key, f"u{n}", ttl=86400, tracks=None, audience=settings.auth.audience,
                     issuer=settings.auth.issuer) for n in range(users)]
+    # segued on one CPU, this generator on the other (when there are two).
+    pin_server, pin_self = pinning(not args.no_pin)
+    if pin_self:
+        os.sched_setaffinity(0, {int(pin_self[-1])})
     log_file = t / "segued.log"
     with log_file.open("ab") as out:
-        proc = subprocess.Popen([str(segue), "run", "--config", str(conf)],
+        proc = subprocess.Popen([*pin_server, str(segue), "run", "--config", str(conf)],
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                 start_new_session=True)
     try:
@@ -286,7 +291,9 @@ def bench(args: argparse.Namespace, t: Path) -> dict[str, object]:
     finally:
         stop(proc, __import__("signal").SIGTERM)
     return {"machine": machine(os.getloadavg()[0], ("segue", "trio")),
-            "setup": {"subscribers": args.subscribers, "users": users, "rate": args.rate,
+            "setup": {"pinning": (f"segued on CPU {pin_server[-1]}, generator on CPU "
+                                  f"{pin_self[-1]}" if pin_server else "none"),
+                      "subscribers": args.subscribers, "users": users, "rate": args.rate,
                       "seconds": args.seconds, "heartbeat_s": args.heartbeat,
                       "hold_heartbeats": args.hold},
             "results": results}
@@ -326,6 +333,7 @@ def main() -> int:
     parser.add_argument("--heartbeat", type=float, default=15.0,
                         help="[sessions] heartbeat_s for the run")
     parser.add_argument("--hold", type=int, default=3, help="heartbeats the idle streams hold")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin to CPUs")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
