@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import subprocess
+import urllib.error
 import urllib.request
 from functools import cache
 from pathlib import Path
@@ -328,3 +329,54 @@ def test_init_over_a_node_without_its_config_keeps_the_keys(tmp_path: Path) -> N
         "makes a new node over it, replacing its keys, store and catalogue)"]
     assert {p: p.read_bytes() for p in (root / "keys").iterdir()} == before
     assert not (root / "segued.toml").exists()
+
+
+# --- Shared by the findings below ---------------------------------------------------------------
+
+def configure(node: Node, section: str, lines: str) -> None:
+    """Add `lines` (TOML keys) to [section] of the node's configuration, making the table if
+    `segue init` did not."""
+    text = node.conf.read_text()
+    header = f"[{section}]\n"
+    if header in text:
+        node.conf.write_text(text.replace(header, f"{header}{lines}\n", 1))
+    else:
+        node.conf.write_text(f"{text}\n{header}{lines}\n")
+
+
+def get(url: str, *headers: tuple[str, str]) -> tuple[int, bytes]:
+    """Status and body of a GET, whatever the status."""
+    request = urllib.request.Request(url, headers=dict(headers))
+    try:
+        with urllib.request.urlopen(request, timeout=20) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def metric(node: Node, name: str) -> float:
+    _, body = get(node.base + "/metrics")
+    for line in body.decode().splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rpartition(" ")[2])
+    raise AssertionError(f"no {name} in /metrics")
+
+
+# --- Finding 5: the chunk cache counts the buffers its entries pin -----------------------------
+
+def test_the_chunk_cache_counts_the_buffer_a_short_last_chunk_pins(fresh_node: Node,
+                                                                   tmp_path: Path) -> None:
+    chunk_size = 262144
+    configure(fresh_node, "cache", f"bytes = {2 * chunk_size}\nread_ahead_chunks = 0")
+    # Three tracks of one short chunk each (2 s of 128 kb/s MP3: about 32 KiB of 256 KiB).
+    tracks = fresh_node.pack(*(make_tone(tmp_path / f"{i}.mp3", MP3, seconds=2, freq=300 + i,
+                                         title=str(i)) for i in range(3)))
+    fresh_node.start()
+    token = fresh_node.token()
+    for track in tracks:
+        status, body = get(fresh_node.url(track, token))
+        assert status == 200 and body == fresh_node.tracks[track].read_bytes()
+        assert len(body) < chunk_size
+    # Each entry holds a whole chunk buffer: two fit in the budget, the third evicted one.
+    assert metric(fresh_node, "segue_chunk_cache_bytes") == 2 * chunk_size
+    assert metric(fresh_node, "segue_chunk_cache_evictions_total") == 1
