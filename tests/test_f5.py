@@ -130,7 +130,7 @@ def test_f5_down_at_start_the_node_serves_and_registers_when_it_returns(
     f5.set_down(True)
     configure(fresh_node, f5)
     fresh_node.start()
-    wait_until(lambda: healthz(fresh_node)[1].startswith("degraded: f5: F5 unreachable"))
+    wait_until(lambda: healthz(fresh_node)[1] == "degraded: plugin f5 degraded")
     assert healthz(fresh_node)[0] == 200
     f5.set_down(False)
     wait_until(lambda: session_of(f5, fresh_node) == "user-enabled")

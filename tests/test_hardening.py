@@ -6,8 +6,10 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import socket
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from functools import cache
@@ -15,8 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import smbclient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from smbprotocol.exceptions import SMBConnectionClosed, SMBOSError
+from smbprotocol.header import NtStatus
 
 from conftest import MP3, Node, make_tone, segue
 from segue.catalogue import Catalogue
@@ -26,6 +31,8 @@ from segue.seal import manifest as mf
 from segue.seal.errors import ManifestError
 from segue.seal.track import TrackSealer, rewrap
 from segue.storage import layout
+from segue.storage.errors import BadCopyError, StoreError
+from segue.storage.smb import SmbStore, SmbUrl
 from segue.systemd import Notifier
 
 TRACK = "0123456789abcdef0123456789abcdef"
@@ -380,3 +387,89 @@ def test_the_chunk_cache_counts_the_buffer_a_short_last_chunk_pins(fresh_node: N
     # Each entry holds a whole chunk buffer: two fit in the budget, the third evicted one.
     assert metric(fresh_node, "segue_chunk_cache_bytes") == 2 * chunk_size
     assert metric(fresh_node, "segue_chunk_cache_evictions_total") == 1
+
+
+# --- Finding 4: one unreadable file is a bad copy; the public health says little --------------
+
+def test_an_unreadable_copy_fails_over_and_leaves_its_share_up(fresh_node: Node,
+                                                               tmp_path: Path) -> None:
+    shares = local_shares(fresh_node, ("a", "b"))  # each holds every file
+    (track,) = fresh_node.pack(make_tone(tmp_path / "a.mp3", MP3, seconds=20, title="a"))
+    # Every file of the track on share a becomes a link to itself: opening it fails (ELOOP)
+    # while the share answers.
+    damaged = 0
+    for path in (shares["a"] / layout.track_dir(track)).iterdir():
+        path.unlink()
+        path.symlink_to(path.name)
+        damaged += 1
+    assert damaged > 2  # the manifest and some chunks
+    fresh_node.start()
+    status, body = get(fresh_node.url(track, fresh_node.token()))
+    assert status == 200 and body == fresh_node.tracks[track].read_bytes()
+    assert get(fresh_node.base + "/healthz") == (200, b"ok\n")
+    time.sleep(1)  # the probe service ticks every 0.25 s: it would have logged "share down"
+    assert not fresh_node.log_events_named("share down")
+    refused = fresh_node.log_events_named("manifest refused") \
+        + fresh_node.log_events_named("chunk copy refused")
+    assert refused and all(e["share"] == "a" and "Too many levels of symbolic links" in e["error"]
+                           for e in refused)
+    assert metric(fresh_node, 'segue_share_up{share="a"}') == 1
+
+
+def test_the_public_health_names_what_is_down_and_the_log_says_why(
+        fresh_node: Node, tmp_path: Path, plugin_path: str) -> None:
+    shares = local_shares(fresh_node, ("b", "a"))  # manifests are read from b first
+    (track,) = fresh_node.pack(make_tone(tmp_path / "a.mp3", MP3, seconds=2, title="a"))
+    secret_reason = "pool unreachable at smb://svc-segue@nas-a/media (set server be/edge1)"
+    fresh_node.conf.write_text(fresh_node.conf.read_text() + "\n[plugins.example]\n"
+                               f"health = \"degraded\"\nreason = {json.dumps(secret_reason)}\n")
+    fresh_node.start(env={"PYTHONPATH": os.pathsep.join([plugin_path, os.environ["PYTHONPATH"]]),
+                          "SEGUE_PLUGINS_ALLOW": "example"})
+    assert get(fresh_node.base + "/healthz") == (200, b"degraded: plugin example degraded\n")
+    # Share b's folder is gone (a file in its place): the share itself cannot be read.
+    shutil.rmtree(shares["b"])
+    shares["b"].write_text("not a folder")
+    assert get(fresh_node.url(track, fresh_node.token()))[0] == 200  # from share a
+    deadline = time.monotonic() + 10  # the probe service publishes the change
+    while (healthz := get(fresh_node.base + "/healthz"))[1] != b"degraded: share b down\n":
+        assert time.monotonic() < deadline, healthz
+        time.sleep(0.05)
+    _, body = get(fresh_node.base + "/v1/status")
+    doc = json.loads(body)
+    assert doc["health"] == {"status": "degraded", "reason": "share b down"}
+    assert doc["plugins"][0]["health"] == {"status": "degraded",
+                                           "reason": "plugin example degraded"}
+    for text in (body.decode(), get(fresh_node.base + "/metrics")[1].decode()):
+        assert str(fresh_node.root) not in text and "svc-segue" not in text
+    # The detail is in the log, for the people who run the node.
+    details = [e["detail"] for e in fresh_node.log_events_named("health")]
+    assert f"example: {secret_reason}" in details[0]
+    assert any(f"{shares['b']}" in d and "Not a directory" in d for d in details[1:])
+
+
+def test_an_smb_file_the_server_refuses_keeps_the_share_and_its_connections(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process: smbclient answering "access denied" for one file while the share answers."""
+    store = SmbStore(SmbUrl.parse("smb://svc@nas/media"), "secret")
+    resets: list[bool] = []
+    monkeypatch.setattr(store, "reset", lambda: resets.append(True))
+    monkeypatch.setattr(store, "_session", dict)
+
+    def denied(path: str, **kw: Any) -> Any:
+        raise SMBOSError(NtStatus.STATUS_ACCESS_DENIED, path)
+
+    monkeypatch.setattr(smbclient, "open_file", denied)
+    monkeypatch.setattr(smbclient, "stat", lambda path, **kw: None)
+    with pytest.raises(BadCopyError, match=f"cannot read chunk 0 of track {TRACK} on "
+                                           "smb://svc@nas/media: SMBOSError"):
+        store.read_chunk_into(TRACK, 0, bytearray(16))
+    assert not resets  # the pooled connections stay
+    # The same refusal while the share does not answer either: the share is at fault.
+
+    def closed(path: str, **kw: Any) -> Any:
+        raise SMBConnectionClosed("the connection is closed")
+
+    monkeypatch.setattr(smbclient, "stat", closed)
+    with pytest.raises(StoreError) as failure:
+        store.read_chunk_into(TRACK, 0, bytearray(16))
+    assert not isinstance(failure.value, BadCopyError) and resets

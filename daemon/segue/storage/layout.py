@@ -11,7 +11,7 @@ from pathlib import PurePosixPath
 from typing import Protocol
 
 from segue.seal.manifest import is_track_id
-from segue.storage.errors import BadCopyError
+from segue.storage.errors import BadCopyError, StoreError
 
 MANIFEST_NAME = "manifest.json"
 
@@ -49,6 +49,23 @@ def read_manifest(read_into: Callable[[PurePosixPath, str, bytearray], int],
         raise BadCopyError(f"manifest of track {track_id} is larger than "
                          f"{MANIFEST_MAX_BYTES} bytes: not a manifest")
     return bytes(memoryview(buf)[:length])
+
+
+def file_failure(probe: Callable[[], None], message: str) -> StoreError:
+    """The error for one file a store failed to read (`message` says which and why).
+
+    One unreadable file (EACCES, EIO, EISDIR, ELOOP on one chunk or manifest) is that copy's
+    failure, not its share's: marking the share down for it (and, on SMB, dropping every pooled
+    connection) would let a token holder replaying one damaged track keep the node out of its
+    pool. So the share itself is asked: BadCopyError (the next copy is tried, the share stays
+    up) while `probe()` (the store's own probe) still answers; StoreError (the share is marked
+    down) when it does not (a mount gone, a server away).
+    """
+    try:
+        probe()
+    except StoreError as e:
+        return StoreError(f"{message}; {e}")
+    return BadCopyError(message)
 
 
 class _Readable(Protocol):

@@ -58,14 +58,16 @@ class LocalStore:
         except FileNotFoundError:
             raise NotInStoreError(f"{what} is not in {self.root}") from None
         except OSError as e:
-            raise StoreError(f"cannot read {what} from {path}: {e.strerror}") from None
+            raise layout.file_failure(
+                self.probe, f"cannot read {what} from {path}: {e.strerror}") from None
         try:
             with open(fd, "rb", buffering=0) as f:
                 if not stat.S_ISREG(os.fstat(fd).st_mode):
                     raise BadCopyError(f"cannot read {what} from {path}: not a regular file")
                 return layout.fill(f, buf)
         except OSError as e:
-            raise StoreError(f"cannot read {what} from {path}: {e.strerror}") from None
+            raise layout.file_failure(
+                self.probe, f"cannot read {what} from {path}: {e.strerror}") from None
 
     def has_manifest(self, track_id: str) -> bool:
         return (self.root / layout.manifest_path(track_id)).is_file()
