@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import os
 import shutil
@@ -473,3 +474,45 @@ def test_an_smb_file_the_server_refuses_keeps_the_share_and_its_connections(
     with pytest.raises(StoreError) as failure:
         store.read_chunk_into(TRACK, 0, bytearray(16))
     assert not isinstance(failure.value, BadCopyError) and resets
+
+
+# --- Finding 9: store writers follow no links; SMB temporary names are unique ------------------
+
+def test_fsck_repair_never_writes_through_a_linked_track_folder(fresh_node: Node,
+                                                                tmp_path: Path) -> None:
+    shares = local_shares(fresh_node, ("a", "b"))
+    (track,) = fresh_node.pack(make_tone(tmp_path / "a.mp3", MP3, seconds=2, title="a"))
+    # A share writer swaps the track's folder on share a for a link to a folder of its choice.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    folder = shares["a"] / layout.track_dir(track)
+    shutil.rmtree(folder)
+    folder.symlink_to(elsewhere)
+
+    result = fsck(fresh_node, "--repair")
+    assert result.returncode == 1
+    assert f"{track} on a: manifest missing; cannot repair: refusing to write below {folder}: " \
+        "it is a symbolic link or not a folder" in result.stdout, result.stdout + result.stderr
+    assert list(elsewhere.iterdir()) == []
+    # A real folder in its place is repaired as before, with no temporary file left behind.
+    folder.unlink()
+    assert fsck(fresh_node, "--repair").returncode == 0
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        p.name for p in (shares["b"] / layout.track_dir(track)).iterdir())
+
+
+def test_smb_writers_use_temporary_names_of_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process: the names smbclient is asked to write and rename."""
+    store = SmbStore(SmbUrl.parse("smb://svc@nas/media"), "secret")
+    monkeypatch.setattr(store, "_session", dict)
+    written: list[str] = []
+    monkeypatch.setattr(smbclient, "makedirs", lambda path, **kw: None)
+    monkeypatch.setattr(smbclient, "open_file",
+                        lambda path, **kw: written.append(path) or contextlib.nullcontext(
+                            io.BytesIO()))
+    monkeypatch.setattr(smbclient, "replace", lambda src, dst, **kw: None)
+    store.write_chunk(TRACK, 0, b"sealed")
+    store.write_chunk(TRACK, 0, b"sealed")
+    first, second = written
+    assert first != second
+    assert f"\\.0.chunk.{os.getpid()}." in first and first.endswith(".tmp")

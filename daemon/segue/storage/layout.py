@@ -6,6 +6,8 @@ track's own folder.
 
 from __future__ import annotations
 
+import os
+import secrets
 from collections.abc import Callable
 from pathlib import PurePosixPath
 from typing import Protocol
@@ -31,6 +33,13 @@ def chunk_path(track_id: str, index: int) -> PurePosixPath:
     if index < 0:
         raise ValueError(f"invalid chunk index {index}")
     return track_dir(track_id) / f"{index}.chunk"
+
+
+def temp_name(name: str) -> str:
+    """The temporary name a file `name` is written under before it is renamed into place:
+    hidden, and unique to this process and this write (its PID and a random part), so writers
+    on several hosts or processes (a node's fsck, a packer) never write into one another's."""
+    return f".{name}.{os.getpid()}.{secrets.token_hex(8)}.tmp"
 
 
 #: A signed manifest is a few KiB (its chunk digests: 65 bytes a chunk, about 250 KiB for a

@@ -183,7 +183,7 @@ class SmbStore:
     def _write(self, rel: PurePosixPath, data: bytes) -> None:
         """Write through a temporary name and rename, so readers never see half a file."""
         target = self._unc(rel)
-        tmp = self._unc(rel.with_name(f".{rel.name}.tmp"))
+        tmp = self._unc(rel.with_name(layout.temp_name(rel.name)))
         try:
             kw = self._session()
             smbclient.makedirs(self._unc(rel.parent), exist_ok=True, **kw)
