@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -19,20 +20,23 @@ from typing import Any
 
 import pytest
 import smbclient
+import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from smbprotocol.exceptions import SMBConnectionClosed, SMBOSError
 from smbprotocol.header import NtStatus
 
 from conftest import MP3, Node, make_tone, segue
+from segue import config, wiring
 from segue.catalogue import Catalogue
+from segue.configured_keys import load_edge_keys
 from segue.media import track_id_of
 from segue.seal import keys
 from segue.seal import manifest as mf
 from segue.seal.errors import ManifestError
 from segue.seal.track import TrackSealer, rewrap
 from segue.storage import layout
-from segue.storage.errors import BadCopyError, StoreError
+from segue.storage.errors import BadCopyError, StoreError, TrackUnavailable
 from segue.storage.smb import SmbStore, SmbUrl
 from segue.systemd import Notifier
 
@@ -516,3 +520,47 @@ def test_smb_writers_use_temporary_names_of_their_own(monkeypatch: pytest.Monkey
     first, second = written
     assert first != second
     assert f"\\.0.chunk.{os.getpid()}." in first and first.endswith(".tmp")
+
+
+# --- Finding 11: reloads, token scope, JWKS use and alg, salted user hashes, peers' connections --
+
+class GatedManifests:
+    """Wraps a store: manifest reads wait until the test opens the gate."""
+
+    def __init__(self, store: object) -> None:
+        self._store = store
+        self.reading = threading.Event()
+        self.gate = threading.Event()
+
+    def read_manifest(self, track_id: str) -> bytes:
+        self.reading.set()
+        assert self.gate.wait(10)
+        return self._store.read_manifest(track_id)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+
+def test_an_open_in_flight_during_a_key_change_is_not_cached(fresh_node: Node,
+                                                             tmp_path: Path) -> None:
+    """In-process: the race needs an open held between its read and set_keys."""
+    (track,) = fresh_node.pack(make_tone(tmp_path / "a.mp3", MP3, seconds=2, title="a"))
+    settings = config.load(fresh_node.conf)
+    serving = wiring.build(settings)
+    share = serving.library.shares.shares[0]
+    gated = GatedManifests(share.store)
+    share.store = gated  # type: ignore[assignment]
+    old = load_edge_keys(settings)
+    # The reload removes the packager from the trusted keys.
+    untrusting = dataclasses.replace(old, trusted_packagers={})
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serving.library.open, track)  # under the old trust
+            await trio.to_thread.run_sync(gated.reading.wait)
+            serving.library.set_keys(untrusting)
+            gated.gate.set()
+        with pytest.raises(TrackUnavailable):  # opened afresh, under the new trust
+            await serving.library.open(track)
+
+    trio.run(main, strict_exception_groups=True)
