@@ -18,11 +18,13 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 import smbclient
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from smbprotocol.exceptions import SMBConnectionClosed, SMBOSError
 from smbprotocol.header import NtStatus
 
@@ -564,3 +566,46 @@ def test_an_open_in_flight_during_a_key_change_is_not_cached(fresh_node: Node,
             await serving.library.open(track)
 
     trio.run(main, strict_exception_groups=True)
+
+
+def test_require_scope_refuses_tokens_that_name_no_tracks(fresh_node: Node,
+                                                          tmp_path: Path) -> None:
+    configure(fresh_node, "auth", "require_scope = true")
+    (track,) = fresh_node.pack(make_tone(tmp_path / "a.mp3", MP3, seconds=2, title="a"))
+    fresh_node.start()
+    auth_key = keys.load_private_key(fresh_node.root / "keys" / "auth-ed25519.pem")
+    claims = {"sub": "idp-user", "exp": int(time.time()) + 600, "aud": "segue"}
+    unscoped = jwt.encode(claims, auth_key, algorithm="EdDSA",
+                          headers={"kid": keys.key_id(auth_key.public_key())})
+    status, body = get(fresh_node.url(track, unscoped))
+    assert status == 403
+    assert json.loads(body)["detail"].startswith('this token has no "tracks" claim')
+    assert get(fresh_node.url(track, fresh_node.token()))[0] == 200  # `segue token`: "*"
+
+
+def test_jwks_keys_sign_only_with_their_use_and_alg(fresh_node: Node, tmp_path: Path) -> None:
+    encryption, rs512, signing = keys.generate("p256"), keys.generate("rsa"), keys.generate("p256")
+    jwks = [dict(json.loads(ECAlgorithm.to_jwk(encryption.public_key())), kid="enc", use="enc"),
+            dict(json.loads(RSAAlgorithm.to_jwk(rs512.public_key())), kid="rs512", alg="RS512"),
+            dict(json.loads(ECAlgorithm.to_jwk(signing.public_key())), kid="sig", use="sig",
+                 alg="ES256")]
+    (fresh_node.root / "jwks.json").write_text(json.dumps({"keys": jwks}))
+    configure(fresh_node, "auth", 'jwks = "jwks.json"')
+    (track,) = fresh_node.pack(make_tone(tmp_path / "a.mp3", MP3, seconds=2, title="a"))
+    fresh_node.start()
+    claims = {"sub": "idp-user", "exp": int(time.time()) + 600, "aud": "segue", "tracks": "*"}
+
+    def play(key: Any, alg: str, kid: str) -> int:
+        token = jwt.encode(claims, key, algorithm=alg, headers={"kid": kid})
+        return get(fresh_node.url(track, token))[0]
+
+    assert play(signing, "ES256", "sig") == 200
+    assert play(encryption, "ES256", "enc") == 401  # an encryption key signs nothing
+    assert play(rs512, "RS256", "rs512") == 401  # an RS512 key verifies no RS256 token
+    only_enc = segue("check-config", "--config", fresh_node.conf, check=False)
+    assert only_enc.returncode == 0, only_enc.stderr
+    (fresh_node.root / "jwks.json").write_text(json.dumps({"keys": jwks[:2]}))
+    refused = segue("check-config", "--config", fresh_node.conf, check=False)
+    assert refused.returncode == 2
+    assert "auth.jwks: " in refused.stderr and "holds no key that signs tokens Segue " \
+        "verifies; left out: enc (use 'enc', not \"sig\"), rs512 (alg 'RS512'" in refused.stderr

@@ -97,6 +97,7 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "issuer": ("str", None),
         "leeway_s": ("float", 30.0),
         "default_ttl_s": ("int", 3600),
+        "require_scope": ("bool", False),
     },
     "store": {
         "path": ("path", "store"),
@@ -206,6 +207,7 @@ class AuthSettings:
     issuer: str | None
     leeway_s: float
     default_ttl_s: int
+    require_scope: bool
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,7 @@ def load_token_verifier(settings: Settings) -> TokenVerifier:
         audience=settings.auth.audience,
         issuer=settings.auth.issuer,
         leeway_s=settings.auth.leeway_s,
+        require_scope=settings.auth.require_scope,
     )
 
 
