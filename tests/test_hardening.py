@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import hmac
 import io
 import json
 import os
@@ -609,3 +611,44 @@ def test_jwks_keys_sign_only_with_their_use_and_alg(fresh_node: Node, tmp_path: 
     assert refused.returncode == 2
     assert "auth.jwks: " in refused.stderr and "holds no key that signs tokens Segue " \
         "verifies; left out: enc (use 'enc', not \"sig\"), rs512 (alg 'RS512'" in refused.stderr
+
+
+def test_user_hashes_in_the_request_log_are_keyed_with_the_fleet_salt(fresh_node: Node,
+                                                                      tmp_path: Path) -> None:
+    salt = fresh_node.root / "log-salt"
+    salt.write_text("short\n")
+    salt.chmod(0o600)
+    configure(fresh_node, "log", 'user_hash_salt_file = "log-salt"')
+    short = segue("check-config", "--config", fresh_node.conf, check=False)
+    assert short.returncode == 2
+    assert f"log.user_hash_salt_file: {salt} holds fewer than 16 characters" in short.stderr
+    salt.write_text("fleet-salt-0123456789abcdef\n")
+    (track,) = fresh_node.pack(make_tone(tmp_path / "a.mp3", MP3, seconds=2, title="a"))
+    fresh_node.start()
+    assert get(fresh_node.url(track, fresh_node.token("alice")))[0] == 200
+    (line,) = [e for e in fresh_node.log_events_named("request") if e.get("track") == track]
+    expected = hmac.new(b"segue/v1 log user\x00fleet-salt-0123456789abcdef", b"alice",
+                        hashlib.sha256).hexdigest()[:16]
+    assert line["user"] == expected
+    unsalted = hashlib.sha256(b"segue/v1 log user\x00alice").hexdigest()[:16]
+    assert unsalted not in fresh_node.log_text()
+
+
+def test_one_client_cannot_hold_more_than_its_connections(fresh_node: Node) -> None:
+    configure(fresh_node, "http", "max_connections_per_client = 2")
+    fresh_node.start()
+    host, port = fresh_node.base.removeprefix("http://").rsplit(":", 1)
+    held = [socket.create_connection((host, int(port)), timeout=10) for _ in range(2)]
+    try:
+        with socket.create_connection((host, int(port)), timeout=10) as third:
+            answer = third.makefile("rb").read()
+        assert answer.startswith(b"HTTP/1.1 503 ")
+        assert b"too many connections from your address" in answer
+        held.pop().close()
+        deadline = time.monotonic() + 5  # the node notices the close
+        while get(fresh_node.base + "/healthz")[0] != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        for sock in held:
+            sock.close()

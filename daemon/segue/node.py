@@ -49,7 +49,7 @@ from segue.workers import MainSide, WorkerSide
 log = structlog.get_logger("segue.node")
 
 FULL_COLLECTION_EVERY = 100  # middle-generation collections per full one (CPython's default: 10)
-RESTART_KEYS = ("listen", "max_connections", "workers")
+RESTART_KEYS = ("listen", "max_connections", "max_connections_per_client", "workers")
 
 
 class Node:
