@@ -32,7 +32,7 @@ def configure(node: Node, fake: FakeF5, **extra: object) -> None:
     secret = node.root / "f5.password"
     secret.write_text("pw\n")
     secret.chmod(0o600)
-    table = {"management_url": fake.url, "username": "svc-segue",
+    table = {"management_url": fake.url, "allow_plain_http": True, "username": "svc-segue",
              "password_file": "f5.password", "pool": POOL, "reconcile_interval_s": 0.3,
              "request_timeout_s": 1.0, "retry_deadline_s": 3.0, **extra}
     lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in table.items())

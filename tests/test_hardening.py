@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+import pymysql
 import pytest
 import smbclient
 import trio
@@ -43,6 +45,7 @@ from segue.storage import layout
 from segue.storage.errors import BadCopyError, StoreError, TrackUnavailable
 from segue.storage.smb import SmbStore, SmbUrl
 from segue.systemd import Notifier
+from segue_mysql import MySQLPlugin
 
 TRACK = "0123456789abcdef0123456789abcdef"
 
@@ -652,3 +655,56 @@ def test_one_client_cannot_hold_more_than_its_connections(fresh_node: Node) -> N
     finally:
         for sock in held:
             sock.close()
+
+
+# --- Finding 10: F5 over https only, MySQL with verified TLS, the HAProxy agent's address ------
+
+def test_an_f5_management_url_over_plain_http_is_refused_unless_allowed(
+        fresh_node: Node) -> None:
+    secret = fresh_node.root / "f5.password"
+    secret.write_text("pw\n")
+    secret.chmod(0o600)
+    table = ('management_url = "http://bigip.example.net"\nusername = "svc-segue"\n'
+             'password_file = "f5.password"\npool = "edge_pool"\n')
+    fresh_node.conf.write_text(fresh_node.conf.read_text() + f"\n[plugins.f5]\n{table}")
+    refused = segue("check-config", "--config", fresh_node.conf, check=False)
+    assert refused.returncode == 2
+    assert "management_url is http://: the password and the auth token would cross the " \
+        "network in clear; use https://HOST" in refused.stderr
+    configure(fresh_node, "plugins.f5", "allow_plain_http = true")
+    allowed = segue("check-config", "--config", fresh_node.conf, check=False)
+    assert allowed.returncode == 0, allowed.stderr
+
+
+def test_mysql_tls_is_required_and_verified_when_asked_for(
+        fresh_node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    configure(fresh_node, "plugins.mysql", 'tls = true\ntls_ca_file = "no-such-ca.pem"\n'
+              '[[plugins.mysql.shards]]\nname = "s0"\nrange = "-"\nhost = "db.example.net"\n'
+              'user = "segue_replicator"')
+    refused = segue("check-config", "--config", fresh_node.conf, check=False)
+    assert refused.returncode == 2
+    assert "tls_ca_file: cannot load 'no-such-ca.pem' as PEM CA certificates" in refused.stderr
+    # In-process: the connections the plugin makes carry a context that verifies.
+    plugin = MySQLPlugin()
+    plugin.segue_configure({"tls": True, "shards": [
+        {"name": "s0", "range": "-", "host": "db.example.net", "user": "u"}]},
+        fresh_node.conf)
+    (shard,) = plugin.shards
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(pymysql, "connect", lambda **kw: seen.update(kw))
+    shard.connect()
+    for context in (seen["ssl"], shard.connection_settings()["ssl"]):
+        assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+
+
+def test_the_haproxy_agent_listens_where_it_is_told(fresh_node: Node) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.2", 0))
+        agent_port = s.getsockname()[1]
+    configure(fresh_node, "plugins.haproxy", f'mode = "agent"\nbackend = "be"\nserver = "edge1"\n'
+              f'agent_port = {agent_port}\nagent_address = "127.0.0.2"')
+    fresh_node.start()
+    with socket.create_connection(("127.0.0.2", agent_port), timeout=5) as agent:
+        assert agent.makefile("rb").readline() == b"up ready\n"
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", agent_port), timeout=5).close()
