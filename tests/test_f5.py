@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Node, make_tone
+from conftest import Node, make_tone, with_plugins
 from fake_f5 import FakeF5
 
 POOL = "edge_pool"
@@ -218,7 +218,8 @@ def test_a_failing_node_disables_its_member(fresh_node: Node, f5: FakeF5, tmp_pa
     configure(fresh_node, f5)
     fresh_node.conf.write_text(fresh_node.conf.read_text()
                                + '\n[plugins.example]\nhealth = "failing"\nreason = "test"\n')
-    fresh_node.start(env={"PYTHONPATH": plugin_path, "SEGUE_PLUGINS_ALLOW": "f5,example"},
+    fresh_node.start(env={"PYTHONPATH": with_plugins(plugin_path),
+                          "SEGUE_PLUGINS_ALLOW": "f5,example"},
                      wait=False)
     fresh_node.base = "http://" + fresh_node.wait_for_event("listening")["addresses"][0]
     wait_until(lambda: f5.member(POOL, member_of(fresh_node)) is not None)

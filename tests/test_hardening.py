@@ -32,7 +32,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from smbprotocol.exceptions import SMBConnectionClosed, SMBOSError
 from smbprotocol.header import NtStatus
 
-from conftest import MP3, Node, make_tone, segue
+from conftest import MP3, Node, make_tone, segue, with_plugins
 from segue import config, wiring
 from segue.catalogue import Catalogue
 from segue.configured_keys import load_edge_keys
@@ -435,7 +435,7 @@ def test_the_public_health_names_what_is_down_and_the_log_says_why(
     secret_reason = "pool unreachable at smb://svc-segue@nas-a/media (set server be/edge1)"
     fresh_node.conf.write_text(fresh_node.conf.read_text() + "\n[plugins.example]\n"
                                f"health = \"degraded\"\nreason = {json.dumps(secret_reason)}\n")
-    fresh_node.start(env={"PYTHONPATH": os.pathsep.join([plugin_path, os.environ["PYTHONPATH"]]),
+    fresh_node.start(env={"PYTHONPATH": with_plugins(plugin_path),
                           "SEGUE_PLUGINS_ALLOW": "example"})
     assert get(fresh_node.base + "/healthz") == (200, b"degraded: plugin example degraded\n")
     # Share b's folder is gone (a file in its place): the share itself cannot be read.

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import segue
-from conftest import SEGUE, Node
+from conftest import SEGUE, Node, with_plugins
 from segue import config, hookspecs
 from segue.plugin_host import PluginHost
 
@@ -32,9 +32,7 @@ def with_example(node: Node, **table: object) -> None:
 
 
 def env(plugin_path: str, allow: str = "example", **extra: str) -> dict[str, str]:
-    # The folder of the example plugin, before whatever PYTHONPATH names the code under test.
-    path = os.pathsep.join(filter(None, [plugin_path, os.environ.get("PYTHONPATH")]))
-    return {"PYTHONPATH": path, "SEGUE_PLUGINS_ALLOW": allow, **extra}
+    return {"PYTHONPATH": with_plugins(plugin_path), "SEGUE_PLUGINS_ALLOW": allow, **extra}
 
 
 def calls(node: Node) -> list[dict]:
