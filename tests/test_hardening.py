@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import hashlib
 import hmac
+import http.client
 import io
 import json
 import os
@@ -641,7 +642,12 @@ def test_one_client_cannot_hold_more_than_its_connections(fresh_node: Node) -> N
     configure(fresh_node, "http", "max_connections_per_client = 2")
     fresh_node.start()
     host, port = fresh_node.base.removeprefix("http://").rsplit(":", 1)
-    held = [socket.create_connection((host, int(port)), timeout=10) for _ in range(2)]
+    held = []
+    for _ in range(2):  # each answered once, so the node has surely counted it
+        connection = http.client.HTTPConnection(host, int(port), timeout=10)
+        held.append(connection)
+        connection.request("GET", "/healthz")
+        assert connection.getresponse().read() == b"ok\n"
     try:
         with socket.create_connection((host, int(port)), timeout=10) as third:
             answer = third.makefile("rb").read()
