@@ -200,6 +200,12 @@ def track_of(node: Node, suffix: str) -> str:
 EXAMPLE_PLUGIN = Path(__file__).parent / "example_plugin"
 
 
+def with_plugins(plugin_path: str) -> str:
+    """PYTHONPATH for a node that sees the example plugin: its folder, then whatever the tests
+    run with (the tree under test, when it is not the installed one)."""
+    return os.pathsep.join(filter(None, [plugin_path, os.environ.get("PYTHONPATH")]))
+
+
 @pytest.fixture(scope="session")
 def plugin_path(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The example plugin pip-installed from its own pyproject into a folder of its own.

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Node, make_tone
+from conftest import Node, make_tone, with_plugins
 from fake_f5 import FakeF5
 
 POOL = "edge_pool"
@@ -32,7 +32,7 @@ def configure(node: Node, fake: FakeF5, **extra: object) -> None:
     secret = node.root / "f5.password"
     secret.write_text("pw\n")
     secret.chmod(0o600)
-    table = {"management_url": fake.url, "username": "svc-segue",
+    table = {"management_url": fake.url, "allow_plain_http": True, "username": "svc-segue",
              "password_file": "f5.password", "pool": POOL, "reconcile_interval_s": 0.3,
              "request_timeout_s": 1.0, "retry_deadline_s": 3.0, **extra}
     lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in table.items())
@@ -130,7 +130,7 @@ def test_f5_down_at_start_the_node_serves_and_registers_when_it_returns(
     f5.set_down(True)
     configure(fresh_node, f5)
     fresh_node.start()
-    wait_until(lambda: healthz(fresh_node)[1].startswith("degraded: f5: F5 unreachable"))
+    wait_until(lambda: healthz(fresh_node)[1] == "degraded: plugin f5 degraded")
     assert healthz(fresh_node)[0] == 200
     f5.set_down(False)
     wait_until(lambda: session_of(f5, fresh_node) == "user-enabled")
@@ -218,7 +218,8 @@ def test_a_failing_node_disables_its_member(fresh_node: Node, f5: FakeF5, tmp_pa
     configure(fresh_node, f5)
     fresh_node.conf.write_text(fresh_node.conf.read_text()
                                + '\n[plugins.example]\nhealth = "failing"\nreason = "test"\n')
-    fresh_node.start(env={"PYTHONPATH": plugin_path, "SEGUE_PLUGINS_ALLOW": "f5,example"},
+    fresh_node.start(env={"PYTHONPATH": with_plugins(plugin_path),
+                          "SEGUE_PLUGINS_ALLOW": "f5,example"},
                      wait=False)
     fresh_node.base = "http://" + fresh_node.wait_for_event("listening")["addresses"][0]
     wait_until(lambda: f5.member(POOL, member_of(fresh_node)) is not None)

@@ -4,28 +4,49 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import hmac
+import http.client
+import io
 import json
 import os
+import shutil
 import socket
+import ssl
 import subprocess
+import threading
+import time
+import urllib.error
 import urllib.request
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+import jwt
+import pymysql
 import pytest
+import smbclient
+import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from smbprotocol.exceptions import SMBConnectionClosed, SMBOSError
+from smbprotocol.header import NtStatus
 
-from conftest import MP3, Node, make_tone, segue
+from conftest import MP3, Node, make_tone, segue, with_plugins
+from segue import config, wiring
 from segue.catalogue import Catalogue
+from segue.configured_keys import load_edge_keys
 from segue.media import track_id_of
 from segue.seal import keys
 from segue.seal import manifest as mf
 from segue.seal.errors import ManifestError
 from segue.seal.track import TrackSealer, rewrap
 from segue.storage import layout
+from segue.storage.errors import BadCopyError, StoreError, TrackUnavailable
+from segue.storage.smb import SmbStore, SmbUrl
 from segue.systemd import Notifier
+from segue_mysql import MySQLPlugin
 
 TRACK = "0123456789abcdef0123456789abcdef"
 
@@ -328,3 +349,368 @@ def test_init_over_a_node_without_its_config_keeps_the_keys(tmp_path: Path) -> N
         "makes a new node over it, replacing its keys, store and catalogue)"]
     assert {p: p.read_bytes() for p in (root / "keys").iterdir()} == before
     assert not (root / "segued.toml").exists()
+
+
+# --- Shared by the findings below ---------------------------------------------------------------
+
+def configure(node: Node, section: str, lines: str) -> None:
+    """Add `lines` (TOML keys) to [section] of the node's configuration, making the table if
+    `segue init` did not."""
+    text = node.conf.read_text()
+    header = f"[{section}]\n"
+    if header in text:
+        node.conf.write_text(text.replace(header, f"{header}{lines}\n", 1))
+    else:
+        node.conf.write_text(f"{text}\n{header}{lines}\n")
+
+
+def get(url: str, *headers: tuple[str, str]) -> tuple[int, bytes]:
+    """Status and body of a GET, whatever the status."""
+    request = urllib.request.Request(url, headers=dict(headers))
+    try:
+        with urllib.request.urlopen(request, timeout=20) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def metric(node: Node, name: str) -> float:
+    _, body = get(node.base + "/metrics")
+    for line in body.decode().splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rpartition(" ")[2])
+    raise AssertionError(f"no {name} in /metrics")
+
+
+# --- Finding 5: the chunk cache counts the buffers its entries pin -----------------------------
+
+def test_the_chunk_cache_counts_the_buffer_a_short_last_chunk_pins(fresh_node: Node,
+                                                                   tmp_path: Path) -> None:
+    chunk_size = 262144
+    configure(fresh_node, "cache", f"bytes = {2 * chunk_size}\nread_ahead_chunks = 0")
+    # Three tracks of one short chunk each (2 s of 128 kb/s MP3: about 32 KiB of 256 KiB).
+    tracks = fresh_node.pack(*(make_tone(tmp_path / f"{i}.mp3", MP3, seconds=2, freq=300 + i,
+                                         title=str(i)) for i in range(3)))
+    fresh_node.start()
+    token = fresh_node.token()
+    for track in tracks:
+        status, body = get(fresh_node.url(track, token))
+        assert status == 200 and body == fresh_node.tracks[track].read_bytes()
+        assert len(body) < chunk_size
+    # Each entry holds a whole chunk buffer: two fit in the budget, the third evicted one.
+    assert metric(fresh_node, "segue_chunk_cache_bytes") == 2 * chunk_size
+    assert metric(fresh_node, "segue_chunk_cache_evictions_total") == 1
+
+
+# --- Finding 4: one unreadable file is a bad copy; the public health says little --------------
+
+def test_an_unreadable_copy_fails_over_and_leaves_its_share_up(fresh_node: Node,
+                                                               tmp_path: Path) -> None:
+    shares = local_shares(fresh_node, ("a", "b"))  # each holds every file
+    (track,) = fresh_node.pack(make_tone(tmp_path / "a.mp3", MP3, seconds=20, title="a"))
+    # Every file of the track on share a becomes a link to itself: opening it fails (ELOOP)
+    # while the share answers.
+    damaged = 0
+    for path in (shares["a"] / layout.track_dir(track)).iterdir():
+        path.unlink()
+        path.symlink_to(path.name)
+        damaged += 1
+    assert damaged > 2  # the manifest and some chunks
+    fresh_node.start()
+    status, body = get(fresh_node.url(track, fresh_node.token()))
+    assert status == 200 and body == fresh_node.tracks[track].read_bytes()
+    assert get(fresh_node.base + "/healthz") == (200, b"ok\n")
+    time.sleep(1)  # the probe service ticks every 0.25 s: it would have logged "share down"
+    assert not fresh_node.log_events_named("share down")
+    refused = fresh_node.log_events_named("manifest refused") \
+        + fresh_node.log_events_named("chunk copy refused")
+    assert refused and all(e["share"] == "a" and "Too many levels of symbolic links" in e["error"]
+                           for e in refused)
+    assert metric(fresh_node, 'segue_share_up{share="a"}') == 1
+
+
+def test_the_public_health_names_what_is_down_and_the_log_says_why(
+        fresh_node: Node, tmp_path: Path, plugin_path: str) -> None:
+    shares = local_shares(fresh_node, ("b", "a"))  # manifests are read from b first
+    (track,) = fresh_node.pack(make_tone(tmp_path / "a.mp3", MP3, seconds=2, title="a"))
+    secret_reason = "pool unreachable at smb://svc-segue@nas-a/media (set server be/edge1)"
+    fresh_node.conf.write_text(fresh_node.conf.read_text() + "\n[plugins.example]\n"
+                               f"health = \"degraded\"\nreason = {json.dumps(secret_reason)}\n")
+    fresh_node.start(env={"PYTHONPATH": with_plugins(plugin_path),
+                          "SEGUE_PLUGINS_ALLOW": "example"})
+    assert get(fresh_node.base + "/healthz") == (200, b"degraded: plugin example degraded\n")
+    # Share b's folder is gone (a file in its place): the share itself cannot be read.
+    shutil.rmtree(shares["b"])
+    shares["b"].write_text("not a folder")
+    assert get(fresh_node.url(track, fresh_node.token()))[0] == 200  # from share a
+    deadline = time.monotonic() + 10  # the probe service publishes the change
+    while (healthz := get(fresh_node.base + "/healthz"))[1] != b"degraded: share b down\n":
+        assert time.monotonic() < deadline, healthz
+        time.sleep(0.05)
+    _, body = get(fresh_node.base + "/v1/status")
+    doc = json.loads(body)
+    assert doc["health"] == {"status": "degraded", "reason": "share b down"}
+    assert doc["plugins"][0]["health"] == {"status": "degraded",
+                                           "reason": "plugin example degraded"}
+    for text in (body.decode(), get(fresh_node.base + "/metrics")[1].decode()):
+        assert str(fresh_node.root) not in text and "svc-segue" not in text
+    # The detail is in the log, for the people who run the node.
+    details = [e["detail"] for e in fresh_node.log_events_named("health")]
+    assert f"example: {secret_reason}" in details[0]
+    assert any(f"{shares['b']}" in d and "Not a directory" in d for d in details[1:])
+
+
+def test_an_smb_file_the_server_refuses_keeps_the_share_and_its_connections(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process: smbclient answering "access denied" for one file while the share answers."""
+    store = SmbStore(SmbUrl.parse("smb://svc@nas/media"), "secret")
+    resets: list[bool] = []
+    monkeypatch.setattr(store, "reset", lambda: resets.append(True))
+    monkeypatch.setattr(store, "_session", dict)
+
+    def denied(path: str, **kw: Any) -> Any:
+        raise SMBOSError(NtStatus.STATUS_ACCESS_DENIED, path)
+
+    monkeypatch.setattr(smbclient, "open_file", denied)
+    monkeypatch.setattr(smbclient, "stat", lambda path, **kw: None)
+    with pytest.raises(BadCopyError, match=f"cannot read chunk 0 of track {TRACK} on "
+                                           "smb://svc@nas/media: SMBOSError"):
+        store.read_chunk_into(TRACK, 0, bytearray(16))
+    assert not resets  # the pooled connections stay
+    # The same refusal while the share does not answer either: the share is at fault.
+
+    def closed(path: str, **kw: Any) -> Any:
+        raise SMBConnectionClosed("the connection is closed")
+
+    monkeypatch.setattr(smbclient, "stat", closed)
+    with pytest.raises(StoreError) as failure:
+        store.read_chunk_into(TRACK, 0, bytearray(16))
+    assert not isinstance(failure.value, BadCopyError) and resets
+
+
+# --- Finding 9: store writers follow no links; SMB temporary names are unique ------------------
+
+def test_fsck_repair_never_writes_through_a_linked_track_folder(fresh_node: Node,
+                                                                tmp_path: Path) -> None:
+    shares = local_shares(fresh_node, ("a", "b"))
+    (track,) = fresh_node.pack(make_tone(tmp_path / "a.mp3", MP3, seconds=2, title="a"))
+    # A share writer swaps the track's folder on share a for a link to a folder of its choice.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    folder = shares["a"] / layout.track_dir(track)
+    shutil.rmtree(folder)
+    folder.symlink_to(elsewhere)
+
+    result = fsck(fresh_node, "--repair")
+    assert result.returncode == 1
+    assert f"{track} on a: manifest missing; cannot repair: refusing to write below {folder}: " \
+        "it is a symbolic link or not a folder" in result.stdout, result.stdout + result.stderr
+    assert list(elsewhere.iterdir()) == []
+    # A real folder in its place is repaired as before, with no temporary file left behind.
+    folder.unlink()
+    assert fsck(fresh_node, "--repair").returncode == 0
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        p.name for p in (shares["b"] / layout.track_dir(track)).iterdir())
+
+
+def test_smb_writers_use_temporary_names_of_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process: the names smbclient is asked to write and rename."""
+    store = SmbStore(SmbUrl.parse("smb://svc@nas/media"), "secret")
+    monkeypatch.setattr(store, "_session", dict)
+    written: list[str] = []
+    monkeypatch.setattr(smbclient, "makedirs", lambda path, **kw: None)
+    monkeypatch.setattr(smbclient, "open_file",
+                        lambda path, **kw: written.append(path) or contextlib.nullcontext(
+                            io.BytesIO()))
+    monkeypatch.setattr(smbclient, "replace", lambda src, dst, **kw: None)
+    store.write_chunk(TRACK, 0, b"sealed")
+    store.write_chunk(TRACK, 0, b"sealed")
+    first, second = written
+    assert first != second
+    assert f"\\.0.chunk.{os.getpid()}." in first and first.endswith(".tmp")
+
+
+# --- Finding 11: reloads, token scope, JWKS use and alg, salted user hashes, peers' connections --
+
+class GatedManifests:
+    """Wraps a store: manifest reads wait until the test opens the gate."""
+
+    def __init__(self, store: object) -> None:
+        self._store = store
+        self.reading = threading.Event()
+        self.gate = threading.Event()
+
+    def read_manifest(self, track_id: str) -> bytes:
+        self.reading.set()
+        assert self.gate.wait(10)
+        return self._store.read_manifest(track_id)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+
+def test_an_open_in_flight_during_a_key_change_is_not_cached(fresh_node: Node,
+                                                             tmp_path: Path) -> None:
+    """In-process: the race needs an open held between its read and set_keys."""
+    (track,) = fresh_node.pack(make_tone(tmp_path / "a.mp3", MP3, seconds=2, title="a"))
+    settings = config.load(fresh_node.conf)
+    serving = wiring.build(settings)
+    share = serving.library.shares.shares[0]
+    gated = GatedManifests(share.store)
+    share.store = gated  # type: ignore[assignment]
+    old = load_edge_keys(settings)
+    # The reload removes the packager from the trusted keys.
+    untrusting = dataclasses.replace(old, trusted_packagers={})
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serving.library.open, track)  # under the old trust
+            await trio.to_thread.run_sync(gated.reading.wait)
+            serving.library.set_keys(untrusting)
+            gated.gate.set()
+        with pytest.raises(TrackUnavailable):  # opened afresh, under the new trust
+            await serving.library.open(track)
+
+    trio.run(main, strict_exception_groups=True)
+
+
+def test_require_scope_refuses_tokens_that_name_no_tracks(fresh_node: Node,
+                                                          tmp_path: Path) -> None:
+    configure(fresh_node, "auth", "require_scope = true")
+    (track,) = fresh_node.pack(make_tone(tmp_path / "a.mp3", MP3, seconds=2, title="a"))
+    fresh_node.start()
+    auth_key = keys.load_private_key(fresh_node.root / "keys" / "auth-ed25519.pem")
+    claims = {"sub": "idp-user", "exp": int(time.time()) + 600, "aud": "segue"}
+    unscoped = jwt.encode(claims, auth_key, algorithm="EdDSA",
+                          headers={"kid": keys.key_id(auth_key.public_key())})
+    status, body = get(fresh_node.url(track, unscoped))
+    assert status == 403
+    assert json.loads(body)["detail"].startswith('this token has no "tracks" claim')
+    assert get(fresh_node.url(track, fresh_node.token()))[0] == 200  # `segue token`: "*"
+
+
+def test_jwks_keys_sign_only_with_their_use_and_alg(fresh_node: Node, tmp_path: Path) -> None:
+    encryption, rs512, signing = keys.generate("p256"), keys.generate("rsa"), keys.generate("p256")
+    jwks = [dict(json.loads(ECAlgorithm.to_jwk(encryption.public_key())), kid="enc", use="enc"),
+            dict(json.loads(RSAAlgorithm.to_jwk(rs512.public_key())), kid="rs512", alg="RS512"),
+            dict(json.loads(ECAlgorithm.to_jwk(signing.public_key())), kid="sig", use="sig",
+                 alg="ES256")]
+    (fresh_node.root / "jwks.json").write_text(json.dumps({"keys": jwks}))
+    configure(fresh_node, "auth", 'jwks = "jwks.json"')
+    (track,) = fresh_node.pack(make_tone(tmp_path / "a.mp3", MP3, seconds=2, title="a"))
+    fresh_node.start()
+    claims = {"sub": "idp-user", "exp": int(time.time()) + 600, "aud": "segue", "tracks": "*"}
+
+    def play(key: Any, alg: str, kid: str) -> int:
+        token = jwt.encode(claims, key, algorithm=alg, headers={"kid": kid})
+        return get(fresh_node.url(track, token))[0]
+
+    assert play(signing, "ES256", "sig") == 200
+    assert play(encryption, "ES256", "enc") == 401  # an encryption key signs nothing
+    assert play(rs512, "RS256", "rs512") == 401  # an RS512 key verifies no RS256 token
+    only_enc = segue("check-config", "--config", fresh_node.conf, check=False)
+    assert only_enc.returncode == 0, only_enc.stderr
+    (fresh_node.root / "jwks.json").write_text(json.dumps({"keys": jwks[:2]}))
+    refused = segue("check-config", "--config", fresh_node.conf, check=False)
+    assert refused.returncode == 2
+    assert "auth.jwks: " in refused.stderr and "holds no key that signs tokens Segue " \
+        "verifies; left out: enc (use 'enc', not \"sig\"), rs512 (alg 'RS512'" in refused.stderr
+
+
+def test_user_hashes_in_the_request_log_are_keyed_with_the_fleet_salt(fresh_node: Node,
+                                                                      tmp_path: Path) -> None:
+    salt = fresh_node.root / "log-salt"
+    salt.write_text("short\n")
+    salt.chmod(0o600)
+    configure(fresh_node, "log", 'user_hash_salt_file = "log-salt"')
+    short = segue("check-config", "--config", fresh_node.conf, check=False)
+    assert short.returncode == 2
+    assert f"log.user_hash_salt_file: {salt} holds fewer than 16 characters" in short.stderr
+    salt.write_text("fleet-salt-0123456789abcdef\n")
+    (track,) = fresh_node.pack(make_tone(tmp_path / "a.mp3", MP3, seconds=2, title="a"))
+    fresh_node.start()
+    assert get(fresh_node.url(track, fresh_node.token("alice")))[0] == 200
+    (line,) = [e for e in fresh_node.log_events_named("request") if e.get("track") == track]
+    expected = hmac.new(b"segue/v1 log user\x00fleet-salt-0123456789abcdef", b"alice",
+                        hashlib.sha256).hexdigest()[:16]
+    assert line["user"] == expected
+    unsalted = hashlib.sha256(b"segue/v1 log user\x00alice").hexdigest()[:16]
+    assert unsalted not in fresh_node.log_text()
+
+
+def test_one_client_cannot_hold_more_than_its_connections(fresh_node: Node) -> None:
+    configure(fresh_node, "http", "max_connections_per_client = 2")
+    fresh_node.start()
+    host, port = fresh_node.base.removeprefix("http://").rsplit(":", 1)
+    held = []
+    for _ in range(2):  # each answered once, so the node has surely counted it
+        connection = http.client.HTTPConnection(host, int(port), timeout=10)
+        held.append(connection)
+        connection.request("GET", "/healthz")
+        assert connection.getresponse().read() == b"ok\n"
+    try:
+        with socket.create_connection((host, int(port)), timeout=10) as third:
+            answer = third.makefile("rb").read()
+        assert answer.startswith(b"HTTP/1.1 503 ")
+        assert b"too many connections from your address" in answer
+        held.pop().close()
+        deadline = time.monotonic() + 5  # the node notices the close
+        while get(fresh_node.base + "/healthz")[0] != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        for sock in held:
+            sock.close()
+
+
+# --- Finding 10: F5 over https only, MySQL with verified TLS, the HAProxy agent's address ------
+
+def test_an_f5_management_url_over_plain_http_is_refused_unless_allowed(
+        fresh_node: Node) -> None:
+    secret = fresh_node.root / "f5.password"
+    secret.write_text("pw\n")
+    secret.chmod(0o600)
+    table = ('management_url = "http://bigip.example.net"\nusername = "svc-segue"\n'
+             'password_file = "f5.password"\npool = "edge_pool"\n')
+    fresh_node.conf.write_text(fresh_node.conf.read_text() + f"\n[plugins.f5]\n{table}")
+    refused = segue("check-config", "--config", fresh_node.conf, check=False)
+    assert refused.returncode == 2
+    assert "management_url is http://: the password and the auth token would cross the " \
+        "network in clear; use https://HOST" in refused.stderr
+    configure(fresh_node, "plugins.f5", "allow_plain_http = true")
+    allowed = segue("check-config", "--config", fresh_node.conf, check=False)
+    assert allowed.returncode == 0, allowed.stderr
+
+
+def test_mysql_tls_is_required_and_verified_when_asked_for(
+        fresh_node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    configure(fresh_node, "plugins.mysql", 'tls = true\ntls_ca_file = "no-such-ca.pem"\n'
+              '[[plugins.mysql.shards]]\nname = "s0"\nrange = "-"\nhost = "db.example.net"\n'
+              'user = "segue_replicator"')
+    refused = segue("check-config", "--config", fresh_node.conf, check=False)
+    assert refused.returncode == 2
+    assert "tls_ca_file: cannot load 'no-such-ca.pem' as PEM CA certificates" in refused.stderr
+    # In-process: the connections the plugin makes carry a context that verifies.
+    plugin = MySQLPlugin()
+    plugin.segue_configure({"tls": True, "shards": [
+        {"name": "s0", "range": "-", "host": "db.example.net", "user": "u"}]},
+        fresh_node.conf)
+    (shard,) = plugin.shards
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(pymysql, "connect", lambda **kw: seen.update(kw))
+    shard.connect()
+    for context in (seen["ssl"], shard.connection_settings()["ssl"]):
+        assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+
+
+def test_the_haproxy_agent_listens_where_it_is_told(fresh_node: Node) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.2", 0))
+        agent_port = s.getsockname()[1]
+    configure(fresh_node, "plugins.haproxy", f'mode = "agent"\nbackend = "be"\nserver = "edge1"\n'
+              f'agent_port = {agent_port}\nagent_address = "127.0.0.2"')
+    fresh_node.start()
+    with socket.create_connection(("127.0.0.2", agent_port), timeout=5) as agent:
+        assert agent.makefile("rb").readline() == b"up ready\n"
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", agent_port), timeout=5).close()

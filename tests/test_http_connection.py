@@ -347,6 +347,7 @@ def test_pipelined_requests_are_read_one_cycle_at_a_time() -> None:
 SETTINGS = HttpSettings(
     listen=Listen("127.0.0.1", 0), max_header_bytes=16384, max_body_bytes=1024,
     header_timeout_s=10.0, idle_timeout_s=60.0, send_timeout_s=60.0, max_connections=10,
+    max_connections_per_client=0,
     workers=1, tls_certificate=None, tls_key=None)
 
 Handler = Callable[[Request], Awaitable[Response]]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MP3, SEGUE, Node, make_tone
+from conftest import MP3, SEGUE, Node, make_tone, with_plugins
 from segue.seal import keys
 
 
@@ -113,7 +113,8 @@ def test_notify_sequence_from_a_real_segued(fresh_node: Node, notify: NotifySock
 def test_a_blocked_event_loop_stops_the_watchdog(fresh_node: Node, notify: NotifySocket,
                                                  plugin_path: str, tmp_path: Path) -> None:
     fresh_node.start(env={"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "200000",
-                          "PYTHONPATH": plugin_path, "SEGUE_PLUGINS_ALLOW": "example"})
+                          "PYTHONPATH": with_plugins(plugin_path),
+                          "SEGUE_PLUGINS_ALLOW": "example"})
     notify.wait_for("READY=1")
     time.sleep(0.5)
     started = time.monotonic()

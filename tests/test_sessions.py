@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MP3, Node, make_tone, require
+from conftest import MP3, Node, make_tone, require, with_plugins
 
 
 @pytest.fixture(scope="module")
@@ -315,7 +315,7 @@ def test_changes_reach_transport_plugins_and_remote_deltas_merge(fresh_node: Nod
     (track,) = node.pack(tone)
     token = node.token("alice")
     node.conf.write_text(node.conf.read_text() + '\n[plugins.example]\nrecord = "calls.jsonl"\n')
-    node.start(env={"PYTHONPATH": plugin_path, "SEGUE_PLUGINS_ALLOW": "example"})
+    node.start(env={"PYTHONPATH": with_plugins(plugin_path), "SEGUE_PLUGINS_ALLOW": "example"})
     command(node, token, type="play", device="d1", track=track)
     calls = [json.loads(line) for line in (node.root / "calls.jsonl").read_text().splitlines()]
     changed = [c for c in calls if c["hook"] == "segue_session_changed"]

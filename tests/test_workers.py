@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MP3, SEGUE, Node, make_tone, require
+from conftest import MP3, SEGUE, Node, make_tone, require, with_plugins
 
 
 def _children(pid: int) -> list[int]:
@@ -129,8 +129,9 @@ def test_plugin_routes_need_one_worker(tmp_path: Path, plugin_path: str) -> None
     node = Node.init(tmp_path / "edge")
     _set_workers(node, 2)
     done = subprocess.run([*SEGUE, "run", "--config", str(node.conf)], capture_output=True,
-                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": plugin_path,
-                                                    "SEGUE_PLUGINS_ALLOW": "example"})
+                          text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": with_plugins(plugin_path),
+                               "SEGUE_PLUGINS_ALLOW": "example"})
     assert done.returncode == 1
     assert "set [http] workers = 1" in done.stderr
 

@@ -333,13 +333,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     import trio
 
     from segue import log, metrics, node
+    from segue.configured_keys import load_user_hash_salt
     from segue.plugin_host import PluginHost, StartupError
 
     try:
         settings = _load(args)
     except ValueError as e:
         raise UsageError(f"--listen: {e}") from None
-    log.configure(settings.log.format, settings.log.level)
+    log.configure(settings.log.format, settings.log.level, load_user_hash_salt(settings))
     with contextlib.ExitStack() as cleanup:
         if settings.http.workers > 1:
             shared = Path(tempfile.mkdtemp(prefix="segue-metrics-"))
@@ -360,7 +361,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from segue.configured_keys import load_recipients, load_signing_key
+    from segue.configured_keys import load_recipients, load_signing_key, load_user_hash_salt
     from segue.plugin_host import PluginHost
     from segue.wiring import build, tls_context
 
@@ -368,6 +369,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     errors: list[str] = []
     checks: list[Callable[[], object]] = [lambda: build(settings),
                                           lambda: tls_context(settings),
+                                          lambda: load_user_hash_salt(settings),
                                           lambda: PluginHost.load(settings)]
     if settings.packer.signing_key is not None or settings.packer.recipients:
         checks.append(

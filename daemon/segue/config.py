@@ -76,6 +76,7 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "idle_timeout_s": ("float", 60.0),
         "send_timeout_s": ("float", 60.0),
         "max_connections": ("int", 10_000),
+        "max_connections_per_client": ("int", 0),
         "workers": ("int", 1),
         "tls_certificate": ("path", None),
         "tls_key": ("path", None),
@@ -97,6 +98,7 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "issuer": ("str", None),
         "leeway_s": ("float", 30.0),
         "default_ttl_s": ("int", 3600),
+        "require_scope": ("bool", False),
     },
     "store": {
         "path": ("path", "store"),
@@ -113,7 +115,8 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "worker_threads": ("int", 8),
         "open_tracks": ("int", 1024),
     },
-    "log": {"format": ("str", "auto"), "level": ("str", "info")},
+    "log": {"format": ("str", "auto"), "level": ("str", "info"),
+            "user_hash_salt_file": ("path", None)},
     "sessions": {
         "path": ("path", "sessions.sqlite"),
         "ticket_key": ("path", "session-ticket.key"),
@@ -170,6 +173,7 @@ class HttpSettings:
     idle_timeout_s: float
     send_timeout_s: float
     max_connections: int
+    max_connections_per_client: int
     workers: int
     tls_certificate: Path | None
     tls_key: Path | None
@@ -220,6 +224,7 @@ class AuthSettings:
     issuer: str | None
     leeway_s: float
     default_ttl_s: int
+    require_scope: bool
 
 
 @dataclass(frozen=True)
@@ -238,6 +243,7 @@ class LimitSettings:
 class LogSettings:
     format: str
     level: str
+    user_hash_salt_file: Path | None
 
 
 @dataclass(frozen=True)

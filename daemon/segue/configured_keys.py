@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, Pub
 from segue.config import ConfigError, Settings
 from segue.seal.errors import KeyFileError
 from segue.seal.keyring import EdgeKeys
-from segue.seal.keys import key_id, load_private_key, load_public_key
+from segue.seal.keys import key_id, load_private_key, load_public_key, read_secret
 from segue.seal.tokens import TokenVerifier, load_jwks
 
 
@@ -94,6 +94,7 @@ def load_token_verifier(settings: Settings) -> TokenVerifier:
         audience=settings.auth.audience,
         issuer=settings.auth.issuer,
         leeway_s=settings.auth.leeway_s,
+        require_scope=settings.auth.require_scope,
     )
 
 
@@ -118,3 +119,23 @@ def load_recipients(settings: Settings) -> list[PublicKeyTypes]:
     if errors:
         raise ConfigError(errors)
     return list(keys.values())  # type: ignore[arg-type]
+
+
+USER_HASH_SALT_MIN_CHARS = 16
+
+
+def load_user_hash_salt(settings: Settings) -> bytes:
+    """The salt of user hashes in logs ([log] user_hash_salt_file); empty when none is set."""
+    path = settings.log.user_hash_salt_file
+    if path is None:
+        return b""
+    try:
+        salt = read_secret(path)
+    except KeyFileError as e:
+        raise ConfigError([f"{settings.path}: log.user_hash_salt_file: {e}"]) from None
+    if len(salt) < USER_HASH_SALT_MIN_CHARS:
+        raise ConfigError([
+            f"{settings.path}: log.user_hash_salt_file: {path} holds fewer than "
+            f"{USER_HASH_SALT_MIN_CHARS} characters; make one with `head -c 32 /dev/urandom | "
+            f"base64 > {path}` (mode 0600) and copy it to every node"])
+    return salt.encode()

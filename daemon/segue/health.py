@@ -19,10 +19,18 @@ ORDER: dict[str, int] = {"ok": 0, "degraded": 1, "failing": 2}
 @dataclass(frozen=True)
 class Health:
     """A plugin's (or the node's) health: ok, degraded (serving, something is wrong) or failing
-    (this node should get no traffic), with a reason for people."""
+    (this node should get no traffic), with a reason for people.
+
+    /healthz and /v1/status answer anyone who asks, with no token, so the node's `reason` is
+    short and says only what is wrong ("share s2 down", "plugin f5 degraded"), never where or
+    who (paths, smb:// URLs, user names, commands). `detail` says all of that, for the logs and
+    the host's own STATUS= line. A plugin's own reason is taken as detail: the plugin host gives
+    the public reason.
+    """
 
     status: HealthStatus
     reason: str = ""
+    detail: str = ""
 
     def __post_init__(self) -> None:
         if self.status not in ORDER:
@@ -40,7 +48,13 @@ class Health:
         """The value of a health gauge: 0 ok, 1 degraded, 2 failing."""
         return ORDER[self.status]
 
+    @property
+    def described(self) -> str:
+        """The detail, or the reason when there is none: what logs and STATUS= say."""
+        return self.detail or self.reason
+
     def to_json(self) -> dict[str, str]:
+        """The public form (status and reason; never the detail)."""
         return {"status": self.status, "reason": self.reason}
 
     @classmethod

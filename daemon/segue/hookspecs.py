@@ -149,6 +149,8 @@ def segue_health(node: NodeView) -> Health | Awaitable[Health] | None:
 
     Called: every ``[plugin_host] health_interval_s`` seconds. The results feed ``/healthz``
     (``failing`` makes it 503), ``/v1/status``, ``/metrics`` and systemd's STATUS= line.
+    Anyone may read ``/healthz`` and ``/v1/status``, so they say only "plugin NAME degraded";
+    the reason returned here goes to the log ("health" events) and STATUS= only.
 
     Return: a ``segue.Health``; None means ok.
 

@@ -7,6 +7,7 @@ Nothing here logs a token, key or password; request lines carry a hash of the us
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import re
 import sys
@@ -18,6 +19,9 @@ import structlog
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
 
+
+#: The key of user hashes: a fixed label and the fleet's salt (configure's user_hash_salt).
+_user_hash_key = b"segue/v1 log user\x00"
 
 _PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2, "exception": 3}
 _FIELD_CHARS = re.compile(r"[^A-Z0-9_]")
@@ -41,8 +45,12 @@ def send_to_journal(_logger: object, method: str, event: MutableMapping[str, Any
     raise structlog.DropEvent
 
 
-def configure(fmt: str = "auto", level: str = "info") -> None:
-    """Set up structlog once for the process: `fmt` is auto, json, console or journald."""
+def configure(fmt: str = "auto", level: str = "info", user_hash_salt: bytes = b"") -> None:
+    """Set up structlog once for the process: `fmt` is auto, json, console or journald;
+    `user_hash_salt` keys user_hash (the same on every node of a fleet, so that their logs
+    join)."""
+    global _user_hash_key
+    _user_hash_key = b"segue/v1 log user\x00" + user_hash_salt
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     renderer: structlog.typing.Processor
     if fmt == "journald":
@@ -68,5 +76,9 @@ def configure(fmt: str = "auto", level: str = "info") -> None:
 
 
 def user_hash(user: str) -> str:
-    """A short stable hash that lets log lines be joined per user without naming the user."""
-    return hashlib.sha256(b"segue/v1 log user\x00" + user.encode()).hexdigest()[:16]
+    """A short stable hash that lets log lines be joined per user without naming the user.
+
+    An HMAC keyed with the fleet's salt: a plain hash of a user id can be reversed by whoever
+    reads the logs and can guess ids (hash every customer number, look the hashes up).
+    """
+    return hmac.new(_user_hash_key, user.encode(), hashlib.sha256).hexdigest()[:16]

@@ -110,7 +110,7 @@ class Metrics:
             registry=self.registry,
         )
         self.cache_bytes = Gauge(
-            "segue_chunk_cache_bytes", "Plaintext bytes held by the decrypted-chunk cache.",
+            "segue_chunk_cache_bytes", "Bytes of chunk buffers held by the decrypted-chunk cache.",
             registry=self.registry, multiprocess_mode="livesum",
         )
         self.read_ahead = Counter(

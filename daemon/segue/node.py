@@ -56,7 +56,7 @@ from segue.workers import MainSide, WorkerSide
 log = structlog.get_logger("segue.node")
 
 FULL_COLLECTION_EVERY = 100  # middle-generation collections per full one (CPython's default: 10)
-RESTART_KEYS = ("listen", "max_connections", "workers")
+RESTART_KEYS = ("listen", "max_connections", "max_connections_per_client", "workers")
 
 
 class Node:
@@ -236,6 +236,8 @@ class Node:
         """The node's health from its sources, to everyone who reports it."""
         shares = self.serving.library.shares
         health = worst([shares.health(), self.host.health(), self.side.health()])
+        if health != self.lifecycle.health:  # HTTP clients see the short reason alone
+            log.info("health", status=health.status, detail=health.described)
         self.lifecycle.set_health(health)
         self.side.publish(self.lifecycle.state, health)
         for share in shares.shares:
@@ -247,7 +249,9 @@ class Node:
 
     def _status_line(self) -> str:
         health = self.lifecycle.health
-        detail = f" ({health.reason})" if health.reason else ""
+        # STATUS= keeps the detail: it stays on this host (`systemctl status`), like the
+        # configuration file it comes from (docs/security.md).
+        detail = f" ({health.described})" if health.described else ""
         return (f"{self.lifecycle.state}; {self.lifecycle.streams_in_flight} streams; "
                 f"health {health.status}{detail}")
 

@@ -61,7 +61,17 @@ class Plugin:
     distribution: str
     module: object
     optional: bool
-    health: Health = field(default_factory=Health.ok)
+    health: Health = field(default_factory=Health.ok)  # as the plugin (or the host) said it
+
+    @property
+    def node_health(self) -> Health:
+        """The plugin's health as the node reports it: the public reason names the plugin and
+        its status alone; the plugin's own words (which may name hosts, users, commands) are
+        the detail."""
+        if self.health.status == "ok":
+            return Health.ok()
+        return Health(self.health.status, f"plugin {self.name} {self.health.status}",
+                      f"{self.name}: {self.health.described}")
 
     def to_json(self, hooks: list[str]) -> dict[str, Any]:
         return {
@@ -69,7 +79,7 @@ class Plugin:
             "version": self.version,
             "distribution": self.distribution,
             "hooks": hooks,
-            "health": self.health.to_json(),
+            "health": self.node_health.to_json(),
         }
 
 
@@ -260,8 +270,7 @@ class PluginHost:
 
     def health(self) -> Health:
         """The worst health of all plugins, with the plugin's name in the reason."""
-        return worst(Health(p.health.status, f"{p.name}: {p.health.reason}")
-                     for p in self.plugins)
+        return worst(p.node_health for p in self.plugins)
 
     def describe(self) -> list[dict[str, Any]]:
         """Name, version, hooks and health of each plugin (`segue plugins`, /v1/status)."""

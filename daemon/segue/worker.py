@@ -16,6 +16,7 @@ import trio
 
 from segue import config, log, node
 from segue.cli import sole_error
+from segue.configured_keys import load_user_hash_salt
 from segue.plugin_host import PluginHost
 
 
@@ -28,11 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = config.load(args.config, listen=args.listen, workers=args.workers)
+        salt = load_user_hash_salt(settings)
     except config.ConfigError as e:
         for line in e.errors:
             print(f"segue worker {args.index}: {line}", file=sys.stderr)
         return 2
-    log.configure(settings.log.format, settings.log.level)
+    log.configure(settings.log.format, settings.log.level, salt)
     worker = node.Node(settings, PluginHost(settings), worker=True,
                        overrides={"listen": args.listen, "workers": args.workers})
     try:

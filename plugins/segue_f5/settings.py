@@ -18,6 +18,7 @@ _DEFAULTS: dict[str, Any] = {
     "member_port": None,
     "verify_tls": True,
     "ca_bundle": None,
+    "allow_plain_http": False,
     "ephemeral": False,
     "create_monitor": False,
     "monitor_name": "segue_healthz",
@@ -65,6 +66,13 @@ def parse(table: Mapping[str, Any], config_path: Path) -> F5Settings:
     url = urlsplit(str(values.get("management_url", "")))
     if "management_url" in table and (url.scheme not in ("https", "http") or not url.hostname):
         problems.append("management_url must be https://HOST[:PORT]")
+    elif url.scheme == "http" and values["allow_plain_http"] is not True:
+        # The password goes out on the first call, the token on every one after it.
+        problems.append("management_url is http://: the password and the auth token would "
+                        "cross the network in clear; use https://HOST (or, for a lab F5 on a "
+                        "network of your own only, set allow_plain_http = true)")
+    if not isinstance(values["allow_plain_http"], bool):
+        problems.append("allow_plain_http must be true or false")
     if values["reconcile"] not in ("fix", "report"):
         problems.append('reconcile must be "fix" (put a hand-changed member back) or "report"')
     if not 1 <= int(values["token_timeout_s"]) <= 36000:

@@ -129,7 +129,7 @@ class HAProxyPlugin:
                     await stream.send_all(word.encode() + b"\n")
             await stream.aclose()
 
-        await trio.serve_tcp(answer, self.settings.agent_port, host="127.0.0.1")
+        await trio.serve_tcp(answer, self.settings.agent_port, host=self.settings.agent_address)
 
     @segue.hookimpl
     def segue_health(self, node):

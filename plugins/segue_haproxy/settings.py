@@ -20,6 +20,7 @@ _DEFAULTS: dict[str, Any] = {
     "port": None,
     "add_options": "check",
     "agent_port": None,
+    "agent_address": "127.0.0.1",
     "timeout_s": 2.0,
     "reconcile_interval_s": 5.0,
 }
@@ -41,6 +42,7 @@ class HAProxySettings:
     port: int | None
     add_options: str
     agent_port: int | None
+    agent_address: str
     timeout_s: float
     reconcile_interval_s: float
 
@@ -72,6 +74,13 @@ def parse(table: Mapping[str, Any], config_path: Path) -> HAProxySettings:
             ipaddress.ip_address(values["address"])
         except ValueError:
             problems.append("address must be an IP address")
+    try:
+        if not isinstance(values["agent_address"], str):
+            raise ValueError(values["agent_address"])
+        ipaddress.ip_address(values["agent_address"])
+    except ValueError:
+        problems.append("agent_address must be an IP address of this host (where HAProxy's "
+                        "agent-check connects), such as 127.0.0.1 or 10.0.0.5")
     if problems:
         raise segue.PluginConfigError(*problems)
     socket = values["admin_socket"]
@@ -86,6 +95,7 @@ def parse(table: Mapping[str, Any], config_path: Path) -> HAProxySettings:
         port=values["port"],
         add_options=str(values["add_options"]),
         agent_port=values["agent_port"],
+        agent_address=values["agent_address"],
         timeout_s=float(values["timeout_s"]),
         reconcile_interval_s=float(values["reconcile_interval_s"]),
     )

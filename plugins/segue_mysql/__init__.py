@@ -10,6 +10,8 @@ is refused with the variable named.
 [plugins.mysql]
 server_id = 7001            # base of this node's replication server ids (one per shard)
 heartbeat_s = 2.0
+tls = true                  # TLS required, certificate and host name verified...
+tls_ca_file = "/etc/segue/mysql-ca.pem"       # ...against this CA (default: the system's)
 [[plugins.mysql.shards]]
 name = "s0"                 # stable: the local catalogue keeps its position under this name
 range = "-80"               # the keyspace range (hex prefixes of the 64-bit keyspace id)
@@ -21,6 +23,7 @@ password_file = "credential:mysql.password"   # optional
 
 from __future__ import annotations
 
+import ssl
 import threading
 from pathlib import Path
 
@@ -38,6 +41,32 @@ _SHARD_KEYS = {"name", "range", "host", "port", "user", "password_file"}
 BACKOFF_MAX_S = 10.0
 
 
+def _tls_context(config: dict, config_path: Path, problems: list[str]) -> ssl.SSLContext | None:
+    """The TLS every shard connection requires with `tls = true`: the server's certificate
+    and host name verified (against `tls_ca_file`, else the system's CAs) unless `tls_verify =
+    false`. None without `tls`: PyMySQL then uses TLS only if the server offers it, unverified,
+    which stops no one who can answer in the server's place."""
+    tls, verify, ca_file = (config.get("tls", False), config.get("tls_verify", True),
+                            config.get("tls_ca_file"))
+    for key, value in (("tls", tls), ("tls_verify", verify)):
+        if not isinstance(value, bool):
+            problems.append(f"{key} must be true or false")
+    if tls is not True:
+        if ca_file is not None:
+            problems.append("tls_ca_file needs tls = true")
+        return None
+    try:
+        context = ssl.create_default_context(
+            cafile=None if ca_file is None else segue.resolve_path(ca_file, config_path.parent))
+    except (OSError, ssl.SSLError, ValueError) as e:
+        problems.append(f"tls_ca_file: cannot load {ca_file!r} as PEM CA certificates: {e}")
+        return None
+    if verify is False:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 class MySQLPlugin:
     def __init__(self) -> None:
         self.shards: list[replicator.Shard] = []
@@ -53,7 +82,8 @@ class MySQLPlugin:
             self.shards = []
             return
         problems = [f"unknown key {k!r}" for k in sorted(set(config) - {
-            "server_id", "heartbeat_s", "shards"})]
+            "server_id", "heartbeat_s", "shards", "tls", "tls_verify", "tls_ca_file"})]
+        tls = _tls_context(config, config_path, problems)
         tables = config.get("shards")
         if not isinstance(tables, list) or not tables:
             problems.append("shards is required: [[plugins.mysql.shards]] tables")
@@ -83,7 +113,7 @@ class MySQLPlugin:
             shards.append(replicator.Shard(
                 name=str(table["name"]), host=str(table["host"]),
                 port=int(table.get("port", 3306)), user=str(table["user"]), password=password,
-                server_id=int(base_id) + i, heartbeat_s=float(heartbeat)))
+                server_id=int(base_id) + i, heartbeat_s=float(heartbeat), tls=tls))
         if not problems:
             try:
                 check_cover(ranges)

@@ -9,6 +9,7 @@ an old position); after any error the reader is rebuilt from the stored position
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -50,20 +51,26 @@ class Shard:
     password: str
     server_id: int
     heartbeat_s: float = 2.0
+    tls: ssl.SSLContext | None = None  # required and verified when set ([plugins.mysql] tls)
     connected: bool = False
     last_error: str = ""
     source_time: float = field(default_factory=time.time)  # source time of the last change seen
     rows_applied: int = 0
 
     def connection_settings(self) -> dict:
+        """pymysql.connect's keywords for the binlog reader."""
         return {"host": self.host, "port": self.port, "user": self.user,
                 "passwd": self.password, "connect_timeout": 5,
-                "read_timeout": max(3 * self.heartbeat_s, 5)}
+                "read_timeout": max(3 * self.heartbeat_s, 5), **self._tls()}
 
     def connect(self) -> pymysql.Connection:
         return pymysql.connect(host=self.host, port=self.port, user=self.user,
                                password=self.password, connect_timeout=5,
-                               read_timeout=30, autocommit=True)
+                               read_timeout=30, autocommit=True, **self._tls())
+
+    def _tls(self) -> dict:
+        """An SSLContext makes PyMySQL require TLS; without one it keeps its default."""
+        return {} if self.tls is None else {"ssl": self.tls}
 
     @property
     def lag_s(self) -> float:

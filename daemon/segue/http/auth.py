@@ -7,7 +7,7 @@ the one they started with and new requests get the new one.
 from __future__ import annotations
 
 from segue.http.messages import Request, Response, error
-from segue.seal.tokens import Grant, TokenError, TokenVerifier
+from segue.seal.tokens import Grant, TokenError, TokenScopeError, TokenVerifier
 
 _BEARER_REALM = 'Bearer realm="segue"'
 
@@ -37,6 +37,8 @@ class Authorizer:
                          ("WWW-Authenticate", _BEARER_REALM))
         try:
             grant = self._verifier.verify(token)
+        except TokenScopeError as e:  # a genuine token, but not one for this node: forbidden
+            return error(403, str(e))
         except TokenError as e:
             return error(401, str(e), ("WWW-Authenticate",
                                        f'{_BEARER_REALM}, error="invalid_token"'))

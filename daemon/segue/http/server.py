@@ -80,6 +80,9 @@ class HttpSettings(Protocol):
     def max_connections(self) -> int: ...
 
     @property
+    def max_connections_per_client(self) -> int: ...
+
+    @property
     def workers(self) -> int: ...
 
 
@@ -364,6 +367,16 @@ async def _sendmsg_all(sock: trio.socket.SocketType, parts: tuple[BodyPart, ...]
             views.pop(0)
 
 
+def _peer_host(stream: Stream) -> str:
+    """The peer's IP address ("" once the peer is gone: it is served, or not, as one)."""
+    plain = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+    sock = getattr(plain, "socket", None)
+    try:
+        return str(sock.getpeername()[0]) if sock is not None else ""
+    except OSError:
+        return ""
+
+
 async def _shared_port_listeners(settings: HttpSettings,
                                  join: bool) -> list[trio.SocketListener]:
     """Listeners whose port other processes of this node bind too (SO_REUSEPORT).
@@ -439,19 +452,35 @@ async def serve(
     if tls is not None:
         listeners = [trio.SSLListener(listener, tls, https_compatible=True) for listener in tcp]
     active = 0
+    # Connections open per peer address, so that one client cannot take all max_connections
+    # ([http] max_connections_per_client; 0: no cap). Behind a proxy every player shares its
+    # address: leave it 0 there.
+    per_client: dict[str, int] = {}
+    client_cap = settings.max_connections_per_client
 
     async def accepted(stream: Stream) -> None:
         nonlocal active
+        peer = _peer_host(stream)
         if active >= settings.max_connections:
+            refusal = "too many connections"
+        elif client_cap and per_client.get(peer, 0) >= client_cap:
+            refusal = "too many connections from your address"
+        else:
+            refusal = ""
+        if refusal:
             refused = _Connection(stream, handler, lifecycle, metrics, settings)
-            await refused.send_and_close(error(503, "too many connections"))
+            await refused.send_and_close(error(503, refusal))
             await stream.aclose()
             return
         active += 1
+        per_client[peer] = per_client.get(peer, 0) + 1
         try:
             await serve_connection(stream, handler, lifecycle, metrics, settings)
         finally:
             active -= 1
+            per_client[peer] -= 1
+            if not per_client[peer]:
+                del per_client[peer]
 
     async with trio.open_nursery() as nursery:
         task_status.started(tcp)

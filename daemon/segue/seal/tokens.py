@@ -2,7 +2,9 @@
 
 `segue token` issues EdDSA tokens with the node's auth key; an existing identity provider may
 instead issue ES256 or RS256 tokens, verified against configured public keys or a JWKS file.
-Claims: `sub` (user), `exp`, `iat`, `aud`, and `tracks`: `"*"` or a list of track ids.
+Claims: `sub` (user), `exp`, `iat`, `aud`, and `tracks`: `"*"` or a list of track ids. A token
+with no `tracks` claim grants every track, like `"*"` (what identity providers that know nothing
+of tracks issue); a verifier made with `require_scope` refuses such tokens instead.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ class TokenError(Exception):
     """A token was missing, malformed, expired or forged. The message never holds the token."""
 
 
+class TokenScopeError(TokenError):
+    """A genuine token that does not say which tracks it grants, where that is required."""
+
+
 def algorithm_for(key: PrivateKeyTypes | PublicKeyTypes) -> str:
     """The JWS algorithm a key signs with: EdDSA, ES256 or RS256."""
     if isinstance(key, ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey):
@@ -49,6 +55,7 @@ class Grant:
     user: str
     tracks: frozenset[str] | None  # None: every track
     expires: float
+    scoped: bool = True  # the token carried a "tracks" claim ("*" counts)
 
     def allows(self, track_id: str) -> bool:
         return self.tracks is None or track_id in self.tracks
@@ -84,7 +91,14 @@ def issue(
 
 
 def load_jwks(path: Path) -> dict[str, PublicKeyTypes]:
-    """Public keys from a JWKS file, by `kid` (keys without one get their segue key id)."""
+    """Public token-signing keys from a JWKS file, by `kid` (keys without one get their segue
+    key id).
+
+    A key is taken only for what its JWK allows: one whose `use` is not "sig" (an encryption
+    key) signs no token, and one whose `alg` is not the algorithm Segue verifies for its type
+    (EdDSA, ES256, RS256) must not verify tokens of another. Such keys are left out; a file
+    left with no key is refused, naming what was left out.
+    """
     try:
         jwks = jwt.PyJWKSet.from_json(path.read_text())
     except OSError as e:
@@ -92,9 +106,25 @@ def load_jwks(path: Path) -> dict[str, PublicKeyTypes]:
     except (jwt.PyJWKSetError, jwt.InvalidKeyError, json.JSONDecodeError, ValueError) as e:
         raise KeyFileError(f"{path} is not a usable JWKS file: {e}") from None
     keys: dict[str, PublicKeyTypes] = {}
+    skipped: list[str] = []
     for jwk in jwks.keys:
         public = jwk.key
-        keys[jwk.key_id or key_id(public)] = public
+        name = jwk.key_id or key_id(public)
+        use, alg = jwk.public_key_use, jwk.algorithm_name
+        try:
+            verified_as = algorithm_for(public)
+        except KeyFileError:
+            verified_as = None
+        if use is not None and use != "sig":
+            skipped.append(f"{name} (use {use!r}, not \"sig\")")
+        elif verified_as is None or alg != verified_as:  # alg: the JWK's, or its type's
+            skipped.append(f"{name} (alg {alg!r}; Segue verifies {verified_as or 'no'} tokens "
+                           "with this key type)")
+        else:
+            keys[name] = public
+    if not keys:
+        raise KeyFileError(f"{path} holds no key that signs tokens Segue verifies; left out: "
+                           f"{', '.join(skipped)}")
     return keys
 
 
@@ -113,8 +143,12 @@ class TokenVerifier:
         issuer: str | None = None,
         leeway_s: float = 30.0,
         cache_size: int = 10_000,
+        require_scope: bool = False,
     ) -> None:
+        """`require_scope`: refuse (TokenScopeError) tokens with no "tracks" claim, which would
+        otherwise grant every track."""
         self._keys = dict(keys)
+        self._require_scope = require_scope
         self._audience = audience
         self._issuer = issuer
         self._leeway = leeway_s
@@ -122,7 +156,15 @@ class TokenVerifier:
         self._cache_size = cache_size
 
     def verify(self, token: str, now: float | None = None) -> Grant:
-        """Return the token's grant, or raise TokenError saying why it is refused."""
+        """Return the token's grant, or raise TokenError saying why it is refused
+        (TokenScopeError for a genuine token refused for its missing "tracks" claim)."""
+        grant = self._verified(token, now)
+        if self._require_scope and not grant.scoped:
+            raise TokenScopeError('this token has no "tracks" claim, and this node accepts only '
+                                  "tokens that name the tracks they grant")
+        return grant
+
+    def _verified(self, token: str, now: float | None) -> Grant:
         current = time.time() if now is None else now
         digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
         grant = self._cache.get(digest)
@@ -177,7 +219,7 @@ class TokenVerifier:
 
 
 def _grant(claims: Mapping[str, object]) -> Grant:
-    tracks = claims.get("tracks", ALL_TRACKS)
+    tracks = claims.get("tracks", ALL_TRACKS)  # none: every track (see the module docstring)
     if tracks == ALL_TRACKS:
         allowed = None
     elif isinstance(tracks, list) and all(isinstance(t, str) for t in tracks):
@@ -187,4 +229,5 @@ def _grant(claims: Mapping[str, object]) -> Grant:
     exp = claims["exp"]
     if not isinstance(exp, int | float):
         raise TokenError('token claim "exp" is not a number')
-    return Grant(user=str(claims["sub"]), tracks=allowed, expires=float(exp))
+    return Grant(user=str(claims["sub"]), tracks=allowed, expires=float(exp),
+                 scoped="tracks" in claims)

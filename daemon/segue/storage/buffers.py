@@ -36,13 +36,17 @@ class Lease:
     stream sending the chunk hold one each) and `release` gives one back. The buffer returns to
     its pool with the last reference. References are counted on the event loop's thread only;
     a worker thread creates the Lease (one reference) and hands it over.
+
+    `held` is the size of the buffer, which is what holding the Lease costs in memory: a short
+    last chunk still pins a whole chunk-sized buffer.
     """
 
-    __slots__ = ("_buf", "_pool", "_refs", "length")
+    __slots__ = ("_buf", "_pool", "_refs", "held", "length")
 
     def __init__(self, buf: bytearray, length: int, pool: BufferPool) -> None:
         self._buf: bytearray | None = buf
         self.length = length
+        self.held = len(buf)
         self._pool = pool
         self._refs = 1
 

@@ -17,7 +17,12 @@ Key = tuple[str, int, int]  # track id, content version, chunk index
 
 
 class ChunkCache:
-    """An LRU of Leases; `capacity` bytes, 0 to keep nothing."""
+    """An LRU of Leases; `capacity` bytes, 0 to keep nothing.
+
+    The bytes counted are the buffers the entries hold (Lease.held), not their plaintext: each
+    entry pins a whole pooled chunk buffer, so counting a 1 KiB last chunk as 1 KiB let the
+    cache hold hundreds of times its budget.
+    """
 
     def __init__(self, capacity: int, metrics: Metrics) -> None:
         self.capacity = capacity
@@ -40,13 +45,13 @@ class ChunkCache:
 
     def put(self, key: Key, lease: Lease) -> None:
         """Keep a reference to `lease` (the caller keeps its own), evicting the oldest."""
-        if lease.length > self.capacity or key in self._entries:
+        if lease.held > self.capacity or key in self._entries:
             return
         self._entries[key] = lease.share()
-        self.size += lease.length
+        self.size += lease.held
         while self.size > self.capacity:
             _, old = self._entries.popitem(last=False)
-            self.size -= old.length
+            self.size -= old.held
             old.release()
             self._metrics.cache_evictions.inc()
         self._metrics.cache_bytes.set(self.size)

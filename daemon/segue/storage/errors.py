@@ -10,8 +10,9 @@ class NotInStoreError(StoreError):
 
 
 class BadCopyError(StoreError):
-    """This copy is not what it should be (not a regular file, too large): the share answered,
-    so it is not marked down; the next copy may be good."""
+    """This copy is not what it should be (not a regular file, too large) or cannot be read
+    (permissions, an I/O error on that file, a link loop) while its share answers: the share is
+    not marked down; the next copy may be good."""
 
 
 class StoreConfigError(Exception):

@@ -139,7 +139,7 @@ def _check_manifests(
         else:
             continue
         if rewrite:
-            found.repaired = _write(share, lambda store: store.write_manifest(track_id, data))
+            _repair(found, share, lambda store: store.write_manifest(track_id, data))
         problem(found)
     return best
 
@@ -178,7 +178,7 @@ def _check_chunk(
         if good is None:
             found.what += "; no good copy on any share"
         elif repair and target is not None:
-            found.repaired = _write(target, _chunk_writer(track_id, index, good))
+            _repair(found, target, _chunk_writer(track_id, index, good))
         problem(found)
 
 
@@ -189,9 +189,11 @@ def _chunk_writer(track_id: str, index: int, data: bytes) -> Callable[[ChunkStor
     return write
 
 
-def _write(share: Share, write: Callable[[ChunkStore], None]) -> bool:
+def _repair(found: Problem, share: Share, write: Callable[[ChunkStore], None]) -> None:
+    """Rewrite the copy `found` is about; a write refused says why in the problem."""
     try:
         write(share.store)
-    except StoreError:
-        return False
-    return True
+    except StoreError as e:
+        found.what += f"; cannot repair: {e}"
+    else:
+        found.repaired = True

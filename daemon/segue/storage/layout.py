@@ -6,12 +6,14 @@ track's own folder.
 
 from __future__ import annotations
 
+import os
+import secrets
 from collections.abc import Callable
 from pathlib import PurePosixPath
 from typing import Protocol
 
 from segue.seal.manifest import is_track_id
-from segue.storage.errors import BadCopyError
+from segue.storage.errors import BadCopyError, StoreError
 
 MANIFEST_NAME = "manifest.json"
 
@@ -33,6 +35,13 @@ def chunk_path(track_id: str, index: int) -> PurePosixPath:
     return track_dir(track_id) / f"{index}.chunk"
 
 
+def temp_name(name: str) -> str:
+    """The temporary name a file `name` is written under before it is renamed into place:
+    hidden, and unique to this process and this write (its PID and a random part), so writers
+    on several hosts or processes (a node's fsck, a packer) never write into one another's."""
+    return f".{name}.{os.getpid()}.{secrets.token_hex(8)}.tmp"
+
+
 #: A signed manifest is a few KiB (its chunk digests: 65 bytes a chunk, about 250 KiB for a
 #: 1 GiB track); a larger file is not one, and reading it whole (a link to /dev/zero) would
 #: exhaust memory.
@@ -49,6 +58,23 @@ def read_manifest(read_into: Callable[[PurePosixPath, str, bytearray], int],
         raise BadCopyError(f"manifest of track {track_id} is larger than "
                          f"{MANIFEST_MAX_BYTES} bytes: not a manifest")
     return bytes(memoryview(buf)[:length])
+
+
+def file_failure(probe: Callable[[], None], message: str) -> StoreError:
+    """The error for one file a store failed to read (`message` says which and why).
+
+    One unreadable file (EACCES, EIO, EISDIR, ELOOP on one chunk or manifest) is that copy's
+    failure, not its share's: marking the share down for it (and, on SMB, dropping every pooled
+    connection) would let a token holder replaying one damaged track keep the node out of its
+    pool. So the share itself is asked: BadCopyError (the next copy is tried, the share stays
+    up) while `probe()` (the store's own probe) still answers; StoreError (the share is marked
+    down) when it does not (a mount gone, a server away).
+    """
+    try:
+        probe()
+    except StoreError as e:
+        return StoreError(f"{message}; {e}")
+    return BadCopyError(message)
 
 
 class _Readable(Protocol):

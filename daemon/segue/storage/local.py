@@ -5,6 +5,8 @@ All methods block; the server calls them from worker threads.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import stat
 from pathlib import Path, PurePosixPath
@@ -58,14 +60,16 @@ class LocalStore:
         except FileNotFoundError:
             raise NotInStoreError(f"{what} is not in {self.root}") from None
         except OSError as e:
-            raise StoreError(f"cannot read {what} from {path}: {e.strerror}") from None
+            raise layout.file_failure(
+                self.probe, f"cannot read {what} from {path}: {e.strerror}") from None
         try:
             with open(fd, "rb", buffering=0) as f:
                 if not stat.S_ISREG(os.fstat(fd).st_mode):
                     raise BadCopyError(f"cannot read {what} from {path}: not a regular file")
                 return layout.fill(f, buf)
         except OSError as e:
-            raise StoreError(f"cannot read {what} from {path}: {e.strerror}") from None
+            raise layout.file_failure(
+                self.probe, f"cannot read {what} from {path}: {e.strerror}") from None
 
     def has_manifest(self, track_id: str) -> bool:
         return (self.root / layout.manifest_path(track_id)).is_file()
@@ -77,20 +81,61 @@ class LocalStore:
         """Write the manifest last: its presence says the track's chunks are all in place."""
         self._write(layout.manifest_path(track_id), data)
 
-    def _write(self, rel: os.PathLike[str], data: bytes) -> None:
-        """Write through a temporary name and rename, so readers never see half a file."""
+    def _write(self, rel: PurePosixPath, data: bytes) -> None:
+        """Write through a temporary name and rename, so readers never see half a file.
+
+        Nothing below the root is followed if it is a link: each folder is opened relative to
+        its parent's descriptor with O_NOFOLLOW, and the file is created O_EXCL | O_NOFOLLOW
+        in the last one. Whoever can write to a share could otherwise link a track folder to
+        /etc and have `segue fsck --repair`, run as root, write there. (The root itself is the
+        configured path, links and all.)
+        """
         path = self.root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        folder = self._open_folder(rel.parent)
+        tmp = layout.temp_name(rel.name)
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o666, dir_fd=folder)
+            try:
+                with open(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, rel.name, src_dir_fd=folder, dst_dir_fd=folder)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=folder)
+                raise
         except OSError as e:
-            tmp.unlink(missing_ok=True)
             raise StoreError(f"cannot write {path}: {e.strerror}") from None
+        finally:
+            os.close(folder)
+
+    def _open_folder(self, rel: PurePosixPath) -> int:
+        """A descriptor of the folder `rel` below the root, each missing folder made; raises
+        StoreError naming a link (or a file) where a folder should be."""
+        try:
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            raise StoreError(f"cannot open {self.root}: {e.strerror}") from None
+        where = self.root
+        try:
+            for part in rel.parts:
+                where = where / part
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o777, dir_fd=fd)
+                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                dir_fd=fd)
+                os.close(fd)
+                fd = child
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise StoreError(f"refusing to write below {where}: it is a symbolic link or not "
+                                 "a folder; Segue writes only into real folders below the share "
+                                 "root (replace it with a folder)") from None
+            raise StoreError(f"cannot make or open {where}: {e.strerror}") from None
+        return fd
 
     def track_ids(self) -> list[str]:
         """Every track with a folder in this store (for fsck); other names are skipped."""

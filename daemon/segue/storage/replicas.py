@@ -7,8 +7,9 @@ also verifies (and for chunks decrypts) what it read, so no unverified byte reac
 loop. A copy that cannot be read (share down, file missing, too slow) or fails verification is
 skipped for the next copy; the player never notices while one good copy exists.
 
-A share that errors or times out is marked down (the probe service brings it back); a copy
-that is merely missing, corrupt or malformed is skipped without blaming its share.
+A share that errors as a whole (its root cannot be listed, its server is away) or times out is
+marked down (the probe service brings it back); a copy that is missing, corrupt, malformed or
+unreadable on a share that answers (BadCopyError) is skipped without blaming its share.
 """
 
 from __future__ import annotations
@@ -163,7 +164,7 @@ class Replicas:
             self._metrics.child(self._metrics.store_reads, share.name, "corrupt").inc()
             log.error("chunk copy refused", track=track_id, chunk=index, share=share.name,
                       error=str(e))
-            raise _CopyFailed("not a chunk file") from None
+            raise _CopyFailed("bad copy") from None
         except StoreError as e:
             share.failed(str(e))
             self._metrics.child(self._metrics.store_reads, share.name, "error").inc()

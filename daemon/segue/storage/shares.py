@@ -82,12 +82,13 @@ class ShareSet:
         return [s for s in self.shares if s.healthy] + [s for s in self.shares if not s.healthy]
 
     def health(self) -> Health:
-        """degraded while any share is down; failing when none can be read."""
+        """degraded while any share is down; failing when none can be read. The reason names
+        the shares; their errors (paths, smb:// URLs) are the detail."""
         down = [s for s in self.shares if not s.healthy]
         if not down:
             return Health.ok()
-        reasons = "; ".join(f"share {s.name} down: {s.last_error}" for s in down)
+        detail = "; ".join(f"share {s.name} down: {s.last_error}" for s in down)
         if len(down) == len(self.shares):
-            return Health("failing", f"no share can be read: {reasons}")
-        return Health("degraded", reasons)
+            return Health("failing", "no share can be read", f"no share can be read: {detail}")
+        return Health("degraded", "; ".join(f"share {s.name} down" for s in down), detail)
 

@@ -151,13 +151,19 @@ class SmbStore:
                                f"chunk {index} of track {track_id}", buf)
 
     def _read_into(self, rel: PurePosixPath, what: str, buf: bytearray) -> int:
+        """Read one file into `buf`. A file the server refuses while the share still answers
+        is a bad copy: the pooled connections are kept (layout.file_failure)."""
         try:
             with smbclient.open_file(self._unc(rel), mode="rb",
                                      buffering=0, share_access=READ_SHARING,
                                      **self._session()) as f:
                 return layout.fill(f, buf)
         except (OSError, SMBException, ValueError) as e:
-            raise self._fail(what, e) from None
+            if isinstance(e, OSError) and e.errno == errno.ENOENT:
+                raise NotInStoreError(f"{what} is not in {self.root}") from None
+            raise layout.file_failure(
+                self.probe, f"cannot read {what} on {self.root}: {type(e).__name__}: {e}"
+            ) from None
 
     def has_manifest(self, track_id: str) -> bool:
         try:
@@ -177,7 +183,7 @@ class SmbStore:
     def _write(self, rel: PurePosixPath, data: bytes) -> None:
         """Write through a temporary name and rename, so readers never see half a file."""
         target = self._unc(rel)
-        tmp = self._unc(rel.with_name(f".{rel.name}.tmp"))
+        tmp = self._unc(rel.with_name(layout.temp_name(rel.name)))
         try:
             kw = self._session()
             smbclient.makedirs(self._unc(rel.parent), exist_ok=True, **kw)

@@ -61,6 +61,8 @@ class Tracks:
         self._versions_timeout = versions_timeout_s
         self._opened: OrderedDict[str, OpenedTrack] = OrderedDict()
         self._opening: dict[str, Flight] = {}  # track id -> its open in flight
+        # Bumped by set_keys: an open that began under older keys and trust is never cached.
+        self._generation = 0
 
     async def open(self, track_id: str) -> OpenedTrack:
         """The verified, unwrapped track; raises TrackNotFound or TrackUnavailable."""
@@ -76,9 +78,12 @@ class Tracks:
             self._metrics.child(self._metrics.open_tracks, "hit").inc()
             return found
         self._metrics.child(self._metrics.open_tracks, "miss").inc()
+        generation = self._generation
         opened = await single_flight(self._opening, track_id,
                                      functools.partial(self._open, track_id),
                                      f"track {track_id}: the open was abandoned")
+        if generation != self._generation:
+            return opened  # the requests that began before the reload finish with it
         self._opened[track_id] = opened
         while len(self._opened) > self._capacity:
             self._opened.popitem(last=False)
@@ -116,6 +121,13 @@ class Tracks:
         self._opened.pop(track_id, None)
 
     def set_keys(self, keys: EdgeKeys) -> None:
-        """Use new keys and trust (after a reload); tracks are opened again with them."""
+        """Use new keys and trust (after a reload); tracks are opened again with them.
+
+        Opens in flight were verified under the old trust (a packager key just removed, say):
+        their outcome goes to the requests that asked for it and is not cached, and a request
+        from now on starts an open of its own instead of joining one of them.
+        """
         self._keys = keys
+        self._generation += 1
+        self._opening = {}
         self._opened.clear()
