@@ -4,14 +4,14 @@ This prints figures; it judges nothing. One segued (one process, `[sessions] hea
 --heartbeat, 15 s by default as in the product), on loopback, and a trio load generator in
 this process:
 
-* idle: --subscribers event streams (`/v1/session/events`) spread over --users listeners,
-  opened over a ramp, then held for --hold heartbeat periods. Reported: the node's RSS with
-  them open (and before), and how late each heartbeat came (the gap between two heartbeats
-  on one stream, less heartbeat_s): p50, p99, max.
 * commands: --users listeners, each with one event stream, and --rate commands a second in
   all (`set_shuffle`, toggled, so every command changes the state), sent over 32 keep-alive
   connections for --seconds. Reported: the time from a command's request going out to its
   event arriving on that listener's stream (p50, p99, max), the rate achieved, errors.
+* then idle: --subscribers event streams (`/v1/session/events`) spread over the listeners,
+  opened over a ramp, then held for --hold heartbeat periods. Reported: the node's RSS with
+  them open (and before), and how late each heartbeat came (the gap between two heartbeats
+  on one stream, less heartbeat_s): p50, p99, max.
 
 Tokens are minted in-process with the node's auth key (one per listener). The generator and
 segued share the machine's cores; their CPU times are reported so the reader can tell who
@@ -279,14 +279,16 @@ def bench(args: argparse.Namespace, t: Path) -> dict[str, object]:
         cpu_before = _cpu_s(proc.pid)
         results: dict[str, object] = {}
         wall = time.monotonic()
-        if args.subscribers:
-            results["idle"] = trio.run(_idle, port, proc.pid, tokens, args.subscribers,
-                                       args.heartbeat, args.hold)
+        # Commands first: streams the generator closes are noticed by segued at their next
+        # heartbeat, so 10,000 just-closed idle streams would still weigh on the commands.
         if args.rate:
             results["commands"] = trio.run(_commands, port, tokens, users, args.rate,
                                            args.seconds)
+        if args.subscribers:
+            results["idle"] = trio.run(_idle, port, proc.pid, tokens, args.subscribers,
+                                       args.heartbeat, args.hold)
         results["segued_cpu_s"] = round(_cpu_s(proc.pid) - cpu_before, 2)
-        results["server_command_to_event"] = _server_histogram(port)
+        results["server_command_to_event"] = _server_histogram(port)  # the commands' events
         results["wall_s"] = round(time.monotonic() - wall, 2)
     finally:
         stop(proc, __import__("signal").SIGTERM)
