@@ -1,0 +1,194 @@
+"""Fuzzing every parser that sees untrusted bytes: each target is fed generated and mutated
+input and may only answer the way its contract says (a value, or its own error), never crash,
+hang or raise anything else.
+
+`make test` runs a short round of each target (FUZZ_EXAMPLES, 200 by default); `make fuzz`
+runs long rounds (FUZZ_EXAMPLES=1000000, or what you set), keeping hypothesis's database of
+interesting inputs in .hypothesis/ as the corpus, so later runs start from what earlier ones
+found.
+
+Targets: the request head and the sans-I/O connection, Range, player tokens (JWT), sealed
+chunks, the configuration, session commands and session states from other nodes (the
+transport messages). Manifests have their own in tests/test_hardening.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from segue import config
+from segue.http import ranges
+from segue.http.connection import CLOSED, END_OF_REQUEST, NEED_DATA, Data, ServerConnection
+from segue.http.wire import ProtocolError, RequestHead
+from segue.seal.chunks import ChunkCipher
+from segue.seal.errors import ChunkAuthenticationError
+from segue.seal.keys import key_id
+from segue.seal.tokens import TokenError, TokenVerifier, issue
+from segue.sessions import commands
+from segue.sessions.commands import CommandError
+from segue.sessions.state import SessionState, StateError
+
+FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "200")), deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+GOOD_REQUEST = (b"GET /v1/tracks/0123456789abcdef HTTP/1.1\r\nHost: edge\r\n"
+                b"Range: bytes=0-1023\r\nAuthorization: Bearer abc\r\n\r\n")
+POST_REQUEST = (b"POST /v1/session/commands HTTP/1.1\r\nHost: edge\r\nContent-Length: 17\r\n"
+                b"Expect: 100-continue\r\n\r\n{\"type\": \"pause\"}")
+
+
+def mutated(seed: bytes) -> st.SearchStrategy[bytes]:
+    """`seed` with bytes flipped, cut, repeated or inserted: near-misses of valid input."""
+    @st.composite
+    def build(draw: st.DrawFn) -> bytes:
+        data = bytearray(seed)
+        for _ in range(draw(st.integers(0, 8))):
+            at = draw(st.integers(0, max(len(data) - 1, 0)))
+            kind = draw(st.sampled_from(["flip", "cut", "insert", "repeat"]))
+            if kind == "flip" and data:
+                data[at] = draw(st.integers(0, 255))
+            elif kind == "cut":
+                del data[at:at + draw(st.integers(1, 16))]
+            elif kind == "insert":
+                data[at:at] = draw(st.binary(max_size=16))
+            else:
+                data[at:at] = data[at:at + draw(st.integers(1, 32))] * draw(st.integers(1, 4))
+        return bytes(data)
+    return build()
+
+
+@FUZZ
+@given(st.one_of(st.binary(max_size=2048), mutated(GOOD_REQUEST), mutated(POST_REQUEST),
+                 mutated(GOOD_REQUEST + POST_REQUEST)),
+       st.integers(1, 64))
+def test_the_connection_takes_any_bytes(data: bytes, piece: int) -> None:
+    """Bytes in any pieces: events in their order, or ProtocolError with a 4xx/5xx status."""
+    connection = ServerConnection(max_head_bytes=1024, max_body_bytes=64)
+    in_request = False
+    try:
+        for at in range(0, len(data) + 1, piece):
+            connection.receive_data(data[at:at + piece] if at < len(data) else b"")
+            while True:
+                event = connection.next_event()
+                if event is NEED_DATA or event is CLOSED:
+                    break
+                if isinstance(event, RequestHead):
+                    assert not in_request
+                    in_request = True
+                elif isinstance(event, Data):
+                    assert in_request and len(event.data) <= 64
+                elif event is END_OF_REQUEST:
+                    assert in_request
+                    in_request = False
+                    connection.start_response(204, [], "GET", None, body=b"")
+                    connection.end_response()
+                    if not connection.keep_alive:
+                        return
+                    connection.next_cycle()
+            if event is CLOSED:
+                return
+    except ProtocolError as e:
+        assert e.status in (400, 413, 431, 501, 505)
+        assert str(e).isprintable()  # names the rule, never echoes the bytes
+
+
+@FUZZ
+@given(st.one_of(st.none(), st.text(max_size=80),
+                 st.builds(lambda a, b: f"bytes={a}-{b}",
+                           st.one_of(st.just(""), st.integers(-5, 2**70).map(str)),
+                           st.one_of(st.just(""), st.integers(-5, 2**70).map(str)))),
+       st.integers(0, 2**40), st.one_of(st.none(), st.text(max_size=20)))
+def test_range_takes_any_header(header: str | None, size: int, if_range: str | None) -> None:
+    chosen = ranges.select(header, size, if_range=if_range, etag='"x"')
+    if isinstance(chosen, ranges.ByteRange):
+        assert 0 <= chosen.first <= chosen.last < size
+    else:
+        assert chosen is None or isinstance(chosen, ranges.Unsatisfiable)
+
+
+_KEY = Ed25519PrivateKey.generate()
+_VERIFIER = TokenVerifier({key_id(_KEY.public_key()): _KEY.public_key()}, audience="segue")
+_TOKEN = issue(_KEY, "alice", ttl=3600, tracks=None, audience="segue")
+
+
+def _b64(doc: object) -> str:
+    return base64.urlsafe_b64encode(json.dumps(doc).encode()).rstrip(b"=").decode()
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner,
+                                                                max_size=4),
+    max_leaves=20)
+
+
+@FUZZ
+@given(st.one_of(st.text(max_size=400), mutated(_TOKEN.encode()).map(
+    lambda b: b.decode("latin-1")),
+    st.builds(lambda h, p, s: f"{_b64(h)}.{_b64(p)}.{s}", json_values, json_values,
+              st.text(alphabet="abcXYZ-_0123", max_size=90))))
+def test_tokens_of_any_shape_are_refused_with_token_error(token: str) -> None:
+    try:
+        grant = _VERIFIER.verify(token)
+    except TokenError:
+        return
+    assert token == _TOKEN and grant.user == "alice"  # only the real token passes
+
+
+_CIPHER = ChunkCipher("0123456789abcdef", bytes(32), 1, 4)
+_SEALED = _CIPHER.seal(1, b"plaintext chunk " * 64)
+
+
+@FUZZ
+@given(st.one_of(mutated(_SEALED), st.binary(max_size=2048)), st.integers(0, 3))
+def test_a_chunk_of_any_bytes_is_refused_unless_it_is_the_sealed_one(sealed: bytes,
+                                                                     index: int) -> None:
+    out = bytearray(4096)
+    try:
+        length = _CIPHER.open_into(index, sealed, out)
+    except ChunkAuthenticationError:
+        return
+    assert sealed == _SEALED and index == 1 and bytes(out[:length]) == b"plaintext chunk " * 64
+
+
+@FUZZ
+@given(st.dictionaries(st.sampled_from(["node", "http", "store", "seal", "auth", "cache",
+                                        "sessions", "log", "limits", "plugin_host", "nope"]),
+                       st.dictionaries(st.text(max_size=20), json_values, max_size=5)
+                       | json_values, max_size=4))
+def test_any_configuration_is_settings_or_config_error(raw: dict) -> None:
+    try:
+        config.from_mapping(raw, Path("/etc/segue/segued.toml"))
+    except config.ConfigError as e:
+        assert e.errors and all(line.startswith("/etc/segue/segued.toml") for line in e.errors)
+
+
+@FUZZ
+@given(st.one_of(json_values, st.fixed_dictionaries(
+    {"type": st.sampled_from(sorted(commands.FIELDS)), "device": json_values},
+    optional={"track": json_values, "position_ms": json_values, "queue": json_values,
+              "item": json_values, "after": json_values, "to": json_values,
+              "volume": json_values, "shuffle": json_values, "repeat": json_values,
+              "echo_ms": json_values, "command_id": json_values})))
+def test_any_command_parses_or_is_refused_with_400(doc: object) -> None:
+    try:
+        commands.parse(doc, lambda t: isinstance(t, str) and len(t) == 16)
+    except CommandError as e:
+        assert e.status == 400
+
+
+@FUZZ
+@given(json_values)
+def test_any_transport_message_is_a_state_or_state_error(doc: object) -> None:
+    try:
+        state = SessionState.from_json(doc)
+    except StateError:
+        return
+    assert SessionState().merge(state) in (True, False)
