@@ -52,10 +52,10 @@ lint: $(VENV)/.installed
 test: setup lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# `make fuzz` feeds every fuzz target of tests/test_fuzz.py FUZZ_EXAMPLES inputs (a long run:
-# about 250 inputs a second per target here: 7 targets x 1,000,000 is about 8 hours), keeping hypothesis's
-# database of interesting inputs in .hypothesis/ as the corpus for the next run. `make test`
-# runs a short round of the same targets.
+# `make fuzz` feeds every fuzz target of tests/test_fuzz.py FUZZ_EXAMPLES inputs: a long run,
+# about 250 inputs a second per target here, so 7 targets x 1,000,000 is about 8 hours. It keeps
+# hypothesis's database of interesting inputs in .hypothesis/ as the corpus for the next run.
+# `make test` runs a short round of the same targets.
 FUZZ_EXAMPLES ?= 1000000
 
 fuzz: setup
