@@ -34,6 +34,10 @@ FLUSH_EVERY_S = 0.5
 FLUSH_BATCH = 32
 STORE_TIMEOUT_S = 10.0
 RECENT_COMMANDS = 64  # command ids remembered per listener, for retries
+#: A listener silent this long loses its rate bucket (it would be full again), its remembered
+#: command ids (a retry comes within seconds) and its devices' round trips: what is kept per
+#: listener in memory is bounded by the listeners active in the last ten minutes.
+FORGET_IDLE_S = 600.0
 MAX_RTT_MS = 10_000
 
 
@@ -139,6 +143,7 @@ class Sessions:
             while True:
                 await trio.sleep(FLUSH_EVERY_S)
                 self._expire_devices()
+                self._forget_idle_listeners()
                 self._publish_counts()
                 await self.flush()
         finally:
@@ -341,6 +346,17 @@ class Sessions:
             if delta.devices:
                 log.info("device left", device=device, after_s=self._device_timeout_s)
                 self._change(user, delta, local=True)
+
+    def _forget_idle_listeners(self) -> None:
+        horizon = time.monotonic() - FORGET_IDLE_S
+        idle = [user for user, bucket in self._buckets.items() if bucket.at < horizon]
+        for user in idle:
+            del self._buckets[user]
+            self._recent.pop(user, None)
+        if idle:
+            gone = set(idle)
+            for key in [k for k in self._rtt_ms if k[0] in gone]:
+                del self._rtt_ms[key]
 
     def _count(self, outcome: str) -> None:
         self._metrics.child(self._metrics.session_commands, outcome).inc()

@@ -1,0 +1,44 @@
+"""The sessions service in-process: what it keeps per listener stays bounded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+from segue.metrics import Metrics
+from segue.sessions import service
+from segue.sessions.service import RateLimited, Sessions
+from segue.sessions.store import SessionStore
+
+
+async def no_length(track: str) -> int | None:
+    return None
+
+
+def test_a_listener_silent_for_ten_minutes_leaves_nothing_behind_but_its_session(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(service.time, "monotonic", lambda: now[0])
+    sessions = Sessions("n1", SessionStore(tmp_path / "s.sqlite"), Metrics(),
+                        device_timeout_s=3600, commands_per_s=0.001, command_burst=2,
+                        duration_ms=no_length, is_track=lambda t: len(t) == 16)
+
+    async def main() -> None:
+        for user in ("alice", "bob"):
+            for _ in range(2):
+                await sessions.command(user, {"type": "ping", "device": "d1",
+                                              "command_id": "c1"})
+            with pytest.raises(RateLimited):  # the burst of two is spent
+                await sessions.command(user, {"type": "ping", "device": "d1"})
+        now[0] += service.FORGET_IDLE_S + 1  # 0.6 tokens refilled at this rate: not one
+        sessions._forget_idle_listeners()
+        assert not sessions._buckets and not sessions._recent
+        # Their sessions stay; their buckets are full again when they come back.
+        assert sessions.view("alice")["devices"][0]["device_id"] == "d1"
+        await sessions.command("alice", {"type": "ping", "device": "d1"})
+        await sessions.command("alice", {"type": "ping", "device": "d1"})
+        assert set(sessions._buckets) == {"alice"}
+
+    trio.run(main)
