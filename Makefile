@@ -12,7 +12,7 @@ DEMO   ?= demo
 # and gcc build systemd-python).
 SYSTEM_COMMANDS := ffmpeg:ffmpeg ffprobe:ffmpeg curl:curl gcc:gcc pkg-config:pkg-config prlimit:util-linux \
 	/usr/include/systemd/sd-daemon.h:libsystemd-dev smbd:samba smbpasswd:samba \
-	haproxy:haproxy mariadbd:mariadb-server mariadb-install-db:mariadb-server \
+	haproxy:haproxy mariadbd:mariadb-server mariadb-install-db:mariadb-server serf:serf \
 	$(DEB_COMMANDS)
 # What `make deb` builds with (packaging/debian/control's Build-Depends) and what
 # tests/test_packaging.py checks and installs the package with.

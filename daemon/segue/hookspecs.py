@@ -36,7 +36,7 @@ from segue.api import Health, NodeView, Route, TrackRecord
 
 PROJECT = "segue"
 #: The version of this plugin API. Hooks say in which version they appeared.
-PLUGIN_API_VERSION = 2
+PLUGIN_API_VERSION = 3
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 #: The marker plugins use: ``@segue.hookimpl``.
@@ -157,6 +157,22 @@ def segue_health(node: NodeView) -> Health | Awaitable[Health] | None:
     Raises or times out: the plugin is reported ``degraded`` with that reason; the node goes on.
 
     May be async (awaited under hook_timeout_s). Since API version 1.
+    """
+
+
+@hookspec
+def segue_status() -> Mapping[str, Any] | None:
+    """Public facts about the plugin for ``/v1/status`` (``plugins[].status``).
+
+    Called: on every ``/v1/status`` request and by ``segue plugins``, in the main process.
+    Anyone may read ``/v1/status``: return counts and states (members by status, queue
+    lengths), never names, addresses, users or secrets.
+
+    Return: a small mapping of JSON values, or None (no ``status`` key).
+
+    Raises: the status is left out and the error logged with the plugin's name.
+
+    Sync only, and cheap (no I/O): return what the plugin already knows. Since API version 3.
     """
 
 
