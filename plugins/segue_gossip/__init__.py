@@ -123,6 +123,7 @@ class GossipPlugin:
         self._receive: trio.MemoryReceiveChannel[tuple[str, dict[str, Any]]] | None = None
         self._sync: Sync | None = None
         self._connections = 0
+        self._keys_stale = False
 
     # --- hooks --------------------------------------------------------------------------------
     @segue.hookimpl
@@ -341,7 +342,8 @@ class GossipPlugin:
         assert self.settings is not None
         rounds = 0
         while True:
-            if not self.keys or (rounds and rounds % KEY_REFRESH_ROUNDS == 0):
+            if not self.keys or self._keys_stale or (rounds and rounds % KEY_REFRESH_ROUNDS == 0):
+                self._keys_stale = False
                 await self._refresh_keys(client)
             self._set_members(await client.members(), replace=True)
             if not await self._round() and self.keys:
@@ -412,6 +414,7 @@ class GossipPlugin:
         except peer.PeerError as e:
             self.metrics.peer_refused.labels("unsealed").inc()
             log.warning("peer connection refused", error=str(e))
+            self._keys_stale = True  # perhaps a rotation this node has not heard of yet
         except (trio.TooSlowError, trio.BrokenResourceError, OSError):
             self.metrics.peer_refused.labels("broken").inc()
         finally:

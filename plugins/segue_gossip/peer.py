@@ -46,20 +46,26 @@ def derive(serf_keys: list[bytes]) -> list[AESGCM]:
 
 
 class Sealed:
-    """Framed, sealed msgpack messages over one stream."""
+    """Framed, sealed msgpack messages over one stream.
+
+    A side seals with the key the other side's last frame opened with, and otherwise with its
+    first key: in the middle of a rotation, when the two sides' key lists differ, an answer is
+    always sealed with a key the asker holds.
+    """
 
     def __init__(self, stream: trio.abc.Stream, keys: list[AESGCM], timeout_s: float) -> None:
         self._stream = stream
         self._keys = keys
         self._timeout_s = timeout_s
         self._buffer = bytearray()
+        self._opened_with: AESGCM | None = None
 
     async def send(self, message: dict[str, Any], aad: bytes) -> None:
-        if not self._keys:
+        key = self._opened_with or (self._keys[0] if self._keys else None)
+        if key is None:
             raise PeerError("no keyring key to seal with")
         nonce = os.urandom(12)
-        sealed = nonce + self._keys[0].encrypt(nonce, msgpack.packb(message, use_bin_type=True),
-                                               aad)
+        sealed = nonce + key.encrypt(nonce, msgpack.packb(message, use_bin_type=True), aad)
         if len(sealed) > MAX_FRAME:
             raise PeerError(f"a message of {len(sealed)} bytes is more than a frame holds")
         with trio.fail_after(self._timeout_s):
@@ -82,6 +88,7 @@ class Sealed:
                 plain = key.decrypt(bytes(frame[:12]), bytes(frame[12:]), aad)
             except InvalidTag:
                 continue
+            self._opened_with = key
             try:
                 message = msgpack.unpackb(plain, raw=False, strict_map_key=False)
             except Exception as e:  # a sealed frame is ours; a bad one is a bug on the peer
