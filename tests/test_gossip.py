@@ -31,12 +31,13 @@ class Edge:
     """One edge host: a Serf agent and a segued node that talks to it."""
 
     def __init__(self, root: Path, name: str, template: Path, keys: list[str],
-                 join: list[str]) -> None:
+                 join: list[str], workers: int = 1) -> None:
         self.name = name
         shutil.copytree(template, root / "node")
         self.agent = SerfAgent(root / "serf", f"serf-{name}", keys, join)
         self.node = Node(root / "node")
-        self.node.conf.write_text(self.node.conf.read_text() + f"""
+        self.node.conf.write_text(self.node.conf.read_text().replace(
+            "[http]", f"[http]\nworkers = {workers}", 1) + f"""
 [node]
 id = "{name}"
 
@@ -96,7 +97,10 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list[Edge]
     edges: list[Edge] = []
     for name in ("edge-a", "edge-b", "edge-c"):
         join = [edges[0].agent.address] if edges else []
-        edges.append(Edge(root / name, name, template.root, keys, join))
+        # Node C serves with two processes: its players' commands and streams reach the
+        # sessions (and the plugin) in its main process through the worker socket.
+        edges.append(Edge(root / name, name, template.root, keys, join,
+                          workers=2 if name == "edge-c" else 1))
     try:
         for edge in edges:
             edge.start()

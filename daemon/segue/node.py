@@ -195,7 +195,13 @@ class Node:
         return EdgeRoutes(node_id=self.node_id, lifecycle=self.lifecycle,
                           catalogue=self.serving.catalogue, library=self.serving.library,
                           auth=self.serving.auth, metrics=self.metrics,
-                          limiter=self.serving.limiter, plugins=self.host.describe)
+                          limiter=self.serving.limiter, plugins=self._describe_plugins)
+
+    def _describe_plugins(self) -> list[dict[str, Any]]:
+        """The plugins as /v1/status shows them: a worker repeats its main process's words."""
+        if isinstance(self.side, WorkerSide):
+            return self.side.plugins
+        return self.host.describe()
 
     async def _serve_sessions_to_workers(
             self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -239,7 +245,7 @@ class Node:
         if health != self.lifecycle.health:  # HTTP clients see the short reason alone
             log.info("health", status=health.status, detail=health.described)
         self.lifecycle.set_health(health)
-        self.side.publish(self.lifecycle.state, health)
+        self.side.publish(self.lifecycle.state, health, self._describe_plugins())
         for share in shares.shares:
             self.metrics.share_up.labels(share.name).set(1 if share.healthy else 0)
         for plugin in self.host.plugins:
