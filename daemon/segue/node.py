@@ -195,7 +195,8 @@ class Node:
         return EdgeRoutes(node_id=self.node_id, lifecycle=self.lifecycle,
                           catalogue=self.serving.catalogue, library=self.serving.library,
                           auth=self.serving.auth, metrics=self.metrics,
-                          limiter=self.serving.limiter, plugins=self.host.describe)
+                          limiter=self.serving.limiter, ticket_key=self.ticket_key,
+                          plugins=self.host.describe)
 
     async def _serve_sessions_to_workers(
             self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
