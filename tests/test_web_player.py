@@ -397,6 +397,8 @@ def test_play_here_moves_the_music_to_the_phone_in_step(web_node: Node,
     assert abs(error) < 0.5
     assert audio(laptop)["paused"]
     wait_until("the phone active", lambda: "Playing on this device" in text(phone, "now-where"))
+    assert text(phone, "now-track") == "Second Song · Sine Ensemble"
+    assert text(phone, "time").endswith("/ 0:20")
     assert "Playing on Web player" in text(laptop, "now-where")
     shoot(phone, "08-phone-playing")
     shoot(laptop, "09-laptop-after-handover")

@@ -50,6 +50,7 @@ async function signIn(token) {
   await session.open(); // the token is good, or this throws before anything is wired
   storage.keepToken(token);
   const tracks = new Tracks(api);
+  // A command from a button: the new view, or undefined once its failure has been told.
   const act = (type, fields) => session.command(type, fields).catch(trouble);
   const panels = new Panels(session, tracks, act);
   const playback = new Playback(byId("audio"), session, api, trouble);
@@ -111,16 +112,17 @@ function showResults(results, tracks, act) {
     const title = record.title || record.track_id;
     return h("li", {},
       tracks.describe(record),
-      h("button", {
-        type: "button", "aria-label": `Play ${title}`,
-        onclick: () => act("play", { track: record.track_id, position_ms: 0 })
-          .then(() => say(`Playing ${title}.`)),
-      }, "Play"),
-      h("button", {
-        type: "button", class: "quiet", "aria-label": `Add ${title} to the queue`,
-        onclick: () => act("queue_add", { track: record.track_id })
-          .then(() => say(`${title} added to the queue.`)),
-      }, "Queue"));
+      h("span", { class: "actions" },
+        h("button", {
+          type: "button", "aria-label": `Play ${title}`,
+          onclick: () => act("play", { track: record.track_id, position_ms: 0 })
+            .then((view) => view && say(`Playing ${title}.`)),
+        }, "Play"),
+        h("button", {
+          type: "button", class: "quiet", "aria-label": `Add ${title} to the queue`,
+          onclick: () => act("queue_add", { track: record.track_id })
+            .then((view) => view && say(`${title} added to the queue.`)),
+        }, "Queue")));
   }));
 }
 

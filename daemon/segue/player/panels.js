@@ -31,10 +31,10 @@ export class Panels {
   }
 
   async draw(view) {
-    const playback = view.playback;
-    const track = playback?.track_id;
-    if (track) await this.tracks.meta(track).catch(() => null);
-    for (const item of view.queue) this.tracks.meta(item.track_id).catch(() => null);
+    const tracks = [view.playback?.track_id, ...view.queue.map((item) => item.track_id)];
+    // A track whose metadata cannot be read is shown by its id.
+    await Promise.all(tracks.filter(Boolean).map((track) => this.tracks.meta(track)
+      .catch(() => null)));
     if (view !== this.session.view) return; // a newer view is being drawn
     this.drawNow(view);
     this.drawQueue(view);
@@ -44,7 +44,7 @@ export class Panels {
   drawNow(view) {
     const playback = view.playback;
     const track = playback?.track_id;
-    const meta = track ? this.tracks.known.get(track) : null;
+    const meta = track ? this.tracks.record(track) : null;
     byId("now-track").textContent = track
       ? [meta?.title || track, meta?.artist].filter(Boolean).join(" · ")
       : "Nothing is playing";
@@ -85,20 +85,22 @@ export class Panels {
       const before = index >= 2 ? items[index - 2].item : null;
       return h("li", {},
         this.tracks.describe(this.tracks.record(item.track_id)),
-        h("button", {
-          type: "button", class: "quiet", "aria-label": `Move ${title} up`,
-          disabled: index === 0 ? "" : false,
-          onclick: () => this.act("queue_move", { item: item.item, after: before }),
-        }, "Up"),
-        h("button", {
-          type: "button", class: "quiet", "aria-label": `Move ${title} down`,
-          disabled: index === items.length - 1 ? "" : false,
-          onclick: () => this.act("queue_move", { item: item.item, after: items[index + 1]?.item }),
-        }, "Down"),
-        h("button", {
-          type: "button", class: "quiet", "aria-label": `Remove ${title} from the queue`,
-          onclick: () => this.act("queue_remove", { item: item.item }),
-        }, "Remove"));
+        h("span", { class: "actions" },
+          h("button", {
+            type: "button", class: "quiet", "aria-label": `Move ${title} up`,
+            disabled: index === 0 ? "" : false,
+            onclick: () => this.act("queue_move", { item: item.item, after: before }),
+          }, "Up"),
+          h("button", {
+            type: "button", class: "quiet", "aria-label": `Move ${title} down`,
+            disabled: index === items.length - 1 ? "" : false,
+            onclick: () => this.act("queue_move", {
+              item: item.item, after: items[index + 1]?.item }),
+          }, "Down"),
+          h("button", {
+            type: "button", class: "quiet", "aria-label": `Remove ${title} from the queue`,
+            onclick: () => this.act("queue_remove", { item: item.item }),
+          }, "Remove")));
     })));
   }
 

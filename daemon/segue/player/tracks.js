@@ -15,9 +15,10 @@ export class Tracks {
 
   async meta(track) {
     if (!this.known.has(track)) {
-      const pending = this.api.get(`/v1/tracks/${track}/meta`);
+      const pending = this.api.get(`/v1/tracks/${track}/meta`).then(
+        (record) => { this.known.set(track, record); return record; },
+        (error) => { this.known.delete(track); throw error; });
       this.known.set(track, pending);
-      pending.catch(() => this.known.delete(track));
     }
     return this.known.get(track);
   }
