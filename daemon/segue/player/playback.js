@@ -29,7 +29,7 @@ export class Playback {
     audio.addEventListener("seeked", () => this.catchUp());
     audio.addEventListener("error", () => this.recover());
     audio.addEventListener("ended", () => this.ended());
-    session.addEventListener("view", () => this.follow());
+    session.addEventListener("view", () => this.follow().catch(onTrouble));
   }
 
   mine(view) {
@@ -53,7 +53,7 @@ export class Playback {
     } else if (startsIn > 0) {
       this.audio.pause();
       this.moveTo(playback.position_ms);
-      this.timer = setTimeout(() => this.follow(), startsIn);
+      this.timer = setTimeout(() => this.follow().catch(this.onTrouble), startsIn);
     } else {
       this.moveTo(this.session.positionMs(view));
       this.audio.play().catch((error) => this.onTrouble(error));
