@@ -43,7 +43,7 @@ log = structlog.get_logger("segue.plugins")
 
 ENTRY_POINT_GROUP = "segue.plugins"
 #: Paths a plugin's routes may not take: they are Segue's own.
-RESERVED_PREFIXES = ("/v1/", "/healthz", "/metrics")
+RESERVED_PREFIXES = ("/v1/", "/healthz", "/metrics", "/player/")
 #: hookimpl options the host cannot honour (it calls one plugin at a time, in load order).
 UNSUPPORTED_OPTIONS = ("tryfirst", "trylast", "wrapper", "hookwrapper")
 
@@ -315,9 +315,12 @@ class PluginHost:
                 raise StartupError(f"plugin {outcome.plugin.name!r} failed to list its routes: "
                                    f"{outcome.error}")
             for route in outcome.value or ():
-                if not isinstance(route, Route) or route.path.startswith(RESERVED_PREFIXES):
+                # "/" is the web player's page (and, as a prefix, would take every path).
+                if not isinstance(route, Route) or route.path == "/" or \
+                        route.path.startswith(RESERVED_PREFIXES):
                     raise ConfigError([f"plugin {outcome.plugin.name!r} route {route!r} is not "
-                                       f"a segue.Route outside {', '.join(RESERVED_PREFIXES)}"])
+                                       f"a segue.Route outside /, "
+                                       f"{', '.join(RESERVED_PREFIXES)}"])
                 routes.append(route)
         return routes
 
