@@ -124,3 +124,18 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.05,
             return value
         assert time.monotonic() < deadline, f"{what} (after {timeout:g} s) {explain()}"
         time.sleep(interval)
+
+
+def gossip_table(agent: SerfAgent, node_id: str, anti_entropy_s: float = 2.0) -> str:
+    """The lines a segued configuration needs to carry its sessions over `agent`."""
+    return f"""
+[node]
+id = "{node_id}"
+
+[plugins.gossip]
+rpc_address = "{agent.rpc_address}"
+rpc_auth_file = "{agent.auth_file}"
+anti_entropy_interval_s = {anti_entropy_s}
+peer_listen = "127.0.0.1:0"
+timeout_s = 2.0
+"""

@@ -21,7 +21,7 @@ import msgpack
 import pytest
 
 from conftest import MP3, Node, make_tone
-from serf import SerfAgent, new_key, wait_until
+from serf import SerfAgent, gossip_table, new_key, wait_until
 from test_sessions import EventStream, call, command, paused
 
 ANTI_ENTROPY_S = 2.0
@@ -37,20 +37,8 @@ class Edge:
         self.agent = SerfAgent(root / "serf", f"serf-{name}", keys, join)
         self.node = Node(root / "node")
         self.node.conf.write_text(self.node.conf.read_text().replace(
-            "[http]", f"[http]\nworkers = {workers}", 1) + f"""
-[node]
-id = "{name}"
-
-[sessions]
-heartbeat_s = 1.0
-
-[plugins.gossip]
-rpc_address = "{self.agent.rpc_address}"
-rpc_auth_file = "{self.agent.auth_file}"
-anti_entropy_interval_s = {ANTI_ENTROPY_S}
-peer_listen = "127.0.0.1:0"
-timeout_s = 2.0
-""")
+            "[http]", f"[http]\nworkers = {workers}", 1)
+            + "\n[sessions]\nheartbeat_s = 1.0\n" + gossip_table(self.agent, name, ANTI_ENTROPY_S))
 
     def start(self) -> None:
         self.agent.start()

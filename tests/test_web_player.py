@@ -1,8 +1,10 @@
 """The web player (issue 17) in real headless Chromium against a real segued: what a listener
 sees and hears, step by step, with a screenshot of each step in tests/artefacts/web_player/.
 
-One node (two serving processes, so the player's files and the session's commands go through
-workers too) and one browser per device are shared by the whole module; the tests run in file
+Two nodes, as two edge hosts behind a load balancer: the laptop's (two serving processes, so the
+player's files and the session's commands go through workers too) and the phone's, each with
+its own Serf agent and the gossip plugin carrying the session between them. They and one browser
+per device are shared by the whole module; the tests run in file
 order and each one picks up where the one before left the listener. The figures measured
 (seek error, pause latency, hand-over error) are printed and kept in measurements.json.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 import urllib.error
 import urllib.request
@@ -27,6 +30,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
 from conftest import MP3, Node, make_tone, require
+from serf import SerfAgent, gossip_table, new_key
 
 ARTEFACTS = Path(__file__).parent / "artefacts" / "web_player"
 ORIGIN = "https://player.example.net"
@@ -58,9 +62,10 @@ def artefacts() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def web_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    """A node with two serving processes and CORS for one other origin, two tracks packed: a
-    two-minute WAV (23 MB: more than a browser buffers ahead, so a seek must ask for a range)
+def web_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Node, Node]]:
+    """The laptop's node, with two serving processes and CORS for one other origin, and the
+    phone's node, a copy of it on another port and Serf agent. Two tracks are packed: a
+    five-minute WAV (58 MB: more than a browser buffers ahead, so a seek must ask for a range)
     and a short MP3 for the queue."""
     root = tmp_path_factory.mktemp("web")
     node = Node.init(root / "edge")
@@ -70,11 +75,41 @@ def web_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     wav = make_tone(root / "Waltz for the Web.wav", ["-c:a", "pcm_s16le"], seconds=300)
     mp3 = make_tone(root / "second.mp3", MP3, seconds=20, freq=330, title="Second Song")
     node.pack(wav, mp3)
-    node.start()
-    wait_until("the worker listening", lambda: len(node.log_events_named("listening")) == 2,
-               timeout=15)
-    yield node
-    node.stop()
+    shutil.copytree(node.root, root / "edge-b")
+    other = Node(root / "edge-b", tracks=dict(node.tracks))
+    keys = [new_key()]
+    agents = [SerfAgent(root / "serf-a", "serf-a", keys)]
+    agents.append(SerfAgent(root / "serf-b", "serf-b", keys, [agents[0].address]))
+    for n, agent, name in ((node, agents[0], "edge-a"), (other, agents[1], "edge-b")):
+        n.conf.write_text(n.conf.read_text() + gossip_table(agent, name))
+    try:
+        for agent in agents:
+            agent.start()
+        node.start()
+        other.start()
+        wait_until("the worker listening",
+                   lambda: len(node.log_events_named("listening")) == 2, timeout=15)
+        wait_until("the nodes see each other", lambda: all(
+            json.loads(get(n.base + "/v1/status")[2])["health"]["status"] == "ok"
+            for n in (node, other)), timeout=15)
+        yield node, other
+    finally:
+        node.stop()
+        other.stop()
+        for agent in agents:
+            agent.stop()
+
+
+@pytest.fixture(scope="module")
+def web_node(web_nodes: tuple[Node, Node]) -> Node:
+    """The laptop's node."""
+    return web_nodes[0]
+
+
+@pytest.fixture(scope="module")
+def phone_node(web_nodes: tuple[Node, Node]) -> Node:
+    """The phone's node: another edge host."""
+    return web_nodes[1]
 
 
 def track(node: Node, suffix: str) -> str:
@@ -342,11 +377,11 @@ def test_the_queue_takes_adds_moves_and_removals(web_node: Node,
     shoot(laptop, "05-queue")
 
 
-def test_a_second_device_follows_and_controls_the_first(web_node: Node,
+def test_a_second_device_follows_and_controls_the_first(web_node: Node, phone_node: Node,
                                                        laptop: webdriver.Chrome,
                                                        phone: webdriver.Chrome) -> None:
     token = web_node.token("alice")
-    phone.get(f"{web_node.base}/#token={token}")
+    phone.get(f"{phone_node.base}/#token={token}")  # the phone reached another node
     wait_until("the phone signed in", lambda: "Signed in as alice" in text(phone, "who"))
     assert "token" not in phone.current_url  # the link's token left the address bar
     # At a phone's width, nothing sticks out sideways.
