@@ -54,14 +54,21 @@ class SerfClient:
 
     async def request(self, command: str, body: dict[str, Any] | None = None) -> Reply:
         """Send one request and wait (under the timeout) for its whole reply, error or not."""
-        send, receive = trio.open_memory_channel[Reply](1)
         seq, data = self._codec.request(command, body)
+        try:
+            return await self._reply(command, seq, data)
+        finally:
+            self._codec.forget(seq)
+
+    async def _reply(self, command: str, seq: int, data: bytes) -> Reply:
+        """Send `data` and wait for the reply numbered `seq` (a stream's: its acknowledgement)."""
+        send, receive = trio.open_memory_channel[Reply](1)
         self._waiting[seq] = send
         try:
             with trio.fail_after(self._timeout_s):
                 await self._send(data)
                 async with receive:
-                    reply = await receive.receive()
+                    return await receive.receive()
         except trio.TooSlowError:
             raise SerfError(f"{command}: no answer from the agent in {self._timeout_s:g} s"
                             ) from None
@@ -69,8 +76,6 @@ class SerfClient:
             raise SerfError(f"{command}: connection lost ({self.failure})") from None
         finally:
             self._waiting.pop(seq, None)
-            self._codec.forget(seq)
-        return reply
 
     async def members(self) -> list[dict[str, Any]]:
         return list((await self.call("members")).get("Members") or [])
@@ -102,23 +107,13 @@ class SerfClient:
         """Events of `types` (Serf's filter: "member-join,user:NAME,..."), until exit."""
         send, receive = trio.open_memory_channel[dict[str, Any]](STREAM_BUFFER)
         seq, data = self._codec.request("stream", {"Type": types})
-        ack_send, ack_receive = trio.open_memory_channel[Reply](1)
-        self._waiting[seq] = ack_send
         self._streams[seq] = send
         try:
-            with trio.fail_after(self._timeout_s):
-                await self._send(data)
-                ack = await ack_receive.receive()
+            ack = await self._reply("stream", seq, data)
             if ack.error:
-                raise SerfError(f"stream: {ack.error}")
+                raise SerfRefused(f"stream: {ack.error}")
             yield receive
-        except trio.TooSlowError:
-            raise SerfError(f"stream: no answer from the agent in {self._timeout_s:g} s"
-                            ) from None
-        except trio.EndOfChannel:
-            raise SerfError(f"stream: connection lost ({self.failure})") from None
         finally:
-            self._waiting.pop(seq, None)
             self._streams.pop(seq, None)
             self._codec.forget(seq)
             if not self._closed.is_set():
