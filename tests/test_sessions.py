@@ -314,11 +314,19 @@ def test_changes_reach_transport_plugins_and_remote_deltas_merge(fresh_node: Nod
     node = fresh_node
     (track,) = node.pack(tone)
     token = node.token("alice")
-    node.conf.write_text(node.conf.read_text() + '\n[plugins.example]\nrecord = "calls.jsonl"\n')
+    node.conf.write_text(node.conf.read_text() + '\n[plugins.example]\nrecord = "calls.jsonl"\n'
+                         '\n[sessions]\ndevice_timeout_s = 3.0\n')
     node.start(env={"PYTHONPATH": with_plugins(plugin_path), "SEGUE_PLUGINS_ALLOW": "example"})
     command(node, token, type="play", device="d1", track=track)
-    calls = [json.loads(line) for line in (node.root / "calls.jsonl").read_text().splitlines()]
-    changed = [c for c in calls if c["hook"] == "segue_session_changed"]
+
+    def hook_calls(hook: str) -> list[dict]:
+        lines = (node.root / "calls.jsonl").read_text().splitlines()
+        return [c for c in map(json.loads, lines) if c["hook"] == hook]
+
+    # The listener's first device here: transports that follow listeners start following.
+    assert [(c["user"], c["present"], c["here"]) for c in hook_calls(
+        "segue_session_presence")] == [("alice", True, ["alice"])]
+    changed = hook_calls("segue_session_changed")
     assert changed and changed[-1]["user"] == "alice"
     assert changed[-1]["delta"]["playback"][0]["track_id"] == track
     # A delta from "another node", later than ours: it wins; a malformed one changes nothing.
@@ -333,4 +341,10 @@ def test_changes_reach_transport_plugins_and_remote_deltas_merge(fresh_node: Nod
                      json.dumps({"user": "alice", "delta": {"playback": "junk"}}).encode())
     assert status == 400
     assert call(node, token, "GET", "/v1/session")[1]["stamp"] == view["stamp"]
+    # The device goes silent and leaves: alice has nobody here any more.
+    deadline = time.monotonic() + 10
+    while len(hook_calls("segue_session_presence")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [(c["user"], c["present"], c["here"]) for c in hook_calls(
+        "segue_session_presence")][1] == ("alice", False, [])
     assert shutil.which("curl")  # keeps require's import honest for the first test's tool

@@ -108,6 +108,12 @@ class SessionsView(Protocol):
         """A listener's whole state (send it to a peer whose digest differs)."""
         ...
 
+    def local_listeners(self) -> set[str]:
+        """The listeners with a device or an event stream on this node now (since API version
+        3): a transport that follows only some listeners follows these
+        (``segue_session_presence`` tells when the set changes)."""
+        ...
+
 
 class NodeView(Protocol):
     """What hooks may read about the node they run in."""

@@ -245,6 +245,24 @@ def segue_session_changed(node: NodeView, user: str, delta: Mapping[str, Any]) -
     """
 
 
+@hookspec
+def segue_session_presence(node: NodeView, user: str, present: bool) -> None:
+    """A listener's first device (or event stream) arrived on this node, or their last left.
+
+    Called: in the node's main process, when ``user`` enters (``present`` True) or leaves
+    (False) ``node.sessions.local_listeners()``: a device's first command or event stream
+    here, and its expiry ``[sessions] device_timeout_s`` after its last. A transport that
+    follows only the listeners of this node (a message bus with a subject per listener)
+    subscribes and unsubscribes here; one that carries every change everywhere ignores it.
+
+    Return: nothing. Must not block or wait: hand the change to a service of the plugin.
+
+    Raises: logged with the plugin's name; nothing else changes.
+
+    Sync only. Since API version 3.
+    """
+
+
 # --- the central catalogue (commands, not the running node) -----------------------------------
 
 

@@ -88,6 +88,7 @@ class Node:
                                                                   self.metrics)
         if self._sessions is not None:
             self._sessions.observe_local(self._session_changed)
+            self._sessions.observe_presence(self._session_presence)
         self._sessions_port: SessionsPort | None = (
             self._sessions or RemoteSessions.from_environment(is_track_id))
         self._addresses: list[tuple[str, int]] = []
@@ -195,6 +196,12 @@ class Node:
         if self.host.implemented("segue_session_changed"):
             self.host.call("segue_session_changed", node=self, user=user,
                            delta=delta.to_json())
+
+    def _session_presence(self, user: str, present: bool) -> None:
+        """A listener arrived on this node or left it: transports that follow some listeners
+        only follow these."""
+        if self.host.implemented("segue_session_presence"):
+            self.host.call("segue_session_presence", node=self, user=user, present=present)
 
     def _edge_routes(self) -> EdgeRoutes:
         return EdgeRoutes(node_id=self.node_id, lifecycle=self.lifecycle,

@@ -120,6 +120,9 @@ class Sessions:
         self._recent: dict[str, OrderedDict[str, None]] = {}
         self._buckets: dict[str, _Bucket] = {}
         self._seen: dict[tuple[str, str], float] = {}  # (user, device here) -> last seen
+        self._devices_here: dict[str, int] = {}  # user -> how many of their devices are here
+        self._here: set[str] = set()  # listeners with a device or an event stream here
+        self._presence_observers: list[Callable[[str, bool], None]] = []
         self._rtt_ms: dict[tuple[str, str], int] = {}
         self._dirty: set[str] = set()
         self._observers: list[Callable[[str, SessionState], None]] = []
@@ -137,7 +140,7 @@ class Sessions:
             self.clock.observe(state.stamp)
             for device, d in state.present_devices().items():
                 if d.node == self.node_id:
-                    self._seen[user, device] = now
+                    self._see(user, device, now)
         self._publish_counts()
         log.info("sessions loaded", sessions=len(self._states), path=str(self._store.path))
 
@@ -203,7 +206,7 @@ class Sessions:
         recent = self._recent.setdefault(user, OrderedDict())
         if command.command_id is not None and command.command_id in recent:
             self._count("duplicate")  # a retry of a command already applied: once is enough
-            self._seen[user, command.device] = time.monotonic()
+            self._see(user, command.device, time.monotonic())
             return self.view(user)
         lengths: dict[str, int | None] = {}
         for track in self._tracks_to_check(user, command):
@@ -228,7 +231,7 @@ class Sessions:
         except CommandError:
             self._count("conflict")
             raise
-        self._seen[user, command.device] = time.monotonic()
+        self._see(user, command.device, time.monotonic())
         if command.command_id is not None:
             recent[command.command_id] = None
             while len(recent) > RECENT_COMMANDS:
@@ -262,6 +265,7 @@ class Sessions:
         """An event stream's subscription; a device with an open stream never expires."""
         topic = self._topics.setdefault(user, _Topic())
         topic.subscribers += 1
+        self._update_presence(user)
         if device is not None:
             topic.devices[device] = topic.devices.get(device, 0) + 1
         self._metrics.session_subscribers.inc()
@@ -278,11 +282,21 @@ class Sessions:
                         self._seen[user, device] = time.monotonic()
             if not topic.subscribers:
                 del self._topics[user]
+                self._update_presence(user)
 
     # --- the transports' door --------------------------------------------------------------
     def observe_local(self, observer: Callable[[str, SessionState], None]) -> None:
         """Call `observer(user, delta)` for every change accepted on this node."""
         self._observers.append(observer)
+
+    def observe_presence(self, observer: Callable[[str, bool], None]) -> None:
+        """Call `observer(user, True)` when a listener's first device (or event stream) is
+        here, and `observer(user, False)` when the last has left."""
+        self._presence_observers.append(observer)
+
+    def local_listeners(self) -> set[str]:
+        """The listeners with a device or an event stream on this node now."""
+        return set(self._here)
 
     def apply_remote(self, user: str, doc: Any) -> bool:
         """Merge a delta (or a whole state) from another node; False when it is malformed
@@ -318,6 +332,35 @@ class Sessions:
         return None if state is None else state.to_json()
 
     # --- inside ---------------------------------------------------------------------------
+    def _see(self, user: str, device: str, now: float) -> None:
+        if (user, device) not in self._seen:
+            self._devices_here[user] = self._devices_here.get(user, 0) + 1
+        self._seen[user, device] = now
+        self._update_presence(user)
+
+    def _unsee(self, user: str, device: str) -> None:
+        del self._seen[user, device]
+        left = self._devices_here[user] - 1
+        if left:
+            self._devices_here[user] = left
+        else:
+            del self._devices_here[user]
+        self._update_presence(user)
+
+    def _update_presence(self, user: str) -> None:
+        here = user in self._devices_here or user in self._topics
+        if here == (user in self._here):
+            return
+        if here:
+            self._here.add(user)
+        else:
+            self._here.discard(user)
+        for observer in self._presence_observers:
+            try:
+                observer(user, here)
+            except Exception:  # a transport's bug must not undo a listener's command
+                log.exception("session presence observer failed")
+
     def _change(self, user: str, delta: SessionState, *, local: bool) -> bool:
         state = self._states.setdefault(user, SessionState())
         if not state.merge(delta):
@@ -345,7 +388,7 @@ class Sessions:
                 continue
             if now - seen < self._device_timeout_s:
                 continue
-            del self._seen[user, device]
+            self._unsee(user, device)
             state = self._states.get(user)
             if state is None:
                 continue

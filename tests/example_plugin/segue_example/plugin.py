@@ -152,3 +152,9 @@ def segue_track_packed(track, manifest_version: int) -> None:
 @segue.hookimpl
 def segue_session_changed(node, user: str, delta) -> None:
     _record("segue_session_changed", node, user=user, delta=delta)
+
+
+@segue.hookimpl
+def segue_session_presence(node, user: str, present: bool) -> None:
+    _record("segue_session_presence", node, user=user, present=present,
+            here=sorted(node.sessions.local_listeners()))
