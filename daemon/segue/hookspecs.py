@@ -255,6 +255,9 @@ def segue_session_presence(node: NodeView, user: str, present: bool) -> None:
     follows only the listeners of this node (a message bus with a subject per listener)
     subscribes and unsubscribes here; one that carries every change everywhere ignores it.
 
+    :param user: the listener (the player token's ``sub``).
+    :param present: True when they now have a device here, False when the last one left.
+
     Return: nothing. Must not block or wait: hand the change to a service of the plugin.
 
     Raises: logged with the plugin's name; nothing else changes.
