@@ -47,6 +47,7 @@ def use_shares(node: Node, servers: list[Smbd], replicas: int = 2) -> None:
     node.conf.write_text(node.conf.read_text().replace(
         '[store]\npath = "store"\n',
         f"[store]\nreplicas = {replicas}\nread_timeout_s = 2.0\n{tables}"))
+    segue("store", "mark", "--new", "--config", node.conf)
 
 
 def share_file(server: Smbd, rel: os.PathLike[str]) -> Path:

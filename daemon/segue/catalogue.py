@@ -17,7 +17,10 @@ import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from segue.seal.manifest import Manifest
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tracks (
@@ -108,6 +111,14 @@ class TrackRecord:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def of_manifest(cls, manifest: Manifest) -> TrackRecord:
+        """The row a verified manifest describes (its signed metadata)."""
+        meta = manifest.meta
+        return cls(track_id=manifest.track_id, title=meta.title, artist=meta.artist,
+                   album=meta.album, duration_s=meta.duration_s, mime=meta.mime,
+                   bytes=manifest.size, chunks=manifest.chunk_count)
 
 
 class CatalogueError(Exception):
@@ -241,6 +252,11 @@ class Catalogue:
             "SELECT position FROM replication_positions WHERE source = ?", (source,)
         ).fetchone()
         return row[0] if row else None
+
+    def track_ids(self) -> list[str]:
+        """Every catalogued track's id, in id order."""
+        return [row[0] for row in
+                self._conn().execute("SELECT track_id FROM tracks ORDER BY track_id")]
 
     def count(self, source: str | None = None) -> int:
         if source is None:

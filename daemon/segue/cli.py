@@ -14,10 +14,14 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from segue import __version__
 from segue.config import DEFAULT_LISTEN, ConfigError, Settings, format_address, load, parse_listen
+from segue.storage.errors import StoreError
+
+if TYPE_CHECKING:
+    from segue.storage.shares import ShareSet
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -56,6 +60,16 @@ def _parser() -> argparse.ArgumentParser:
     cat_sub = p.add_subparsers(dest="catalogue_command", required=True, metavar="ACTION")
     c = cat_sub.add_parser("init", help="create the central catalogue's schema (every shard)")
     c.add_argument("--config", required=True, type=Path, metavar="CONF")
+
+    p = sub.add_parser("store", help="the shares that hold the tracks")
+    store_sub = p.add_subparsers(dest="store_command", required=True, metavar="ACTION")
+    m = store_sub.add_parser("mark", help="write the store marker on shares that have none "
+                             "(stores made before markers, new shares)")
+    m.add_argument("--config", required=True, type=Path, metavar="CONF")
+    m.add_argument("--share", action="append", metavar="NAME",
+                   help="only this share of the configuration (repeat for several)")
+    m.add_argument("--new", action="store_true",
+                   help="also mark shares that hold no track yet (new, empty shares)")
 
     p = sub.add_parser("token", help="print a signed player token")
     p.add_argument("--config", required=True, type=Path, metavar="CONF")
@@ -117,6 +131,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         "plugins": cmd_plugins,
         "fsck": cmd_fsck,
         "catalogue": cmd_catalogue,
+        "store": cmd_store,
     }[args.command]
     from segue import log
 
@@ -136,6 +151,11 @@ def _dispatch(args: argparse.Namespace) -> int:
             raise
         print(f"segue: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except StoreError as e:
+        if args.debug:
+            raise
+        print(f"segue: {e}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_FAILURE
     except Exception as e:
@@ -157,6 +177,8 @@ def sole_error(error: BaseException) -> BaseException:
 def cmd_init(args: argparse.Namespace) -> int:
     from segue.catalogue import Catalogue
     from segue.seal.keys import generate, write_key_pair
+    from segue.storage.local import LocalStore
+    from segue.storage.marker import new_marker
 
     try:
         listen = parse_listen(args.listen)
@@ -186,6 +208,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         # The old chunks were sealed for the old keys; nothing could open them any more.
         shutil.rmtree(store)
     store.mkdir()
+    LocalStore(store).write_marker(new_marker().to_bytes())
     for stale in (catalogue_path, root / "catalogue.sqlite-wal", root / "catalogue.sqlite-shm"):
         stale.unlink(missing_ok=True)
     Catalogue.create(catalogue_path).close()
@@ -260,7 +283,6 @@ def cmd_pack(args: argparse.Namespace) -> int:
     from segue.packer import Packer
     from segue.progress import Progress
     from segue.seal.keys import key_id
-    from segue.wiring import open_shares
 
     settings = _load(args)
     signer = load_signing_key(settings.packer.signing_key, "packer.signing_key", settings)
@@ -269,7 +291,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
     if settings.seal.trusted_packagers:
         trusted.update(load_trusted_packagers(settings))
     packer = Packer(
-        shares=open_shares(settings),
+        shares=checked_shares(settings, write=True),
         catalogue=Catalogue.create(settings.catalogue_path),
         signer=signer,
         recipients=load_recipients(settings),
@@ -305,6 +327,58 @@ def cmd_pack(args: argparse.Namespace) -> int:
         else:
             print(f"{r.track_id}\t{r.title}\t{path}", flush=True)
     progress.clear()
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def checked_shares(settings: Settings, *, write: bool) -> ShareSet:
+    """The configured shares, each with its store marker (and, to `write`, writable); raises
+    StoreError naming every share that is not, so a command never reads an unmounted share as
+    an empty store, nor packs half a track before finding a read-only one."""
+    from segue.storage import marker
+    from segue.wiring import open_shares
+
+    shares = open_shares(settings)
+    check = marker.require_writable if write else marker.read
+    problems = []
+    for share in shares.shares:
+        try:
+            check(share.store)
+        except StoreError as e:
+            problems.append(_about_share(share.name, e, settings))
+    if problems:
+        raise StoreError("\nsegue: ".join(problems))
+    return shares
+
+
+def _about_share(name: str, error: StoreError, settings: Settings) -> str:
+    from segue.storage.marker import MARK_COMMAND
+
+    return f"share {name}: " + str(error).replace(
+        MARK_COMMAND, f"segue store mark --config {settings.path}")
+
+
+def cmd_store(args: argparse.Namespace) -> int:
+    from segue.storage import marker
+    from segue.wiring import open_shares
+
+    settings = _load(args)
+    shares = open_shares(settings)
+    unknown = set(args.share or ()) - set(shares.names)
+    if unknown:
+        raise UsageError(f"--share: no share {', '.join(sorted(unknown))} in {settings.path} "
+                         f"(it has {', '.join(shares.names)})")
+    failed = 0
+    for share in shares.shares:
+        if args.share and share.name not in args.share:
+            continue
+        try:
+            found, made = marker.mark(share.store, new=args.new)
+        except StoreError as e:
+            print(f"segue: {_about_share(share.name, e, settings)}", file=sys.stderr)
+            failed += 1
+            continue
+        state = "marked" if made else "already marked"
+        print(f"{share.name}: {state} (store {found.store_id}, format {found.format})")
     return EXIT_FAILURE if failed else EXIT_OK
 
 
@@ -435,11 +509,10 @@ def _live_health(settings: Settings) -> dict[str, dict[str, str]]:
 
 
 def cmd_fsck(args: argparse.Namespace) -> int:
-    from segue.catalogue import Catalogue
+    from segue.catalogue import Catalogue, TrackRecord
     from segue.configured_keys import load_trusted_packagers
     from segue.seal.manifest import is_track_id
     from segue.storage.fsck import check
-    from segue.wiring import open_shares
 
     settings = _load(args)
     if args.track is not None and not is_track_id(args.track):
@@ -447,12 +520,14 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     if args.replace_older and not args.repair:
         raise UsageError("--replace-older works with --repair only")
     trusted = load_trusted_packagers(settings)
-    shares = open_shares(settings)
+    shares = checked_shares(settings, write=args.repair)
     catalogue = Catalogue.create(settings.catalogue_path)
     report = check(shares, trusted, accepted_version=catalogue.accepted_version,
                    track_ids=None if args.track is None else [args.track],
                    repair=args.repair, replace_older=args.replace_older,
-                   report_problem=lambda p: print(p, flush=True))
+                   report_problem=lambda p: print(p, flush=True),
+                   catalogued=set(catalogue.track_ids()),
+                   add_to_catalogue=lambda m: catalogue.put(TrackRecord.of_manifest(m)))
     problems = report.problems or []
     print(f"checked {report.tracks} tracks, {report.chunks} chunks on {len(shares.shares)} "
           f"shares: {len(problems)} problems, {len(problems) - len(report.unrepaired)} repaired")

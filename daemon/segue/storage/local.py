@@ -74,6 +74,12 @@ class LocalStore:
     def has_manifest(self, track_id: str) -> bool:
         return (self.root / layout.manifest_path(track_id)).is_file()
 
+    def read_marker(self) -> bytes:
+        return layout.read_marker(self._read_into)
+
+    def write_marker(self, data: bytes) -> None:
+        self._write(layout.MARKER_PATH, data)
+
     def write_chunk(self, track_id: str, index: int, data: bytes) -> None:
         self._write(layout.chunk_path(track_id, index), data)
 

@@ -174,6 +174,12 @@ class SmbStore:
             raise self._fail(f"manifest of track {track_id}", e) from None
         return True
 
+    def read_marker(self) -> bytes:
+        return layout.read_marker(self._read_into)
+
+    def write_marker(self, data: bytes) -> None:
+        self._write(layout.MARKER_PATH, data)
+
     def write_chunk(self, track_id: str, index: int, data: bytes) -> None:
         self._write(layout.chunk_path(track_id, index), data)
 
