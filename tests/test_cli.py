@@ -12,7 +12,7 @@ from pathlib import Path
 import jwt
 import pytest
 
-from conftest import FLAC, MP3, OPUS, Node, make_tone, segue
+from conftest import FLAC, MP3, OPUS, SEGUE, Node, make_tone, segue
 from segue.seal import keys
 
 
@@ -30,15 +30,37 @@ def test_init_makes_a_node_and_says_what_next(tmp_path: Path) -> None:
     assert segue("check-config", "--config", root / "segued.toml").returncode == 0
 
 
-def test_init_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
-    segue("init", tmp_path / "n")
-    before = (tmp_path / "n" / "keys" / "edge-rsa.pem").read_bytes()
-    again = segue("init", tmp_path / "n", check=False)
-    assert again.returncode == 2
-    assert "--force" in again.stderr
-    assert (tmp_path / "n" / "keys" / "edge-rsa.pem").read_bytes() == before
-    assert segue("init", tmp_path / "n", "--force").returncode == 0
-    assert (tmp_path / "n" / "keys" / "edge-rsa.pem").read_bytes() != before
+def test_init_keeps_keys_and_tracks_unless_told_to_wipe_and_confirmed(tmp_path: Path) -> None:
+    node = Node.init(tmp_path / "n")
+    node.pack(make_tone(tmp_path / "a.mp3", MP3, seconds=2, title="Kept"))
+    keys_dir = node.root / "keys"
+    before = {p.name: p.read_bytes() for p in keys_dir.iterdir()}
+    again = segue("init", node.root, check=False)
+    assert again.returncode == 2 and "--force" in again.stderr
+
+    (keys_dir / "auth-ed25519.pem").unlink()  # a lost key, made again; the others are kept
+    (keys_dir / "edge-rsa.pem.pub").unlink()
+    node.conf.write_text("# edited\n")
+    out = segue("init", node.root, "--force", "--listen", "127.0.0.1:0").stdout
+    after = {p.name: p.read_bytes() for p in keys_dir.iterdir()}
+    assert {n for n in before if after[n] != before[n]} == {"auth-ed25519.pem",
+                                                           "auth-ed25519.pem.pub"}
+    assert "(chunk store, kept)" in out and "(catalogue, kept)" in out
+    assert "[store]" in node.conf.read_text()
+    fsck = segue("fsck", "--config", node.conf).stdout
+    assert "checked 1 tracks" in fsck and "0 problems" in fsck
+
+    for stdin in (subprocess.DEVNULL, None):  # a script; a pipe that answers nothing
+        refused = subprocess.run([*SEGUE, "init", str(node.root), "--wipe"], stdin=stdin,
+                                 input=None if stdin else "", capture_output=True, text=True,
+                                 timeout=60)
+        assert refused.returncode == 2 and "add --yes" in refused.stderr
+    assert {p.name: p.read_bytes() for p in keys_dir.iterdir()} == after
+    segue("init", node.root, "--wipe", "--yes")
+    assert all((keys_dir / n).read_bytes() != after[n] for n in after)
+    assert not (node.root / "store" / "tracks").exists()
+    assert (node.root / "store" / "segue-store.json").exists()
+    assert "checked 0 tracks" in segue("fsck", "--config", node.conf).stdout
 
 
 @pytest.mark.parametrize(("role", "key_type"), [

@@ -41,7 +41,13 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("init", help="make a self-contained node in DIR")
     p.add_argument("dir", type=Path, metavar="DIR")
     p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT")
-    p.add_argument("--force", action="store_true", help="overwrite an existing node")
+    p.add_argument("--force", action="store_true",
+                   help="rewrite segued.toml and make what is missing; keys and tracks are kept")
+    p.add_argument("--wipe", action="store_true",
+                   help="make a new node over an existing one: new keys, empty store and "
+                        "catalogue (asks first)")
+    p.add_argument("--yes", action="store_true",
+                   help="with --wipe, do not ask (needed when stdin is not a terminal)")
 
     p = sub.add_parser("keys", help="manage key files")
     keys_sub = p.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
@@ -175,79 +181,50 @@ def sole_error(error: BaseException) -> BaseException:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from segue.catalogue import Catalogue
-    from segue.seal.keys import generate, write_key_pair
-    from segue.storage.local import LocalStore
-    from segue.storage.marker import new_marker
+    from segue.node_dir import NodeDir
 
     try:
         listen = parse_listen(args.listen)
     except ValueError as e:
         raise UsageError(f"--listen: {e}") from None
-    root: Path = args.dir.resolve()
-    conf = root / "segued.toml"
-    keys = {root / "keys" / f"{role}-{key_type}.pem": (role, key_type)
-            for role, key_type in (("edge", "x25519"), ("edge", "rsa"), ("packager", "ed25519"),
-                                   ("auth", "ed25519"))}
-    store = root / "store"
-    catalogue_path = root / "catalogue.sqlite"
-    if not args.force:
+    if args.yes and not args.wipe:
+        raise UsageError("--yes confirms --wipe; there is nothing to confirm without it")
+    node = NodeDir(args.dir.resolve())
+    existing = node.existing()
+    if existing and not (args.force or args.wipe):
         # Checked before writing anything: a node whose segued.toml was moved away still has
         # keys that its sealed tracks need.
-        for path in (conf, *keys, *(k.with_name(k.name + ".pub") for k in keys), store,
-                     catalogue_path):
-            if path.exists():
-                raise UsageError(f"{path} exists; refusing to overwrite it (--force makes a new "
-                                 "node over it, replacing its keys, store and catalogue)")
-    root.mkdir(parents=True, exist_ok=True)
-    made = []
-    for path, (role, key_type) in keys.items():
-        kid = write_key_pair(generate(key_type), path, overwrite=args.force)
-        made.append(f"{path} ({role} {key_type} key, id {kid})")
-    if args.force and store.exists():
-        # The old chunks were sealed for the old keys; nothing could open them any more.
-        shutil.rmtree(store)
-    store.mkdir()
-    LocalStore(store).write_marker(new_marker().to_bytes())
-    for stale in (catalogue_path, root / "catalogue.sqlite-wal", root / "catalogue.sqlite-shm"):
-        stale.unlink(missing_ok=True)
-    Catalogue.create(catalogue_path).close()
-    conf.write_text(_INIT_CONFIG.format(listen=listen))
-    print(f"Made a Segue node in {root}:")
-    for line in [*made, f"{store} (chunk store)", f"{catalogue_path} (catalogue)", f"{conf}"]:
+        raise UsageError(f"{existing[0]} exists; refusing to overwrite it (--force rewrites "
+                         "segued.toml and makes what is missing, keeping keys and tracks)")
+    if existing and args.wipe:
+        _confirm_wipe(node.root, args.yes)
+    lines = node.make(listen, wipe=args.wipe)
+    print(f"Made a Segue node in {node.root}:")
+    for line in lines:
         print(f"  {line}")
     print("Next:")
-    print(f"  segue pack --config {conf} FILE...")
-    print(f"  segued --config {conf}")
-    print(f"  segue token --config {conf} --user USER")
+    print(f"  segue pack --config {node.conf} FILE...")
+    print(f"  segued --config {node.conf}")
+    print(f"  segue token --config {node.conf} --user USER")
     return EXIT_OK
 
 
-_INIT_CONFIG = """\
-# Segue node made by `segue init`. Paths are relative to this file.
-# etc/segue/segued.toml in the source tree documents every key.
-
-[http]
-listen = "{listen}"
-
-[seal]
-edge_keys = ["keys/edge-x25519.pem", "keys/edge-rsa.pem"]
-trusted_packagers = ["keys/packager-ed25519.pem.pub"]
-
-[packer]
-signing_key = "keys/packager-ed25519.pem"
-recipients = ["keys/edge-x25519.pem.pub", "keys/edge-rsa.pem.pub"]
-
-[auth]
-signing_key = "keys/auth-ed25519.pem"
-public_keys = ["keys/auth-ed25519.pem.pub"]
-
-[store]
-path = "store"
-
-[catalogue]
-path = "catalogue.sqlite"
-"""
+def _confirm_wipe(root: Path, yes: bool) -> None:
+    """Ask before --wipe deletes keys and tracks: at a terminal, the folder's name typed back;
+    elsewhere (a script, a pipe), only --yes says so."""
+    warning = (f"--wipe replaces every key in {root / 'keys'} and deletes the store and the "
+               "catalogue; tracks sealed for the old keys can never be opened again")
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise UsageError(f"{warning}. stdin is not a terminal: add --yes to confirm")
+    print(f"{warning}.", file=sys.stderr)
+    try:
+        answer = input(f"Type {root.name} to wipe it: ")
+    except EOFError:
+        answer = ""
+    if answer.strip() != root.name:
+        raise UsageError("not confirmed; nothing was changed")
 
 
 def cmd_keys(args: argparse.Namespace) -> int:

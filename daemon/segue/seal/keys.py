@@ -98,6 +98,11 @@ def write_key_pair(key: PrivateKeyTypes, path: Path, *, overwrite: bool = False)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(private_pem)
+    return write_public_key(key, pub_path)
+
+
+def write_public_key(key: PrivateKeyTypes, pub_path: Path) -> str:
+    """Write the public half of `key` to `pub_path` (PEM); return the key id."""
     public = key.public_key()
     pub_path.write_bytes(
         public.public_bytes(
