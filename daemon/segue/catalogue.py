@@ -62,6 +62,11 @@ CREATE TABLE IF NOT EXISTS accepted_manifests (
     track_id TEXT PRIMARY KEY,
     version  INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS packed_versions (
+    track_id  TEXT PRIMARY KEY,
+    version   INTEGER NOT NULL,
+    published INTEGER NOT NULL DEFAULT 0
+);
 """
 
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -271,6 +276,39 @@ class Catalogue:
             .fetchone()
         )
         return row[0] if row else None
+
+    def record_packed(self, track_id: str, version: int) -> None:
+        """`segue pack` sealed this version of the track here; the central catalogue does not
+        have it yet (mark_published says when it does)."""
+        conn = self._conn()
+        with conn:
+            conn.execute(
+                "INSERT INTO packed_versions (track_id, version, published) VALUES (?, ?, 0) "
+                "ON CONFLICT(track_id) DO UPDATE SET version = excluded.version, published = 0",
+                (track_id, version))
+
+    def mark_published(self, track_id: str, version: int) -> None:
+        conn = self._conn()
+        with conn:
+            conn.execute("UPDATE packed_versions SET published = 1 "
+                         "WHERE track_id = ? AND version = ?", (track_id, version))
+
+    def packed_version(self, track_id: str) -> tuple[int, bool] | None:
+        """(version packed here, whether it was published), or None for a track packed
+        before this was recorded (or not packed here)."""
+        row = self._conn().execute("SELECT version, published FROM packed_versions "
+                                   "WHERE track_id = ?", (track_id,)).fetchone()
+        return None if row is None else (row[0], bool(row[1]))
+
+    def unpublished(self) -> list[str]:
+        """The tracks packed here that the central catalogue does not have yet."""
+        return [row[0] for row in self._conn().execute(
+            "SELECT track_id FROM packed_versions WHERE published = 0 ORDER BY track_id")]
+
+    def packed_here(self) -> list[str]:
+        """Every catalogued track that did not come from replication (so was packed here)."""
+        return [row[0] for row in self._conn().execute(
+            "SELECT track_id FROM tracks WHERE source IS NULL ORDER BY track_id")]
 
     def accept_version(self, track_id: str, version: int) -> None:
         """Record that `version` of the track's manifest was accepted (never lowers it)."""

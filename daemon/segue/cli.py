@@ -21,6 +21,7 @@ from segue.config import DEFAULT_LISTEN, ConfigError, Settings, format_address, 
 from segue.storage.errors import StoreError
 
 if TYPE_CHECKING:
+    from segue.packer import Packer
     from segue.storage.shares import ShareSet
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -66,6 +67,11 @@ def _parser() -> argparse.ArgumentParser:
     cat_sub = p.add_subparsers(dest="catalogue_command", required=True, metavar="ACTION")
     c = cat_sub.add_parser("init", help="create the central catalogue's schema (every shard)")
     c.add_argument("--config", required=True, type=Path, metavar="CONF")
+    c = cat_sub.add_parser("publish", help="publish tracks packed here to the central catalogue "
+                           "(by default those whose publishing failed)")
+    c.add_argument("--config", required=True, type=Path, metavar="CONF")
+    c.add_argument("--all", action="store_true", help="every track packed here, again")
+    c.add_argument("tracks", nargs="*", metavar="ID", help="these tracks, again")
 
     p = sub.add_parser("store", help="the shares that hold the tracks")
     store_sub = p.add_subparsers(dest="store_command", required=True, metavar="ACTION")
@@ -254,30 +260,14 @@ def _load(args: argparse.Namespace) -> Settings:
 
 
 def cmd_pack(args: argparse.Namespace) -> int:
-    from segue.catalogue import Catalogue
-    from segue.configured_keys import load_recipients, load_signing_key, load_trusted_packagers
     from segue.media import MediaError
-    from segue.packer import Packer
+    from segue.plugin_host import PluginHost
     from segue.progress import Progress
-    from segue.seal.keys import key_id
+    from segue.publishing import Publisher
 
     settings = _load(args)
-    signer = load_signing_key(settings.packer.signing_key, "packer.signing_key", settings)
-    # Manifests signed by this packager or one the edges trust number the next version.
-    trusted = {key_id(signer.public_key()): signer.public_key()}
-    if settings.seal.trusted_packagers:
-        trusted.update(load_trusted_packagers(settings))
-    packer = Packer(
-        shares=checked_shares(settings, write=True),
-        catalogue=Catalogue.create(settings.catalogue_path),
-        signer=signer,
-        recipients=load_recipients(settings),
-        chunk_size=settings.packer.chunk_size,
-        trusted=trusted,
-    )
-    from segue.plugin_host import PluginHost
-
-    host = PluginHost.load(settings)
+    packer = _packer(settings)
+    publisher = Publisher(PluginHost.load(settings), packer.catalogue, settings.plugins)
     failed = 0
     files: list[Path] = args.files
     progress = Progress(sum(f.stat().st_size for f in files if f.is_file()))
@@ -291,20 +281,49 @@ def cmd_pack(args: argparse.Namespace) -> int:
             continue
         progress.clear()
         r = packed.record
-        if not packed.already_packed:
-            for outcome in host.call("segue_track_packed", track=r,
-                                     manifest_version=packed.manifest_version):
-                if outcome.error is not None:
-                    print(f"segue: plugin {outcome.plugin.name!r} could not publish track "
-                          f"{r.track_id}: {outcome.error}", file=sys.stderr)
-                    failed += 1
+        published: bool | None = None
+        if publisher.active:
+            # A track packed earlier whose publishing failed is published now.
+            version, published = publisher.packed_version(r.track_id, packer.current_version)
+        elif not packed.already_packed:  # for plugins that publish without a table
+            version, published = packed.manifest_version, False
+        if published is False:
+            errors = publisher.publish(r, version)
+            for error in errors:
+                print(f"segue: {error}", file=sys.stderr)
+            failed += bool(errors)
+            published = not errors if publisher.active else None
         if args.json:
-            doc = {**r.to_json(), "file": str(path), "already_packed": packed.already_packed}
+            doc = {**r.to_json(), "file": str(path), "already_packed": packed.already_packed,
+                   "published": published}
             print(json.dumps(doc, ensure_ascii=False), flush=True)
         else:
             print(f"{r.track_id}\t{r.title}\t{path}", flush=True)
     progress.clear()
     return EXIT_FAILURE if failed else EXIT_OK
+
+
+def _packer(settings: Settings) -> Packer:
+    """What packs (and numbers manifest versions) with this configuration, on writable
+    shares."""
+    from segue.catalogue import Catalogue
+    from segue.configured_keys import load_recipients, load_signing_key, load_trusted_packagers
+    from segue.packer import Packer
+    from segue.seal.keys import key_id
+
+    signer = load_signing_key(settings.packer.signing_key, "packer.signing_key", settings)
+    # Manifests signed by this packager or one the edges trust number the next version.
+    trusted = {key_id(signer.public_key()): signer.public_key()}
+    if settings.seal.trusted_packagers:
+        trusted.update(load_trusted_packagers(settings))
+    return Packer(
+        shares=checked_shares(settings, write=True),
+        catalogue=Catalogue.create(settings.catalogue_path),
+        signer=signer,
+        recipients=load_recipients(settings),
+        chunk_size=settings.packer.chunk_size,
+        trusted=trusted,
+    )
 
 
 def checked_shares(settings: Settings, *, write: bool) -> ShareSet:
@@ -512,6 +531,8 @@ def cmd_fsck(args: argparse.Namespace) -> int:
 
 
 def cmd_catalogue(args: argparse.Namespace) -> int:
+    if args.catalogue_command == "publish":
+        return _catalogue_publish(args)
     from segue.plugin_host import PluginHost
 
     host = PluginHost.load(_load(args))
@@ -522,4 +543,40 @@ def cmd_catalogue(args: argparse.Namespace) -> int:
             failed += 1
         for line in outcome.value or ():
             print(f"{outcome.plugin.name}: {line}")
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def _catalogue_publish(args: argparse.Namespace) -> int:
+    from segue.plugin_host import PluginHost
+    from segue.publishing import Publisher
+    from segue.seal.manifest import is_track_id
+
+    bad = [t for t in args.tracks if not is_track_id(t)]
+    if bad:
+        raise UsageError(f"{', '.join(bad)}: not a track id")
+    if args.tracks and args.all:
+        raise UsageError("give track ids or --all, not both")
+    settings = _load(args)
+    packer = _packer(settings)
+    publisher = Publisher(PluginHost.load(settings), packer.catalogue, settings.plugins)
+    if not publisher.active:
+        raise UsageError("no plugin publishes to a central catalogue: configure one, such as "
+                         "[plugins.mysql] (docs/catalogue.md)")
+    catalogue = packer.catalogue
+    chosen = args.tracks or (catalogue.packed_here() if args.all else catalogue.unpublished())
+    failed = 0
+    for track_id in chosen:
+        record = catalogue.get(track_id)
+        if record is None:
+            errors = ["not in the local catalogue (segue pack FILE packs it)"]
+        else:
+            version, _ = publisher.packed_version(track_id, packer.current_version)
+            errors = publisher.publish(record, version)
+        for error in errors:
+            print(f"segue: {track_id}: {error}", file=sys.stderr)
+        if errors:
+            failed += 1
+        else:
+            print(f"{track_id}\tpublished (manifest version {version})", flush=True)
+    print(f"published {len(chosen) - failed} of {len(chosen)} tracks")
     return EXIT_FAILURE if failed else EXIT_OK

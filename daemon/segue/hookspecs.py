@@ -250,7 +250,9 @@ def segue_catalogue_init() -> list[str] | None:
 def segue_track_packed(track: TrackRecord, manifest_version: int) -> None:
     """A track was packed into the configured stores: publish it to the central catalogue.
 
-    Called: by ``segue pack`` after each track it sealed (not for tracks already packed).
+    Called: by ``segue pack`` after each track it sealed; with the plugin's table configured,
+    also by a later ``segue pack`` of a track whose publishing failed and by ``segue catalogue
+    publish``. It may come more than once for a version: make it an upsert.
 
     :param track: the catalogue record (id, title, artist, album, duration, MIME type, sizes).
     :param manifest_version: the version of the manifest just written.
