@@ -203,3 +203,48 @@ def test_segued_is_segue_run(tmp_path: Path) -> None:
 def test_every_command_has_help() -> None:
     for command in (["init"], ["keys", "new"], ["pack"], ["token"], ["run"], ["check-config"]):
         assert segue(*command, "--help").stdout.startswith("usage: segue")
+
+
+def test_conventions_config_from_the_environment_debug_anywhere_help_and_version(
+        tmp_path: Path) -> None:
+    node = Node.init(tmp_path / "n")
+    env = {**os.environ, "SEGUE_CONFIG": str(node.conf)}
+    assert segue("check-config", env=env).stdout.strip() == f"{node.conf}: OK"
+    missing = segue("check-config", check=False, env={
+        k: v for k, v in os.environ.items() if k != "SEGUE_CONFIG"})
+    assert missing.returncode == 2 and "/etc/segue/segued.toml: no such file" in missing.stderr
+    assert "SEGUE_CONFIG" in missing.stderr
+    traced = segue("token", "--config", tmp_path / "nope.toml", "--user", "a", "--debug",
+                   check=False)
+    assert "Traceback" in traced.stderr
+    bare = segue()
+    assert bare.stdout.startswith("usage: segue") and "COMMAND" in bare.stdout
+    segued = Path(sys.executable).with_name("segued")
+    version = subprocess.run([segued, "--version"], capture_output=True, text=True, timeout=30)
+    assert version.returncode == 0 and version.stdout.startswith("segued ")
+
+
+def test_a_port_in_use_is_named_with_what_to_check(tmp_path: Path) -> None:
+    import socket
+
+    node = Node.init(tmp_path / "n")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = segue("run", "--config", node.conf, "--listen", f"127.0.0.1:{port}",
+                       check=False)
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "address already in use" in result.stderr and f"sport = :{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_public_key_given_for_a_private_one_is_named(tmp_path: Path) -> None:
+    node = Node.init(tmp_path / "n")
+    node.conf.write_text(node.conf.read_text().replace(
+        'signing_key = "keys/auth-ed25519.pem"', 'signing_key = "keys/auth-ed25519.pem.pub"'))
+    result = segue("token", "--config", node.conf, "--user", "a", check=False)
+    assert result.returncode == 2
+    assert "auth-ed25519.pem.pub is a public key" in result.stderr
+    assert "auth-ed25519.pem?" in result.stderr and "chmod" not in result.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -37,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"segue {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("init", help="make a self-contained node in DIR")
     p.add_argument("dir", type=Path, metavar="DIR")
@@ -59,17 +60,17 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--force", action="store_true", help="overwrite existing files")
 
     p = sub.add_parser("pack", help="seal audio files into the store and catalogue")
-    p.add_argument("--config", required=True, type=Path, metavar="CONF")
+    _add_config(p)
     p.add_argument("--json", action="store_true", help="one JSON object per track")
     p.add_argument("files", nargs="+", type=Path, metavar="FILE")
 
     p = sub.add_parser("catalogue", help="the central catalogue")
     cat_sub = p.add_subparsers(dest="catalogue_command", required=True, metavar="ACTION")
     c = cat_sub.add_parser("init", help="create the central catalogue's schema (every shard)")
-    c.add_argument("--config", required=True, type=Path, metavar="CONF")
+    _add_config(c)
     c = cat_sub.add_parser("publish", help="publish tracks packed here to the central catalogue "
                            "(by default those whose publishing failed)")
-    c.add_argument("--config", required=True, type=Path, metavar="CONF")
+    _add_config(c)
     c.add_argument("--all", action="store_true", help="every track packed here, again")
     c.add_argument("tracks", nargs="*", metavar="ID", help="these tracks, again")
 
@@ -77,14 +78,14 @@ def _parser() -> argparse.ArgumentParser:
     store_sub = p.add_subparsers(dest="store_command", required=True, metavar="ACTION")
     m = store_sub.add_parser("mark", help="write the store marker on shares that have none "
                              "(stores made before markers, new shares)")
-    m.add_argument("--config", required=True, type=Path, metavar="CONF")
+    _add_config(m)
     m.add_argument("--share", action="append", metavar="NAME",
                    help="only this share of the configuration (repeat for several)")
     m.add_argument("--new", action="store_true",
                    help="also mark shares that hold no track yet (new, empty shares)")
 
     p = sub.add_parser("token", help="print a signed player token")
-    p.add_argument("--config", required=True, type=Path, metavar="CONF")
+    _add_config(p)
     p.add_argument("--user", required=True)
     p.add_argument("--ttl", type=int, metavar="SECONDS",
                    help="lifetime in seconds (default: auth.default_ttl_s)")
@@ -94,40 +95,76 @@ def _parser() -> argparse.ArgumentParser:
     _add_run_args(p)
 
     p = sub.add_parser("check-config", help="validate the configuration and every plugin's")
-    p.add_argument("--config", required=True, type=Path, metavar="CONF")
+    _add_config(p)
 
     p = sub.add_parser("fsck", help="check (and repair) manifests and chunks on every share")
-    p.add_argument("--config", required=True, type=Path, metavar="CONF")
+    _add_config(p)
     p.add_argument("--repair", action="store_true", help="rewrite bad copies from good ones")
     p.add_argument("--replace-older", action="store_true",
                    help="with --repair, also replace valid manifests older than the newest")
     p.add_argument("--track", metavar="ID", help="check only this track")
 
     p = sub.add_parser("plugins", help="list plugins: name, version, hooks, health")
-    p.add_argument("--config", type=Path, metavar="CONF",
-                   help="configuration (for plugin tables, allow/deny lists, live health)")
+    _add_config(p)
     p.add_argument("--json", action="store_true", help="print JSON")
+    _debug_everywhere(parser)
     return parser
 
 
+#: The configuration file when neither --config nor $SEGUE_CONFIG names one.
+DEFAULT_CONFIG = Path("/etc/segue/segued.toml")
+CONFIG_ENV = "SEGUE_CONFIG"
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, metavar="CONF",
+                   help=f"the configuration file (default: ${CONFIG_ENV}, or {DEFAULT_CONFIG})")
+
+
+def config_path(given: Path | None) -> Path:
+    """--config, else $SEGUE_CONFIG, else the packaged node's file."""
+    return given or Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
+
+
+def _debug_everywhere(parser: argparse.ArgumentParser) -> None:
+    """Accept --debug after any (sub)command too (`segue pack --debug ...`): people add it to
+    the command that failed, at its end. SUPPRESS keeps a subcommand from resetting the
+    top-level flag when it is not given there."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                     help="show tracebacks on errors")
+                _debug_everywhere(command)
+
+
 def _add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, type=Path, metavar="CONF")
+    _add_config(p)
     p.add_argument("--listen", metavar="HOST:PORT", help="override [http] listen")
     p.add_argument("--workers", type=int, metavar="N", help="override [http] workers")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `segue`."""
-    args = _parser().parse_args(argv)
+    """Entry point of `segue`; with no command, its help."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_OK
     return _dispatch(args)
+
+
+def segued_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="segued", description="Run the Segue edge daemon.")
+    parser.add_argument("--version", action="version", version=f"segued {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    _add_run_args(parser)
+    return parser
 
 
 def segued(argv: Sequence[str] | None = None) -> int:
     """Entry point of `segued`: the same as `segue run`."""
-    parser = argparse.ArgumentParser(prog="segued", description="Run the Segue edge daemon.")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    _add_run_args(parser)
-    args = parser.parse_args(argv)
+    args = segued_parser().parse_args(argv)
     args.command = "run"
     return _dispatch(args)
 
@@ -256,7 +293,11 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _load(args: argparse.Namespace) -> Settings:
-    return load(args.config, **_overrides(args))
+    path = config_path(args.config)
+    if args.config is None and not path.exists():
+        raise ConfigError([f"{path}: no such file; name the configuration with --config CONF "
+                           f"or ${CONFIG_ENV}, or make one with `segue init DIR`"])
+    return load(path, **_overrides(args))
 
 
 def cmd_pack(args: argparse.Namespace) -> int:
@@ -421,13 +462,32 @@ def cmd_run(args: argparse.Namespace) -> int:
             trio.run(node.run, settings, host, _overrides(args), strict_exception_groups=True)
         except Exception as e:
             found = sole_error(e)
-            if args.debug or not isinstance(found, StartupError | ConfigError):
+            why = listen_failure(found, settings) if isinstance(found, OSError) else None
+            if args.debug or not (why or isinstance(found, StartupError | ConfigError)):
                 raise
             if isinstance(found, ConfigError):
                 raise found from None  # exit 2, each line printed
-            print(f"segue: {found}", file=sys.stderr)
+            print(f"segue: {why or found}", file=sys.stderr)
             return EXIT_FAILURE
     return EXIT_OK
+
+
+def listen_failure(error: OSError, settings: Settings) -> str | None:
+    """What to check when the listening socket cannot be bound, or None for other errors."""
+    import errno
+
+    listen = settings.http.listen
+    where = f"cannot listen on {listen} ([http] listen in {settings.path}, or --listen)"
+    if error.errno == errno.EADDRINUSE:
+        return (f"{where}: address already in use: another process listens on port "
+                f"{listen.port} (`ss -ltnp 'sport = :{listen.port}'` names it), perhaps "
+                "another segued still running or draining; stop it or choose another port")
+    if error.errno == errno.EACCES:
+        return (f"{where}: permission denied: ports below 1024 need CAP_NET_BIND_SERVICE "
+                "(docs/operations.md, The unit)")
+    if error.errno == errno.EADDRNOTAVAIL:
+        return f"{where}: no interface of this host has the address {listen.host}"
+    return None
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -465,9 +525,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     from segue import config
     from segue.plugin_host import PluginHost
 
-    if args.config is not None:
+    if args.config is not None or config_path(None).exists():
         settings = _load(args)
-    else:
+    else:  # what is installed, whatever a configuration would make of it
         settings = config.from_mapping({}, Path.cwd() / "segued.toml")
     host = PluginHost.load(settings)
     plugins = host.describe()

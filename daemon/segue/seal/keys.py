@@ -147,8 +147,20 @@ def read_secret(path: Path) -> str:
     return _read_private(path, "secret file").decode("utf-8").rstrip("\r\n")
 
 
+_PUBLIC_PEM = b"-----BEGIN PUBLIC KEY-----"
+_PRIVATE_PEM = b"PRIVATE KEY-----"
+
+
 def load_private_key(path: Path) -> PrivateKeyTypes:
-    """Load a PEM private key, refusing a file that group or others can read."""
+    """Load a PEM private key, refusing a file that group or others can read.
+
+    A public key given instead (the `.pub` of a pair, mode 0644) is named as such first:
+    otherwise its mode would be the complaint, and `chmod 600` the wrong fix.
+    """
+    if _PUBLIC_PEM in _read(path, "private key")[:100]:
+        private = path.with_name(path.name.removesuffix(".pub"))
+        hint = f" ({private}?)" if private != path else ""
+        raise KeyFileError(f"{path} is a public key; this needs the private key file{hint}")
     data = _read_private(path, "private key")
     try:
         return serialization.load_pem_private_key(data, password=None)
@@ -162,6 +174,9 @@ def load_public_key(path: Path) -> PublicKeyTypes:
     try:
         return serialization.load_pem_public_key(data)
     except (ValueError, TypeError) as e:
+        if _PRIVATE_PEM in data:
+            raise KeyFileError(f"{path} is a private key; this needs its public half "
+                               f"({path}.pub)") from None
         raise KeyFileError(f"{path} is not a PEM public key: {e}") from None
 
 
