@@ -248,3 +248,17 @@ def test_a_public_key_given_for_a_private_one_is_named(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "auth-ed25519.pem.pub is a public key" in result.stderr
     assert "auth-ed25519.pem?" in result.stderr and "chmod" not in result.stderr
+
+
+def test_keys_show_names_kind_type_id_and_roles(tmp_path: Path) -> None:
+    node = Node.init(tmp_path / "n")
+    edge, auth_pub = (node.root / "keys" / name for name in ("edge-rsa.pem",
+                                                             "auth-ed25519.pem.pub"))
+    out = segue("keys", "show", edge, auth_pub).stdout.splitlines()
+    edge_id = keys.key_id(keys.load_private_key(edge).public_key())
+    assert out[0] == f"{edge}: private key, rsa, id {edge_id}, for edge or auth"
+    assert out[1].startswith(f"{auth_pub}: public key, ed25519, id ")
+    doc = json.loads(segue("keys", "show", "--json", edge).stdout)
+    assert doc == {"path": str(edge), "key_id": edge_id, "type": "rsa", "private": True,
+                   "roles": ["edge", "auth"]}
+    assert "BEGIN" not in segue("keys", "show", edge).stdout

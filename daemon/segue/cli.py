@@ -58,6 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--type", required=True, choices=["x25519", "rsa", "p256", "ed25519"])
     k.add_argument("--out", required=True, type=Path, metavar="PATH")
     k.add_argument("--force", action="store_true", help="overwrite existing files")
+    k = keys_sub.add_parser("show", help="what a key file holds: private or public, type, key "
+                            "id (as manifests and tokens name it), the roles it can have")
+    k.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    k.add_argument("--json", action="store_true", help="one JSON object per key")
 
     p = sub.add_parser("pack", help="seal audio files into the store and catalogue")
     _add_config(p)
@@ -271,6 +275,8 @@ def _confirm_wipe(root: Path, yes: bool) -> None:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
+    if args.keys_command == "show":
+        return _keys_show(args)
     from segue.seal.errors import KeyFileError
     from segue.seal.keys import ROLE_KEY_TYPES, generate, write_key_pair
 
@@ -285,6 +291,29 @@ def cmd_keys(args: argparse.Namespace) -> int:
         raise UsageError(f"--out: {e} (use --force to replace it)") from None
     print(kid)
     return EXIT_OK
+
+
+def _keys_show(args: argparse.Namespace) -> int:
+    from segue.seal.errors import KeyFileError
+    from segue.seal.keys import key_id, key_type_of, load_any_key, roles_of
+
+    failed = 0
+    for path in args.paths:
+        try:
+            public, private = load_any_key(path)
+        except KeyFileError as e:
+            print(f"segue: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        key_type, kid = key_type_of(public), key_id(public)
+        roles = roles_of(key_type)
+        if args.json:
+            print(json.dumps({"path": str(path), "key_id": kid, "type": key_type,
+                              "private": private, "roles": roles}))
+        else:
+            kind = "private key" if private else "public key"
+            print(f"{path}: {kind}, {key_type}, id {kid}, for {' or '.join(roles)}")
+    return EXIT_FAILURE if failed else EXIT_OK
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:

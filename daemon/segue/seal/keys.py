@@ -180,6 +180,18 @@ def load_public_key(path: Path) -> PublicKeyTypes:
         raise KeyFileError(f"{path} is not a PEM public key: {e}") from None
 
 
+def load_any_key(path: Path) -> tuple[PublicKeyTypes, bool]:
+    """The public key of a key file, private or public: (public key, whether it was private)."""
+    if _PRIVATE_PEM in _read(path, "key file"):
+        return load_private_key(path).public_key(), True
+    return load_public_key(path), False
+
+
+def roles_of(key_type: str) -> list[str]:
+    """The roles a key of this type can have."""
+    return [role for role, types in ROLE_KEY_TYPES.items() if key_type in types]
+
+
 @dataclass(frozen=True)
 class PublicKeyRef:
     """A public key with its id, as the manifest and token code use it."""
