@@ -88,7 +88,7 @@ _GET = f"SELECT {_COLUMNS} FROM tracks WHERE track_id = ?"  # noqa: S608
 _SEARCH = (
     f"SELECT {', '.join('t.' + c for c in _COLUMNS.split(', '))} "  # noqa: S608
     "FROM tracks_fts JOIN tracks t ON t.rowid = tracks_fts.rowid "
-    "WHERE tracks_fts MATCH ? ORDER BY bm25(tracks_fts, 10.0, 4.0, 1.0) LIMIT ?"
+    "WHERE tracks_fts MATCH ? ORDER BY bm25(tracks_fts, 10.0, 4.0, 1.0) LIMIT ? OFFSET ?"
 )  # bm25 column weights: a title match counts most, then artist, then album.
 # Ranking scores every match: fine for hundreds, hundreds of milliseconds for a common word in a
 # million tracks. Past RANK_AT_MOST matches the answer comes unranked (newest rows first).
@@ -97,8 +97,10 @@ _MATCHES = "SELECT count(*) FROM (SELECT 1 FROM tracks_fts WHERE tracks_fts MATC
 _SEARCH_UNRANKED = (
     f"SELECT {', '.join('t.' + c for c in _COLUMNS.split(', '))} "  # noqa: S608
     "FROM tracks_fts JOIN tracks t ON t.rowid = tracks_fts.rowid "
-    "WHERE tracks_fts MATCH ? ORDER BY tracks_fts.rowid DESC LIMIT ?"
+    "WHERE tracks_fts MATCH ? ORDER BY tracks_fts.rowid DESC LIMIT ? OFFSET ?"
 )
+_BROWSE = (f"SELECT {_COLUMNS} FROM tracks "  # noqa: S608
+           "ORDER BY title COLLATE NOCASE, track_id LIMIT ? OFFSET ?")
 
 
 @dataclass(frozen=True)
@@ -208,17 +210,31 @@ class Catalogue:
         row = self._conn().execute(_GET, (track_id,)).fetchone()
         return TrackRecord(*row) if row else None
 
-    def search(self, text: str, limit: int) -> list[TrackRecord]:
-        """Tracks matching `text`, best first (FTS5 bm25, title before artist before album);
-        unranked when more than RANK_AT_MOST tracks match (type more to get a ranking)."""
+    def search(self, text: str, limit: int, offset: int = 0) -> list[TrackRecord]:
+        """Tracks matching `text`, best first (FTS5 bm25, title before artist before album),
+        from the `offset`-th; unranked when more than RANK_AT_MOST tracks match (type more to
+        get a ranking)."""
         query = fts_query(text)
         if query is None:
             return []
         conn = self._conn()
         (matches,) = conn.execute(_MATCHES, (query, RANK_AT_MOST + 1)).fetchone()
         statement = _SEARCH if matches <= RANK_AT_MOST else _SEARCH_UNRANKED
-        rows = conn.execute(statement, (query, limit)).fetchall()
+        rows = conn.execute(statement, (query, limit, offset)).fetchall()
         return [TrackRecord(*row) for row in rows]
+
+    def browse(self, limit: int, offset: int = 0) -> list[TrackRecord]:
+        """Every track, by title (then id, so pages never overlap), from the `offset`-th."""
+        return [TrackRecord(*row) for row in self._conn().execute(_BROWSE, (limit, offset))]
+
+    def remove(self, track_id: str) -> bool:
+        """Forget a track (whether it was here). The version accepted for it is kept: packed
+        again, it must still be numbered above anything an edge has seen."""
+        conn = self._conn()
+        with conn:
+            gone = conn.execute("DELETE FROM tracks WHERE track_id = ?", (track_id,)).rowcount
+            conn.execute("DELETE FROM packed_versions WHERE track_id = ?", (track_id,))
+        return bool(gone)
 
     def apply_replicated(
         self,
