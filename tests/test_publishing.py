@@ -54,6 +54,15 @@ def test_a_track_packed_while_the_database_was_down_is_published_later(
         out = segue("catalogue", "publish", "--config", fresh_node.conf, "--all").stdout
         assert out.endswith("published 2 of 2 tracks\n")
 
+        fresh_node.conf.write_text(down)  # removing needs the central catalogue first
+        refused = segue("tracks", "remove", "--config", fresh_node.conf, two, check=False)
+        assert refused.returncode == 1 and "nothing was removed" in refused.stderr
+        assert "catalogued: True" in segue("tracks", "show", "--config", fresh_node.conf, two)\
+            .stdout
+        fresh_node.conf.write_text(base + shard_table(server.port))
+        segue("tracks", "remove", "--config", fresh_node.conf, two)
+        assert server.execute("SELECT track_id FROM tracks") == [(one,)]
+
         fresh_node.conf.write_text(base)  # no publishing plugin: the command says so
         alone = segue("catalogue", "publish", "--config", fresh_node.conf, one, check=False)
         assert alone.returncode == 2 and "[plugins.mysql]" in alone.stderr

@@ -22,6 +22,7 @@ from segue.config import DEFAULT_LISTEN, ConfigError, Settings, format_address, 
 from segue.storage.errors import StoreError
 
 if TYPE_CHECKING:
+    from segue.catalogue import Catalogue
     from segue.packer import Packer
     from segue.storage.shares import ShareSet
 
@@ -87,6 +88,22 @@ def _parser() -> argparse.ArgumentParser:
                    help="only this share of the configuration (repeat for several)")
     m.add_argument("--new", action="store_true",
                    help="also mark shares that hold no track yet (new, empty shares)")
+
+    p = sub.add_parser("tracks", help="the tracks of this node")
+    tracks_sub = p.add_subparsers(dest="tracks_command", required=True, metavar="ACTION")
+    t = tracks_sub.add_parser("list", help="the catalogue's tracks, by title")
+    _add_config(t)
+    t.add_argument("--json", action="store_true", help="one JSON document with the total")
+    t.add_argument("--offset", type=int, default=0, metavar="N", help="skip the first N")
+    t.add_argument("--limit", type=int, metavar="N", help="at most N tracks (default: all)")
+    t = tracks_sub.add_parser("show", help="one track: catalogue row, packing, shares")
+    _add_config(t)
+    t.add_argument("track", metavar="ID")
+    t.add_argument("--json", action="store_true", help="print JSON")
+    t = tracks_sub.add_parser("remove", help="remove a track from the central catalogue, the "
+                              "local catalogue and every share (run again to finish)")
+    _add_config(t)
+    t.add_argument("track", metavar="ID")
 
     p = sub.add_parser("token", help="print a signed player token")
     _add_config(p)
@@ -185,6 +202,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         "fsck": cmd_fsck,
         "catalogue": cmd_catalogue,
         "store": cmd_store,
+        "tracks": cmd_tracks,
     }[args.command]
     from segue import log
 
@@ -446,6 +464,85 @@ def cmd_store(args: argparse.Namespace) -> int:
         state = "marked" if made else "already marked"
         print(f"{share.name}: {state} (store {found.store_id}, format {found.format})")
     return EXIT_FAILURE if failed else EXIT_OK
+
+
+def cmd_tracks(args: argparse.Namespace) -> int:
+    from segue.catalogue import Catalogue
+
+    if args.tracks_command != "list":
+        _track_id(args.track)
+    settings = _load(args)
+    catalogue = Catalogue.create(settings.catalogue_path)
+    if args.tracks_command == "list":
+        return _tracks_list(args, catalogue)
+    if args.tracks_command == "show":
+        return _tracks_show(args, settings, catalogue)
+    return _tracks_remove(args, settings, catalogue)
+
+
+def _track_id(text: str) -> str:
+    from segue.seal.manifest import is_track_id
+
+    if not is_track_id(text):
+        raise UsageError(f"{text!r} is not a track id")
+    return text
+
+
+def _tracks_list(args: argparse.Namespace, catalogue: Catalogue) -> int:
+    if args.offset < 0 or (args.limit is not None and args.limit < 1):
+        raise UsageError("--offset must be 0 or more, --limit 1 or more")
+    # SQLite reads LIMIT -1 as "no limit".
+    found = catalogue.browse(-1 if args.limit is None else args.limit, args.offset)
+    if args.json:
+        print(json.dumps({"total": catalogue.count(), "offset": args.offset,
+                          "tracks": [r.to_json() for r in found]}, ensure_ascii=False))
+        return EXIT_OK
+    for r in found:
+        minutes, seconds = divmod(round(r.duration_s), 60)
+        print(f"{r.track_id}\t{r.title}\t{r.artist}\t{minutes}:{seconds:02d}")
+    return EXIT_OK
+
+
+def _tracks_show(args: argparse.Namespace, settings: Settings, catalogue: Catalogue) -> int:
+    record = catalogue.get(args.track)
+    shares = checked_shares(settings, write=False)
+    on = {s.name: s.store.has_manifest(args.track) for s in shares.shares}
+    if record is None and not any(on.values()):
+        print(f"segue: no track {args.track} in the catalogue or on any share", file=sys.stderr)
+        return EXIT_FAILURE
+    packed = catalogue.packed_version(args.track)
+    doc = {**(record.to_json() if record else {"track_id": args.track}),
+           "catalogued": record is not None,
+           "packed_version": packed[0] if packed else None,
+           "published": packed[1] if packed else None,
+           "manifest_on": [name for name, there in on.items() if there],
+           "manifest_missing_on": [name for name, there in on.items() if not there]}
+    if args.json:
+        print(json.dumps(doc, ensure_ascii=False))
+        return EXIT_OK
+    for key, value in doc.items():
+        shown = ", ".join(value) if isinstance(value, list) else value
+        print(f"{key}: {'-' if shown is None or shown == '' else shown}")
+    return EXIT_OK
+
+
+def _tracks_remove(args: argparse.Namespace, settings: Settings, catalogue: Catalogue) -> int:
+    from segue.plugin_host import PluginHost
+    from segue.removal import remove_track
+
+    outcome = remove_track(args.track, host=PluginHost.load(settings), catalogue=catalogue,
+                           shares=checked_shares(settings, write=True))
+    if isinstance(outcome, list):
+        for error in outcome:
+            print(f"segue: {error}; nothing was removed", file=sys.stderr)
+        return EXIT_FAILURE
+    if not outcome.catalogued and not outcome.on_shares:
+        print(f"{args.track}: was in neither the catalogue nor any share")
+        return EXIT_OK
+    where = ", ".join(outcome.on_shares) or "no share"
+    print(f"{args.track}: removed (catalogue: {'yes' if outcome.catalogued else 'no'}; "
+          f"manifests on: {where})")
+    return EXIT_OK
 
 
 def cmd_token(args: argparse.Namespace) -> int:

@@ -19,8 +19,9 @@ The order over a node's life::
 
 ``segue_session_changed`` is called after every session change accepted on the node.
 
-Two hooks serve commands rather than the running node: ``segue_catalogue_init`` (``segue
-catalogue init``) and ``segue_track_packed`` (``segue pack``).
+Three hooks serve commands rather than the running node: ``segue_catalogue_init`` (``segue
+catalogue init``), ``segue_track_packed`` (``segue pack``) and ``segue_track_removed``
+(``segue tracks remove``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from segue.api import Health, NodeView, Route, TrackRecord
 
 PROJECT = "segue"
 #: The version of this plugin API. Hooks say in which version they appeared.
-PLUGIN_API_VERSION = 2
+PLUGIN_API_VERSION = 3
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 #: The marker plugins use: ``@segue.hookimpl``.
@@ -261,4 +262,20 @@ def segue_track_packed(track: TrackRecord, manifest_version: int) -> None:
     other files, and exits 1; the track stays packed locally.
 
     Sync only. Since API version 1.
+    """
+
+
+@hookspec
+def segue_track_removed(track_id: str) -> None:
+    """A track is being removed: take it out of the central catalogue.
+
+    Called: by ``segue tracks remove`` first, before the track leaves the local catalogue and
+    the stores, so that no catalogue keeps offering a track whose files are gone. Called again
+    when the command is run again: a track that is not there is no error.
+
+    :param track_id: the id of the track being removed.
+
+    Raises: the command prints one line naming the plugin, removes nothing, and exits 1.
+
+    Sync only. Since API version 3.
     """

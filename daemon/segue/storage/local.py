@@ -143,6 +143,20 @@ class LocalStore:
             raise StoreError(f"cannot make or open {where}: {e.strerror}") from None
         return fd
 
+    def remove_track(self, track_id: str) -> None:
+        folder = self.root / layout.track_dir(track_id)
+        manifest = layout.manifest_path(track_id).name
+        try:
+            names = sorted(os.listdir(folder), key=lambda name: name == manifest)
+            for name in names:  # the manifest last: while it is there, so is the track
+                (folder / name).unlink(missing_ok=True)
+            folder.rmdir()
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise StoreError(f"cannot remove track {track_id} from {folder}: {e.strerror}") \
+                from None
+
     def track_ids(self) -> list[str]:
         """Every track with a folder in this store (for fsck); other names are skipped."""
         tracks = self.root / "tracks"

@@ -199,6 +199,21 @@ class SmbStore:
         except (OSError, SMBException, ValueError) as e:
             raise self._fail(str(rel), e) from None
 
+    def remove_track(self, track_id: str) -> None:
+        folder = self._unc(layout.track_dir(track_id))
+        manifest = layout.manifest_path(track_id).name
+        try:
+            kw = self._session()
+            names = sorted((e.name for e in smbclient.scandir(folder, **kw)),
+                           key=lambda name: name == manifest)
+            for name in names:  # the manifest last: while it is there, so is the track
+                smbclient.remove(f"{folder}\\{name}", **kw)
+            smbclient.rmdir(folder, **kw)
+        except (OSError, SMBException, ValueError) as e:
+            failure = self._fail(f"track {track_id}", e)
+            if not isinstance(failure, NotInStoreError):
+                raise failure from None
+
     def track_ids(self) -> list[str]:
         """Every track with a folder on this share (for fsck); other names are skipped."""
         try:
