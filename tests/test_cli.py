@@ -262,3 +262,23 @@ def test_keys_show_names_kind_type_id_and_roles(tmp_path: Path) -> None:
     assert doc == {"path": str(edge), "key_id": edge_id, "type": "rsa", "private": True,
                    "roles": ["edge", "auth"]}
     assert "BEGIN" not in segue("keys", "show", edge).stdout
+
+
+def test_pack_takes_folders_at_any_depth_and_a_list_and_sums_up(tmp_path: Path) -> None:
+    node = Node.init(tmp_path / "n")
+    music = tmp_path / "music"
+    (music / "album" / "disc 2").mkdir(parents=True)
+    (music / ".hidden").mkdir()
+    a = make_tone(music / "album" / "a.mp3", MP3, seconds=2, title="A")
+    b = make_tone(music / "album" / "disc 2" / "b.flac", FLAC, seconds=2, freq=550)
+    make_tone(music / ".hidden" / "h.mp3", MP3, seconds=2, freq=660)
+    (music / "album" / "cover.jpg").write_bytes(b"\xff\xd8 not music")
+    c = make_tone(tmp_path / "c.ogg", OPUS, seconds=2, freq=770)
+    result = segue("pack", "--config", node.conf, music, "--files-from", "-",
+                   input=f"{c}\n\n{a}\n")
+    assert [line.split("\t")[2] for line in result.stdout.splitlines()] == [
+        str(a), str(b), str(c), str(a)]
+    assert result.stderr.strip().endswith(
+        "segue: 4 files: 3 packed, 1 already packed, 0 not packed, 0 not published")
+    nothing = segue("pack", "--config", node.conf, check=False)
+    assert nothing.returncode == 2 and "--files-from" in nothing.stderr

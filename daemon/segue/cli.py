@@ -67,7 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pack", help="seal audio files into the store and catalogue")
     _add_config(p)
     p.add_argument("--json", action="store_true", help="one JSON object per track")
-    p.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    p.add_argument("--files-from", type=Path, metavar="LIST",
+                   help="also the files and folders named in LIST, one a line (- for stdin)")
+    p.add_argument("files", nargs="*", type=Path, metavar="PATH",
+                   help="an audio file, or a folder (its audio files, at any depth)")
 
     p = sub.add_parser("catalogue", help="the central catalogue")
     cat_sub = p.add_subparsers(dest="catalogue_command", required=True, metavar="ACTION")
@@ -353,11 +356,11 @@ def cmd_pack(args: argparse.Namespace) -> int:
     from segue.progress import Progress
     from segue.publishing import Publisher
 
+    files = _pack_inputs(args.files, args.files_from)
     settings = _load(args)
     packer = _packer(settings)
     publisher = Publisher(PluginHost.load(settings), packer.catalogue, settings.plugins)
-    failed = 0
-    files: list[Path] = args.files
+    unpackable = fresh = unpublished = 0
     progress = Progress(sum(f.stat().st_size for f in files if f.is_file()))
     for path in files:
         try:
@@ -365,10 +368,11 @@ def cmd_pack(args: argparse.Namespace) -> int:
         except MediaError as e:
             progress.clear()
             print(f"segue: {e}", file=sys.stderr)
-            failed += 1
+            unpackable += 1
             continue
         progress.clear()
         r = packed.record
+        fresh += not packed.already_packed
         published: bool | None = None
         if publisher.active:
             # A track packed earlier whose publishing failed is published now.
@@ -379,7 +383,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
             errors = publisher.publish(r, version)
             for error in errors:
                 print(f"segue: {error}", file=sys.stderr)
-            failed += bool(errors)
+            unpublished += bool(errors)
             published = not errors if publisher.active else None
         if args.json:
             doc = {**r.to_json(), "file": str(path), "already_packed": packed.already_packed,
@@ -388,7 +392,30 @@ def cmd_pack(args: argparse.Namespace) -> int:
         else:
             print(f"{r.track_id}\t{r.title}\t{path}", flush=True)
     progress.clear()
-    return EXIT_FAILURE if failed else EXIT_OK
+    # On stderr: stdout stays one line per track for scripts.
+    again = len(files) - fresh - unpackable
+    print(f"segue: {len(files)} files: {fresh} packed, {again} already packed, "
+          f"{unpackable} not packed, {unpublished} not published", file=sys.stderr)
+    return EXIT_FAILURE if unpackable or unpublished else EXIT_OK
+
+
+def _pack_inputs(given: list[Path], files_from: Path | None) -> list[Path]:
+    """The files to pack: those named, folders' audio files, and what LIST names."""
+    from segue.media import audio_files
+
+    named = list(given)
+    if files_from is not None:
+        try:
+            text = sys.stdin.read() if str(files_from) == "-" else files_from.read_text()
+        except OSError as e:
+            raise UsageError(f"--files-from: cannot read {files_from}: {e.strerror}") from None
+        named += [Path(line) for line in text.splitlines() if line.strip()]
+    if not named:
+        raise UsageError("name the files or folders to pack (or --files-from LIST)")
+    files: list[Path] = []
+    for path in named:
+        files += audio_files(path) if path.is_dir() else [path]
+    return files
 
 
 def _packer(settings: Settings) -> Packer:
