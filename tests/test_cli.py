@@ -282,3 +282,33 @@ def test_pack_takes_folders_at_any_depth_and_a_list_and_sums_up(tmp_path: Path) 
         "segue: 4 files: 3 packed, 1 already packed, 0 not packed, 0 not published")
     nothing = segue("pack", "--config", node.conf, check=False)
     assert nothing.returncode == 2 and "--files-from" in nothing.stderr
+
+
+def test_an_edge_node_serves_with_no_packager_or_token_private_key(tmp_path: Path) -> None:
+    import shutil
+    import urllib.request
+
+    packer = Node.init(tmp_path / "packer")
+    edge = Node(tmp_path / "edge")
+    segue("init", edge.root, "--role", "edge", "--listen", "127.0.0.1:0")
+    assert sorted(p.name for p in (edge.root / "keys").iterdir()) == [
+        "edge-rsa.pem", "edge-rsa.pem.pub", "edge-x25519.pem", "edge-x25519.pem.pub"]
+    assert "signing_key" not in edge.conf.read_text()
+    unconfigured = segue("check-config", "--config", edge.conf, check=False)
+    assert unconfigured.returncode == 2 and "packager-ed25519.pem.pub" in unconfigured.stderr
+    for name in ("packager-ed25519.pem.pub", "auth-ed25519.pem.pub"):
+        shutil.copy(packer.root / "keys" / name, edge.root / "keys" / name)
+    edge_keys = ", ".join(f'"{edge.root}/keys/{n}.pem.pub"' for n in ("edge-x25519", "edge-rsa"))
+    packer.conf.write_text(packer.conf.read_text().replace(
+        'recipients = ["keys/edge-x25519.pem.pub", "keys/edge-rsa.pem.pub"]',
+        f"recipients = [{edge_keys}]"))
+    edge.conf.write_text(edge.conf.read_text().replace(
+        'path = "store"', f'path = "{packer.root / "store"}"'))
+    source = make_tone(tmp_path / "t.mp3", MP3, seconds=2, title="Served")
+    (track,) = packer.pack(source)
+    edge.start()
+    try:
+        with urllib.request.urlopen(edge.url(track, packer.token()), timeout=10) as r:
+            assert r.read() == source.read_bytes()
+    finally:
+        edge.stop()

@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("init", help="make a self-contained node in DIR")
     p.add_argument("dir", type=Path, metavar="DIR")
     p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT")
+    p.add_argument("--role", choices=["all", "edge"], default="all",
+                   help="all: pack, issue tokens and serve (the default); edge: serve only, "
+                        "with no packager or token private key")
     p.add_argument("--force", action="store_true",
                    help="rewrite segued.toml and make what is missing; keys and tracks are kept")
     p.add_argument("--wipe", action="store_true",
@@ -249,7 +252,7 @@ def sole_error(error: BaseException) -> BaseException:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from segue.node_dir import NodeDir
+    from segue.node_dir import PEER_KEYS, NodeDir
 
     try:
         listen = parse_listen(args.listen)
@@ -257,7 +260,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         raise UsageError(f"--listen: {e}") from None
     if args.yes and not args.wipe:
         raise UsageError("--yes confirms --wipe; there is nothing to confirm without it")
-    node = NodeDir(args.dir.resolve())
+    node = NodeDir(args.dir.resolve(), args.role)
     existing = node.existing()
     if existing and not (args.force or args.wipe):
         # Checked before writing anything: a node whose segued.toml was moved away still has
@@ -271,9 +274,16 @@ def cmd_init(args: argparse.Namespace) -> int:
     for line in lines:
         print(f"  {line}")
     print("Next:")
-    print(f"  segue pack --config {node.conf} FILE...")
+    if args.role == "edge":
+        print(f"  copy the packager's and the token issuer's public keys to "
+              f"{' and '.join(str(node.root / k) for k in PEER_KEYS)}")
+        print(f"  send {node.root / 'keys'}/edge-*.pem.pub to the packager (its "
+              "[packer] recipients)")
+        print(f"  segue check-config --config {node.conf}")
+    else:
+        print(f"  segue pack --config {node.conf} FILE...")
+        print(f"  segue token --config {node.conf} --user USER")
     print(f"  segued --config {node.conf}")
-    print(f"  segue token --config {node.conf} --user USER")
     return EXIT_OK
 
 

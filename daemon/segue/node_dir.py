@@ -19,8 +19,15 @@ from segue.seal.keys import generate, load_private_key, write_key_pair, write_pu
 from segue.storage.local import LocalStore
 from segue.storage.marker import new_marker
 
-#: (role, key type) of every key a self-contained node has.
-KEYS = (("edge", "x25519"), ("edge", "rsa"), ("packager", "ed25519"), ("auth", "ed25519"))
+#: (role, key type) of every key a node of each kind holds privately: a self-contained node
+#: ("all") packs, issues tokens and serves; an edge only serves, with the public keys of the
+#: packager and the token issuer copied in.
+KEYS = {
+    "all": (("edge", "x25519"), ("edge", "rsa"), ("packager", "ed25519"), ("auth", "ed25519")),
+    "edge": (("edge", "x25519"), ("edge", "rsa")),
+}
+#: The public keys an edge needs from elsewhere, where its configuration expects them.
+PEER_KEYS = ("keys/packager-ed25519.pem.pub", "keys/auth-ed25519.pem.pub")
 
 
 @dataclass(frozen=True)
@@ -28,6 +35,7 @@ class NodeDir:
     """The paths of a node made by `segue init` in `root`."""
 
     root: Path
+    role: str = "all"
 
     @property
     def conf(self) -> Path:
@@ -46,7 +54,7 @@ class NodeDir:
 
     def existing(self) -> list[Path]:
         """What a new node would be made over."""
-        keys = [self.key(*k) for k in KEYS]
+        keys = [self.key(*k) for k in KEYS[self.role]]
         paths = [self.conf, *keys, *(_pub(k) for k in keys), self.store, self.catalogue]
         return [p for p in paths if p.exists()]
 
@@ -54,7 +62,7 @@ class NodeDir:
         """Make (or complete) the node; lines saying what each path is and whether it was made
         or kept. With `wipe`, every key is new and the store and catalogue start empty."""
         self.root.mkdir(parents=True, exist_ok=True)
-        lines = [self._key(role, key_type, wipe) for role, key_type in KEYS]
+        lines = [self._key(role, key_type, wipe) for role, key_type in KEYS[self.role]]
         if wipe:
             # The old chunks were sealed for the old keys; nothing could open them any more.
             shutil.rmtree(self.store, ignore_errors=True)
@@ -69,7 +77,9 @@ class NodeDir:
         kept = self.catalogue.exists()
         Catalogue.create(self.catalogue).close()
         lines.append(f"{self.catalogue} (catalogue{', kept' if kept else ''})")
-        self.conf.write_text(_CONFIG.format(listen=listen))
+        self.conf.write_text(_CONFIG.format(
+            listen=listen, packer=_PACKER if self.role == "all" else "",
+            auth_signing=_AUTH_SIGNING if self.role == "all" else ""))
         lines.append(str(self.conf))
         return lines
 
@@ -98,13 +108,8 @@ listen = "{listen}"
 edge_keys = ["keys/edge-x25519.pem", "keys/edge-rsa.pem"]
 trusted_packagers = ["keys/packager-ed25519.pem.pub"]
 
-[packer]
-signing_key = "keys/packager-ed25519.pem"
-recipients = ["keys/edge-x25519.pem.pub", "keys/edge-rsa.pem.pub"]
-
-[auth]
-signing_key = "keys/auth-ed25519.pem"
-public_keys = ["keys/auth-ed25519.pem.pub"]
+{packer}[auth]
+{auth_signing}public_keys = ["keys/auth-ed25519.pem.pub"]
 
 [store]
 path = "store"
@@ -112,3 +117,9 @@ path = "store"
 [catalogue]
 path = "catalogue.sqlite"
 """
+_PACKER = """[packer]
+signing_key = "keys/packager-ed25519.pem"
+recipients = ["keys/edge-x25519.pem.pub", "keys/edge-rsa.pem.pub"]
+
+"""
+_AUTH_SIGNING = 'signing_key = "keys/auth-ed25519.pem"\n'
