@@ -66,6 +66,10 @@ def _parser() -> argparse.ArgumentParser:
                             "id (as manifests and tokens name it), the roles it can have")
     k.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     k.add_argument("--json", action="store_true", help="one JSON object per key")
+    k = keys_sub.add_parser("rewrap", help="wrap every track's content key for exactly "
+                            "[packer] recipients (edit them first); chunks are not touched; "
+                            "run again to finish an interrupted run")
+    _add_config(k)
 
     p = sub.add_parser("pack", help="seal audio files into the store and catalogue")
     _add_config(p)
@@ -308,6 +312,8 @@ def _confirm_wipe(root: Path, yes: bool) -> None:
 def cmd_keys(args: argparse.Namespace) -> int:
     if args.keys_command == "show":
         return _keys_show(args)
+    if args.keys_command == "rewrap":
+        return _keys_rewrap(args)
     from segue.seal.errors import KeyFileError
     from segue.seal.keys import ROLE_KEY_TYPES, generate, write_key_pair
 
@@ -345,6 +351,23 @@ def _keys_show(args: argparse.Namespace) -> int:
             kind = "private key" if private else "public key"
             print(f"{path}: {kind}, {key_type}, id {kid}, for {' or '.join(roles)}")
     return EXIT_FAILURE if failed else EXIT_OK
+
+
+def _keys_rewrap(args: argparse.Namespace) -> int:
+    from segue.configured_keys import load_edge_keys
+    from segue.rewrapping import rewrap_all
+
+    settings = _load(args)
+    packer = _packer(settings)
+    edge = load_edge_keys(settings)
+    trusted = {**edge.trusted_packagers, **packer.trusted}
+    outcome = rewrap_all(
+        packer.shares, trusted, edge.private, packer.recipients, packer.signer,
+        report=lambda track_id, what: print(f"{track_id}\t{what}", flush=True),
+        rewrapped=packer.catalogue.record_packed)
+    print(f"{len(outcome.rewrapped)} rewrapped, {len(outcome.current)} already wrapped for "
+          f"the {len(packer.recipients)} recipients, {len(outcome.failed)} failed")
+    return EXIT_FAILURE if outcome.failed else EXIT_OK
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
