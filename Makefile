@@ -9,10 +9,11 @@ LISTEN ?= 127.0.0.1:8480
 DEMO   ?= demo
 
 # command-or-file:debian-package pairs the tests and the demo need (libsystemd-dev, pkg-config
-# and gcc build systemd-python).
+# and gcc build systemd-python; chromium and its chromedriver run the web player's tests).
 SYSTEM_COMMANDS := ffmpeg:ffmpeg ffprobe:ffmpeg curl:curl gcc:gcc pkg-config:pkg-config prlimit:util-linux \
 	/usr/include/systemd/sd-daemon.h:libsystemd-dev smbd:samba smbpasswd:samba \
-	haproxy:haproxy mariadbd:mariadb-server mariadb-install-db:mariadb-server \
+	haproxy:haproxy mariadbd:mariadb-server mariadb-install-db:mariadb-server serf:serf \
+	chromium:chromium chromedriver:chromium-driver \
 	$(DEB_COMMANDS)
 # What `make deb` builds with (packaging/debian/control's Build-Depends) and what
 # tests/test_packaging.py checks and installs the package with.

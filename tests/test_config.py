@@ -49,6 +49,14 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
     ("[log]\nformat = 'xml'\n", r"log.format: 'xml' is not one of auto, json, console"),
     ("[seal]\nedge_keys = 'one.pem'\n", r"seal.edge_keys: expected a list of file paths"),
     ("[limits]\nworker_threads = true\n", r"limits.worker_threads: expected an integer"),
+    ("[http]\ncors_origins = 'https://a.example'\n",
+     r"http.cors_origins: expected a list of origins"),
+    ("[http]\ncors_origins = ['https://A.example/']\n",
+     r"http.cors_origins: 'https://A.example/' is not an origin.*write 'https://a.example'"),
+    ("[http]\ncors_origins = ['https://a.example:443']\n",
+     r"http.cors_origins: .*no default port.*write 'https://a.example'"),
+    ("[http]\ncors_origins = ['ftp://a.example']\n", r"cors_origins: 'ftp://a.example' is not"),
+    ("[http]\ncors_origins = ['*', 'https://a.example']\n", r"http.cors_origins: \"\*\" .*alone"),
     ("http = 3\n", r"http must be a table"),
     ("[http\n", r"not valid TOML"),
 ])
@@ -61,6 +69,14 @@ def test_errors_name_file_key_and_fix(tmp_path: Path, text: str, expected: str) 
 def test_every_error_is_reported_at_once(tmp_path: Path) -> None:
     errors = errors_of(tmp_path, "[http]\nlisen = 1\nmax_connections = -1\n[lg]\n")
     assert len(errors) == 3
+
+
+def test_cors_is_off_by_default_and_takes_origins_as_browsers_send_them(tmp_path: Path) -> None:
+    assert load_text(tmp_path, "").http.cors_origins == ()
+    text = '[http]\ncors_origins = ["https://player.example.net", "http://[::1]:8080"]\n'
+    assert load_text(tmp_path, text).http.cors_origins == ("https://player.example.net",
+                                                           "http://[::1]:8080")
+    assert load_text(tmp_path, '[http]\ncors_origins = ["*"]\n').http.cors_origins == ("*",)
 
 
 def test_listen_forms() -> None:

@@ -121,6 +121,42 @@ def test_tokens_never_reach_the_log(node: Node, track: str) -> None:
     assert "erin" not in log  # users appear as a hash
 
 
+def track_ticket(node: Node, track: str, token: str) -> tuple[int, dict]:
+    req = urllib.request.Request(node.url(track, suffix="/ticket"), method="POST",
+                                 headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_a_track_ticket_opens_that_track_alone_in_a_url(node: Node, track: str) -> None:
+    """What the web player's <audio> element uses: the token stays in a header."""
+    token = node.token("frank")
+    status, doc = track_ticket(node, track, token)
+    assert status == 200 and 60 < doc["expires_in_s"] <= 900
+    ticket = doc["ticket"]
+    assert token not in ticket
+    assert get(f"{node.url(track)}?ticket={ticket}")[0] == 206
+    other = track_of(node, ".flac")
+    assert get(f"{node.url(other)}?ticket={ticket}")[0] == 401  # another track
+    assert get(f"{node.url(track)}?ticket={ticket[:-3]}xyz")[0] == 401  # forged
+    # It is no player token, and no event-stream ticket either.
+    assert get(f"{node.url(track)}?token={ticket}")[0] == 401
+    assert get(f"{node.base}/v1/session/events?ticket={ticket}")[0] == 401
+    assert "frank" not in node.log_text() and ticket not in node.log_text()
+
+
+def test_a_track_ticket_needs_a_token_that_grants_the_track(node: Node, track: str) -> None:
+    scoped = node.token("gina", "--tracks", track_of(node, ".flac"))
+    assert track_ticket(node, track, scoped)[0] == 403
+    assert track_ticket(node, track, "not-a-token")[0] == 401
+    # It never outlives the token it was traded for.
+    short = node.token("gina", "--ttl", "120")
+    assert 0 < track_ticket(node, track, short)[1]["expires_in_s"] <= 120
+
+
 def test_es256_rs256_and_jwks_tokens_from_an_identity_provider(fresh_node: Node,
                                                                tmp_path: Path) -> None:
     n = fresh_node

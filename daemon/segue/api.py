@@ -43,8 +43,9 @@ Handler = Callable[[Request], Awaitable[Response]]
 class Route:
     """An HTTP route a plugin adds: `method` and an exact `path`, or a prefix ending in "/".
 
-    Paths under /v1/, /healthz and /metrics belong to Segue and are refused. The handler does
-    its own authorisation: plugin routes are not behind player tokens.
+    "/" (the web player) and paths under /v1/, /player/, /healthz and /metrics belong to Segue
+    and are refused (a prefix "/" would take them all). The handler does its own
+    authorisation: plugin routes are not behind player tokens.
     """
 
     method: str

@@ -16,6 +16,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from segue.seal.chunks import DEFAULT_CHUNK_SIZE
 
@@ -62,7 +63,7 @@ def parse_listen(text: str) -> Listen:
 
 
 # section -> key -> (type, default). A default of None means "not set".
-# Types: "str", "int", "float", "path", "paths", "listen".
+# Types: "str", "int", "float", "bool", "strs", "path", "paths", "listen", "shares", "origins".
 SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
     "node": {
         "id": ("str", None),
@@ -80,6 +81,7 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "workers": ("int", 1),
         "tls_certificate": ("path", None),
         "tls_key": ("path", None),
+        "cors_origins": ("origins", []),
     },
     "seal": {
         "edge_keys": ("paths", []),
@@ -177,6 +179,7 @@ class HttpSettings:
     workers: int
     tls_certificate: Path | None
     tls_key: Path | None
+    cors_origins: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -408,6 +411,40 @@ def _shares(value: Any, base: Path) -> tuple[ShareSettings, ...]:
     return tuple(shares)
 
 
+def _origins(value: Any) -> tuple[str, ...]:
+    """[http] cors_origins: web origins as browsers send them (scheme://host[:port], lower
+    case, no path), or ["*"] alone for any origin."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"expected a list of origins such as [\"https://player.example.net\"], "
+                         f"got {value!r}")
+    if "*" in value and value != ["*"]:
+        raise ValueError('"*" (any origin) stands alone: ["*"], or list the origins')
+    for origin in value:
+        canonical = origin if origin == "*" else _origin_form(origin)
+        if canonical != origin:
+            fix = f"; write {canonical!r}" if canonical else ""
+            raise ValueError(f"{origin!r} is not an origin: http(s)://HOST[:PORT] as a browser "
+                             f"sends it (lower case, no default port, no path){fix}")
+    return tuple(value)
+
+
+def _origin_form(text: str) -> str | None:
+    """`text` written as a browser's Origin header would write it; None if it is no http(s)
+    URL with a host."""
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        return None
+    host = parts.hostname
+    if parts.scheme not in ("http", "https") or not host or parts.username is not None:
+        return None
+    if ":" in host:
+        host = f"[{host}]"
+    default = 80 if parts.scheme == "http" else 443
+    return f"{parts.scheme}://{host}" + ("" if port in (None, default) else f":{port}")
+
+
 CREDENTIAL_PREFIX = "credential:"
 
 
@@ -475,6 +512,8 @@ def _coerce(section: str, key: str, kind: str, value: Any, base: Path) -> Any:
         return tuple(_coerce(section, key, "path", v, base) for v in value)
     if kind == "shares":
         return _shares(value, base)
+    if kind == "origins":
+        return _origins(value)
     if kind == "listen":
         if not isinstance(value, str):
             raise ValueError(f"expected HOST:PORT, got {value!r}")

@@ -162,6 +162,22 @@ def segue_health(node: NodeView) -> Health | Awaitable[Health] | None:
 
 
 @hookspec
+def segue_status() -> Mapping[str, Any] | None:
+    """Public facts about the plugin for ``/v1/status`` (``plugins[].status``).
+
+    Called: on every ``/v1/status`` request and by ``segue plugins``, in the main process.
+    Anyone may read ``/v1/status``: return counts and states (members by status, queue
+    lengths), never names, addresses, users or secrets.
+
+    Return: a small mapping of JSON values, or None (no ``status`` key).
+
+    Raises: the status is left out and the error logged with the plugin's name.
+
+    Sync only, and cheap (no I/O): return what the plugin already knows. Since API version 3.
+    """
+
+
+@hookspec
 def segue_reload(node: NodeView) -> Awaitable[None] | None:
     """The configuration was reloaded (SIGHUP) and the new one is in force.
 

@@ -38,7 +38,9 @@ from segue.catalogue import ReplicationView
 from segue.config import ConfigError, Settings, format_address
 from segue.configured_keys import load_edge_keys, load_token_verifier
 from segue.health import Health, worst
+from segue.http import player_files
 from segue.http.app import EdgeRoutes
+from segue.http.cors import Cors
 from segue.http.router import Endpoint, Router
 from segue.http.server import serve
 from segue.http.sessions import SessionRoutes, SessionsPort
@@ -90,6 +92,7 @@ class Node:
             self._sessions or RemoteSessions.from_environment(is_track_id))
         self._addresses: list[tuple[str, int]] = []
         self._stop = trio.Event()
+        self._cors: Cors | None = None  # made with the router, once the plugins' routes are in
 
     # --- NodeView ---
     @property
@@ -152,14 +155,16 @@ class Node:
         routes = await self.host.start(self, self.metrics.registry)
         if self._sessions is not None:
             await self._sessions.load()
-        router = Router([*self._edge_routes().endpoints(), *self._session_routes()], routes)
+        router = Router([*self._edge_routes().endpoints(), *self._session_routes(),
+                         *player_files.PlayerFiles(player_files.load()).endpoints()], routes)
+        self._cors = Cors(router, self.settings.http.cors_origins)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async with trio.open_nursery() as lifespan:
                 lifespan.start_soon(self._handle_signals, signals, lifespan.cancel_scope)
                 lifespan.start_soon(self._watchdog)
                 async with trio.open_nursery() as connections:
                     listeners = await connections.start(
-                        functools.partial(serve, join=self.side.join), router.handle,
+                        functools.partial(serve, join=self.side.join), self._cors.handle,
                         self.lifecycle, self.metrics, self.settings.http, self.tls)
                     self._addresses = [listener.socket.getsockname()[:2] for listener in listeners]
                     port = self._addresses[0][1]
@@ -195,7 +200,14 @@ class Node:
         return EdgeRoutes(node_id=self.node_id, lifecycle=self.lifecycle,
                           catalogue=self.serving.catalogue, library=self.serving.library,
                           auth=self.serving.auth, metrics=self.metrics,
-                          limiter=self.serving.limiter, plugins=self.host.describe)
+                          limiter=self.serving.limiter, ticket_key=self.ticket_key,
+                          plugins=self._describe_plugins)
+
+    def _describe_plugins(self) -> list[dict[str, Any]]:
+        """The plugins as /v1/status shows them: a worker repeats its main process's words."""
+        if isinstance(self.side, WorkerSide):
+            return self.side.plugins
+        return self.host.describe()
 
     async def _serve_sessions_to_workers(
             self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -242,7 +254,7 @@ class Node:
         if health != self.lifecycle.health:  # HTTP clients see the short reason alone
             log.info("health", status=health.status, detail=health.described)
         self.lifecycle.set_health(health)
-        self.side.publish(self.lifecycle.state, health)
+        self.side.publish(self.lifecycle.state, health, self._describe_plugins())
         for share in shares.shares:
             self.metrics.share_up.labels(share.name).set(1 if share.healthy else 0)
         for plugin in self.host.plugins:
@@ -331,6 +343,8 @@ class Node:
         self.settings = new
         self.serving.auth.use(tokens)
         self.serving.library.set_keys(keys)
+        if self._cors is not None:
+            self._cors.allow(new.http.cors_origins)
         self.side.reload()
         await self.host.reloaded(self)
         log.info("configuration reloaded", config=str(new.path))

@@ -43,7 +43,7 @@ log = structlog.get_logger("segue.plugins")
 
 ENTRY_POINT_GROUP = "segue.plugins"
 #: Paths a plugin's routes may not take: they are Segue's own.
-RESERVED_PREFIXES = ("/v1/", "/healthz", "/metrics")
+RESERVED_PREFIXES = ("/v1/", "/healthz", "/metrics", "/player/")
 #: hookimpl options the host cannot honour (it calls one plugin at a time, in load order).
 UNSUPPORTED_OPTIONS = ("tryfirst", "trylast", "wrapper", "hookwrapper")
 
@@ -73,14 +73,17 @@ class Plugin:
         return Health(self.health.status, f"plugin {self.name} {self.health.status}",
                       f"{self.name}: {self.health.described}")
 
-    def to_json(self, hooks: list[str]) -> dict[str, Any]:
-        return {
+    def to_json(self, hooks: list[str], status: Any = None) -> dict[str, Any]:
+        doc = {
             "name": self.name,
             "version": self.version,
             "distribution": self.distribution,
             "hooks": hooks,
             "health": self.node_health.to_json(),
         }
+        if status is not None:
+            doc["status"] = status
+        return doc
 
 
 @dataclass(frozen=True)
@@ -274,7 +277,14 @@ class PluginHost:
 
     def describe(self) -> list[dict[str, Any]]:
         """Name, version, hooks and health of each plugin (`segue plugins`, /v1/status)."""
-        return [p.to_json(self.hooks_of(p)) for p in self.plugins]
+        return [p.to_json(self.hooks_of(p), self._status(p)) for p in self.plugins]
+
+    def _status(self, plugin: Plugin) -> Any:
+        outcome = self.call_one(plugin, "segue_status")
+        if outcome.error is not None:
+            log.error("plugin status failed", plugin=plugin.name, error=str(outcome.error))
+            return None
+        return outcome.value
 
     # --- the node's life, one method per step -------------------------------------------------
 
@@ -305,9 +315,12 @@ class PluginHost:
                 raise StartupError(f"plugin {outcome.plugin.name!r} failed to list its routes: "
                                    f"{outcome.error}")
             for route in outcome.value or ():
-                if not isinstance(route, Route) or route.path.startswith(RESERVED_PREFIXES):
+                # "/" is the web player's page (and, as a prefix, would take every path).
+                if not isinstance(route, Route) or route.path == "/" or \
+                        route.path.startswith(RESERVED_PREFIXES):
                     raise ConfigError([f"plugin {outcome.plugin.name!r} route {route!r} is not "
-                                       f"a segue.Route outside {', '.join(RESERVED_PREFIXES)}"])
+                                       f"a segue.Route outside /, "
+                                       f"{', '.join(RESERVED_PREFIXES)}"])
                 routes.append(route)
         return routes
 

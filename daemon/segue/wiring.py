@@ -19,10 +19,10 @@ from segue.configured_keys import load_edge_keys, load_token_verifier
 from segue.http.app import CATALOGUE_TIMEOUT_S
 from segue.http.auth import Authorizer
 from segue.metrics import Metrics
+from segue.seal import tickets
 from segue.seal.errors import KeyFileError
 from segue.seal.keys import check_private_file
 from segue.seal.manifest import is_track_id
-from segue.sessions import tickets
 from segue.sessions.service import Sessions
 from segue.sessions.store import SessionStore
 from segue.storage import backends
@@ -126,7 +126,8 @@ def open_sessions(settings: Settings, serving: Serving, metrics: Metrics) -> Ses
 
 
 def ticket_key(settings: Settings) -> bytes:
-    """The key of event-stream tickets ([sessions] ticket_key, made when missing)."""
+    """The key of the tickets for event streams and tracks ([sessions] ticket_key, made when
+    missing)."""
     try:
         return tickets.load_or_create_key(settings.sessions.ticket_key)
     except (OSError, ValueError) as e:

@@ -49,15 +49,21 @@ _MAIN_ONLY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS"
 MAX_LINE_BYTES = 65536
 
 
-def message(state: NodeState, health: Health) -> bytes:
-    """One line of the main process's side of the pipe."""
-    return json.dumps({"state": state, "health": health.to_json()}).encode() + b"\n"
+def message(state: NodeState, health: Health, plugins: list[dict[str, Any]]) -> bytes:
+    """One line of the main process's side of the pipe: the node's state and health, and its
+    plugins' public description (a worker runs no plugin, yet answers /v1/status)."""
+    return json.dumps({"state": state, "health": health.to_json(),
+                       "plugins": plugins}).encode() + b"\n"
 
 
-def parse(line: bytes) -> tuple[NodeState, Health]:
-    """(state, health) from one line; raises ValueError (or KeyError, TypeError) otherwise."""
+def parse(line: bytes) -> tuple[NodeState, Health, list[dict[str, Any]]]:
+    """(state, health, plugins) from one line; raises ValueError (or KeyError, TypeError)
+    otherwise."""
     doc: Any = json.loads(line)
-    return NodeState(doc["state"]), Health.from_json(doc["health"])
+    plugins = doc.get("plugins", [])
+    if not isinstance(plugins, list):
+        raise TypeError("plugins is not a list")
+    return NodeState(doc["state"]), Health.from_json(doc["health"]), plugins
 
 
 class Worker:
@@ -189,6 +195,7 @@ class MainSide:
         self._count = count
         self._config_path = config_path
         self._pool: WorkerPool | None = None
+        self._plugins: list[dict[str, Any]] = []
 
     def health(self) -> Health:
         return Health.ok()  # the main process's health is the node's: nothing to add
@@ -208,9 +215,10 @@ class MainSide:
             await self._pool.run(nursery)
             task_status.started()
 
-    def publish(self, state: NodeState, health: Health) -> None:
+    def publish(self, state: NodeState, health: Health, plugins: list[dict[str, Any]]) -> None:
+        self._plugins = plugins
         if self._pool is not None:
-            self._pool.update(message(state, health))
+            self._pool.update(message(state, health, plugins))
 
     def reload(self) -> None:
         if self._pool is not None:
@@ -219,7 +227,7 @@ class MainSide:
     async def drain(self, health: Health) -> None:
         """Tell the workers to drain; return once every one has exited."""
         if self._pool is not None:
-            await self._pool.drain(message(NodeState.DRAINING, health))
+            await self._pool.drain(message(NodeState.DRAINING, health, self._plugins))
 
 
 class WorkerSide:
@@ -230,6 +238,7 @@ class WorkerSide:
     def __init__(self, on_health: Callable[[], None]) -> None:
         self._main_health = Health.ok()
         self._on_health = on_health
+        self.plugins: list[dict[str, Any]] = []  # as the main process last described them
 
     def health(self) -> Health:
         return self._main_health
@@ -252,7 +261,7 @@ class WorkerSide:
                 *lines, pending = (pending + data).split(b"\n")
                 for line in lines:
                     try:
-                        state, self._main_health = parse(line)
+                        state, self._main_health, self.plugins = parse(line)
                     except (ValueError, KeyError, TypeError) as e:
                         log.error("unreadable line from the main process", error=str(e))
                         continue
@@ -260,7 +269,7 @@ class WorkerSide:
                     if state in (NodeState.DRAINING, NodeState.STOPPING):
                         stop()
 
-    def publish(self, state: NodeState, health: Health) -> None:
+    def publish(self, state: NodeState, health: Health, plugins: list[dict[str, Any]]) -> None:
         pass  # nobody listens to a worker
 
     def reload(self) -> None:

@@ -1,4 +1,6 @@
-"""The edge's own endpoints: health, metrics, status, tracks (with ranges), metadata, search.
+"""The edge's own endpoints: health, metrics, status, tracks (with ranges), metadata, search,
+and track tickets (what an `<audio>` element, which cannot send the token in a header, puts in
+the track's URL instead: see segue.seal.tickets).
 
 Handlers return Response objects; `EdgeRoutes.endpoints()` is their table for the router, and
 the connection loop in `segue.http.server` writes what they return. A track body is sent chunk
@@ -23,7 +25,9 @@ from segue.http.router import Endpoint
 from segue.lifecycle import Lifecycle, NodeState
 from segue.log import user_hash
 from segue.metrics import CONTENT_TYPE, Metrics
+from segue.seal import tickets
 from segue.seal.manifest import is_track_id
+from segue.seal.tokens import Grant
 from segue.seal.track import OpenedTrack
 from segue.storage.buffers import Lease
 from segue.storage.errors import TrackNotFound, TrackUnavailable
@@ -43,7 +47,7 @@ class EdgeRoutes:
 
     def __init__(self, *, node_id: str, lifecycle: Lifecycle, catalogue: Catalogue,
                  library: Library, auth: Authorizer, metrics: Metrics,
-                 limiter: trio.CapacityLimiter,
+                 limiter: trio.CapacityLimiter, ticket_key: bytes,
                  plugins: Callable[[], list[dict[str, Any]]] = list) -> None:
         self.node_id = node_id
         self.lifecycle = lifecycle
@@ -52,6 +56,7 @@ class EdgeRoutes:
         self.auth = auth
         self.metrics = metrics
         self.limiter = limiter
+        self.ticket_key = ticket_key
         self.plugins = plugins
 
     def endpoints(self) -> list[Endpoint]:
@@ -63,6 +68,7 @@ class EdgeRoutes:
             Endpoint.of("GET HEAD", "/v1/search", self.search),
             Endpoint.of("GET HEAD", "/v1/tracks/{track_id}", self.track),
             Endpoint.of("GET HEAD", "/v1/tracks/{track_id}/meta", self.meta),
+            Endpoint.of("POST", "/v1/tracks/{track_id}/ticket", self.ticket),
         ]
 
     async def healthz(self, request: Request) -> Response:
@@ -140,12 +146,36 @@ class EdgeRoutes:
                 "next": offset + limit if len(found) == limit else None}
         return json_response(200, page, ("Cache-Control", "private"))
 
+    async def ticket(self, request: Request, track_id: str) -> Response:
+        """A ticket that opens this one track, for the token's listener, for a while (never
+        past the token's own expiry)."""
+        if not is_track_id(track_id):
+            return _bad_track_id()
+        grant = self.auth.authorize(request, track_id)
+        if isinstance(grant, Response):
+            return grant
+        ttl_s = max(1, min(tickets.TRACK_TICKET_TTL_S, int(grant.expires - time.time())))
+        ticket = tickets.mint(self.ticket_key, grant.user, tickets.track_scope(track_id), ttl_s)
+        return json_response(200, {"ticket": ticket, "expires_in_s": ttl_s},
+                             ("Cache-Control", "no-store"))
+
+    def _track_grant(self, request: Request, track_id: str) -> Grant | Response:
+        """The token's grant, or a track ticket's (?ticket=, which opens this track alone)."""
+        ticket = request.query_one("ticket")
+        if ticket is None or "authorization" in request.headers:
+            return self.auth.authorize(request, track_id)
+        try:
+            found = tickets.verify(self.ticket_key, ticket, tickets.track_scope(track_id))
+        except tickets.TicketError as e:
+            return error(401, str(e), ("WWW-Authenticate", 'Bearer realm="segue"'))
+        return Grant(found.user, frozenset({track_id}), found.expires)
+
     async def track(self, request: Request, track_id: str) -> Response:
         """The track's plaintext, whole or one byte range."""
         started = time.perf_counter()
         if not is_track_id(track_id):
             return _bad_track_id()
-        grant = self.auth.authorize(request, track_id)
+        grant = self._track_grant(request, track_id)
         if isinstance(grant, Response):
             return grant
         fields = {"track": track_id, "user": user_hash(grant.user)}

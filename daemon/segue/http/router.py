@@ -7,7 +7,7 @@ to the handler as a keyword. A path that matches with another method gets 405 an
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from segue.api import Route
@@ -55,12 +55,8 @@ class Router:
         for route in self._plugin_routes:
             if route.matches(request.method, request.path):
                 return await route.handler(request)
-        segments = request.segments()
         allowed: set[str] = set()
-        for endpoint in self._endpoints:
-            params = endpoint.match(segments)
-            if params is None:
-                continue
+        for endpoint, params in self._matching(request):
             if request.method in endpoint.methods:
                 return await endpoint.handler(request, **params)
             allowed |= endpoint.methods
@@ -68,3 +64,15 @@ class Router:
             return error(405, f"{request.method} is not supported here",
                          ("Allow", ", ".join(sorted(allowed))))
         return error(404, "no such resource")
+
+    def methods(self, request: Request) -> frozenset[str]:
+        """The methods Segue's own table answers at the request's path (what a CORS
+        preflight is told); empty when none does."""
+        return frozenset().union(*(endpoint.methods for endpoint, _ in self._matching(request)))
+
+    def _matching(self, request: Request) -> Iterator[tuple[Endpoint, dict[str, str]]]:
+        segments = request.segments()
+        for endpoint in self._endpoints:
+            params = endpoint.match(segments)
+            if params is not None:
+                yield endpoint, params

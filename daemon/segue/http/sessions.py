@@ -26,8 +26,8 @@ from segue.http.messages import Request, Response, Send, error, json_response
 from segue.http.router import Endpoint
 from segue.lifecycle import Lifecycle
 from segue.metrics import Metrics
+from segue.seal import tickets
 from segue.seal.tokens import Grant
-from segue.sessions import tickets
 from segue.sessions.commands import CommandError
 from segue.sessions.service import RateLimited
 
@@ -115,7 +115,7 @@ class SessionRoutes:
             grant = self.auth.authorize(request)
             return grant.user if isinstance(grant, Grant) else grant
         try:
-            return tickets.verify(self.ticket_key, ticket)
+            return tickets.verify(self.ticket_key, ticket).user
         except tickets.TicketError as e:
             return error(401, str(e), ("WWW-Authenticate", 'Bearer realm="segue"'))
 

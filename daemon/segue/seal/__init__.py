@@ -1,5 +1,7 @@
-"""The seal: chunk encryption, content-key wrapping, signed manifests and player tokens.
+"""The seal: chunk encryption, content-key wrapping, signed manifests, player tokens and the
+short-lived tickets that stand in for them in URLs.
 
 Everything here is pure computation over bytes and keys; no module in this package does I/O
-except key loading in `segue.seal.keys`. docs/format.md specifies the formats byte by byte.
+except key loading (`segue.seal.keys`, and the ticket key in `segue.seal.tickets`).
+docs/format.md specifies the formats byte by byte.
 """

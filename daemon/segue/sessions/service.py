@@ -113,6 +113,9 @@ class Sessions:
         self._duration_ms = duration_ms
         self._is_track = is_track
         self._states: dict[str, SessionState] = {}
+        # Digests cost a canonical JSON dump each; anti-entropy asks for all of them every
+        # round, so each is kept until its state changes.
+        self._digests: dict[str, str] = {}
         self._topics: dict[str, _Topic] = {}
         self._recent: dict[str, OrderedDict[str, None]] = {}
         self._buckets: dict[str, _Bucket] = {}
@@ -128,6 +131,7 @@ class Sessions:
         """Read the sessions kept on disk; devices of this node start their timeout now."""
         self._states = await in_thread(self._store.load, limiter=self._store_limiter,
                                        timeout_s=STORE_TIMEOUT_S)
+        self._digests = {}
         now = time.monotonic()
         for user, state in self._states.items():
             self.clock.observe(state.stamp)
@@ -302,7 +306,11 @@ class Sessions:
 
     def digests(self) -> dict[str, str]:
         """Each listener's state digest, for anti-entropy: equal digests, equal states."""
-        return {user: state.digest() for user, state in self._states.items()}
+        digests = self._digests
+        for user, state in self._states.items():
+            if user not in digests:
+                digests[user] = state.digest()
+        return dict(digests)
 
     def export(self, user: str) -> dict[str, Any] | None:
         """A listener's whole state in its JSON form (merge it with apply_remote)."""
@@ -314,6 +322,7 @@ class Sessions:
         state = self._states.setdefault(user, SessionState())
         if not state.merge(delta):
             return False
+        self._digests.pop(user, None)
         self._dirty.add(user)
         topic = self._topics.get(user)
         if topic is not None:

@@ -23,6 +23,7 @@ from segue import Health, PluginConfigError, Request, Response, Route
 _KNOWN = {"record", "health", "reason", "raise_in", "drain_wait_s"}
 settings: dict = {}
 hello_count: Counter | None = None
+hellos = 0
 
 
 def _record(hook: str, node: segue.NodeView | None = None, **extra: object) -> None:
@@ -67,6 +68,8 @@ async def segue_startup(node) -> None:
 @segue.hookimpl
 def segue_routes(node):
     async def hello(request: Request) -> Response:
+        global hellos
+        hellos += 1
         if hello_count is not None:
             hello_count.inc()
         body = f"hello from {node.node_id}\n".encode()
@@ -111,6 +114,12 @@ def segue_services(node):
 def segue_health(node) -> Health:
     _record("segue_health", node)
     return Health(settings.get("health", "ok"), settings.get("reason", ""))
+
+
+@segue.hookimpl
+def segue_status() -> dict:
+    # Public facts only: a count, never who said hello.
+    return {"hellos": hellos}
 
 
 @segue.hookimpl

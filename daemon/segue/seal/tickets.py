@@ -1,11 +1,18 @@
-"""Short-lived tickets for event streams: a browser's EventSource cannot set headers, so it
-would have to put the player token in the URL, where load balancers and proxies log it. Instead
-a player trades its token (POST /v1/session/ticket, in a header) for a ticket that is good for
-one thing, this listener's event stream, for a minute.
+"""Short-lived tickets for what a browser cannot give a header to: a player token in a URL
+would be written to the logs of every load balancer and proxy on the way, so a player trades
+its token (sent in a header) for a ticket good for one thing, for a short while.
 
-A ticket is base64url(JSON {"u": user, "x": expiry ms, "s": "session-events"}) "." base64url
-(HMAC-SHA256 of that); compared in constant time. The key is the node's (or the fleet's, when
-nodes share it: see [sessions] ticket_key).
+Two things take a ticket in their URL:
+
+* the listener's event stream (`/v1/session/events?ticket=`): an EventSource sends no headers;
+  good for a minute (it is used at once, and again only on a reconnect);
+* one track (`/v1/tracks/{id}?ticket=`): an `<audio>` element sends no headers either, and it
+  asks for new ranges whenever the listener seeks, so this ticket lasts longer
+  (TRACK_TICKET_TTL_S, never past the token's own expiry) and opens that track alone.
+
+A ticket is base64url(JSON {"u": user, "x": expiry ms, "s": scope}) "." base64url(HMAC-SHA256 of
+that); compared in constant time. A ticket for one scope is refused for every other. The key
+is the node's (or the fleet's, when nodes share it: see [sessions] ticket_key).
 """
 
 from __future__ import annotations
@@ -17,15 +24,30 @@ import json
 import os
 import secrets
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 TICKET_TTL_S = 60
+TRACK_TICKET_TTL_S = 900
 KEY_BYTES = 32
-_SCOPE = "session-events"
+SESSION_EVENTS = "session-events"
 
 
 class TicketError(Exception):
     """The ticket is malformed, forged, for something else, or expired."""
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """What a verified ticket says: whose it is and until when (seconds since the epoch)."""
+
+    user: str
+    expires: float
+
+
+def track_scope(track_id: str) -> str:
+    """The scope of a ticket that opens one track."""
+    return f"track:{track_id}"
 
 
 def _b64(data: bytes) -> str:
@@ -36,15 +58,18 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def mint(key: bytes, user: str, ttl_s: int = TICKET_TTL_S, now: float | None = None) -> str:
+def mint(key: bytes, user: str, scope: str = SESSION_EVENTS, ttl_s: float = TICKET_TTL_S,
+         now: float | None = None) -> str:
     expires = int(((time.time() if now is None else now) + ttl_s) * 1000)
-    body = _b64(json.dumps({"u": user, "x": expires, "s": _SCOPE},
+    body = _b64(json.dumps({"u": user, "x": expires, "s": scope},
                            separators=(",", ":")).encode())
     return f"{body}.{_b64(hmac.new(key, body.encode(), hashlib.sha256).digest())}"
 
 
-def verify(key: bytes, ticket: str, now: float | None = None) -> str:
-    """The ticket's user; TicketError otherwise (the message never repeats the ticket)."""
+def verify(key: bytes, ticket: str, scope: str = SESSION_EVENTS,
+           now: float | None = None) -> Ticket:
+    """The ticket's user and expiry; TicketError otherwise (the message never repeats the
+    ticket)."""
     body, dot, mac = ticket.partition(".")
     if not dot or len(ticket) > 1024:
         raise TicketError("malformed ticket")
@@ -56,12 +81,14 @@ def verify(key: bytes, ticket: str, now: float | None = None) -> str:
         doc = json.loads(_unb64(body))
     except (ValueError, UnicodeError) as e:
         raise TicketError("malformed ticket") from e
-    if not isinstance(doc, dict) or doc.get("s") != _SCOPE or not isinstance(doc.get("u"), str):
-        raise TicketError("not a session-events ticket")
+    if not isinstance(doc, dict) or not isinstance(doc.get("u"), str):
+        raise TicketError("malformed ticket")
+    if doc.get("s") != scope:
+        raise TicketError(f"not a ticket for this: ask for a {scope.partition(':')[0]} ticket")
     expires = doc.get("x")
     if type(expires) is not int or expires < (time.time() if now is None else now) * 1000:
         raise TicketError("the ticket has expired: get a new one")
-    return str(doc["u"])
+    return Ticket(str(doc["u"]), expires / 1000)
 
 
 def load_or_create_key(path: Path) -> bytes:
