@@ -284,6 +284,7 @@ def machine_facts(ffmpeg: str, smbd: str, load_before: float) -> dict[str, objec
 def pack(segue: Path, audio: Path, conf: Path) -> tuple[str, str]:
     """Pack `audio` through `conf`; (track id, bearer header)."""
     log("packing the WAV onto the SMB share")
+    run([str(segue), "store", "mark", "--new", "--config", str(conf)], timeout=120)
     packed = run([str(segue), "pack", "--config", str(conf), "--json", str(audio)], timeout=900)
     docs = [json.loads(line) for line in packed.stdout.splitlines() if line.startswith("{")]
     if len(docs) != 1 or "track_id" not in docs[0]:

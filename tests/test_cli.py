@@ -12,7 +12,7 @@ from pathlib import Path
 import jwt
 import pytest
 
-from conftest import FLAC, MP3, OPUS, Node, make_tone, segue
+from conftest import FLAC, MP3, OPUS, SEGUE, Node, make_tone, segue
 from segue.seal import keys
 
 
@@ -30,15 +30,37 @@ def test_init_makes_a_node_and_says_what_next(tmp_path: Path) -> None:
     assert segue("check-config", "--config", root / "segued.toml").returncode == 0
 
 
-def test_init_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
-    segue("init", tmp_path / "n")
-    before = (tmp_path / "n" / "keys" / "edge-rsa.pem").read_bytes()
-    again = segue("init", tmp_path / "n", check=False)
-    assert again.returncode == 2
-    assert "--force" in again.stderr
-    assert (tmp_path / "n" / "keys" / "edge-rsa.pem").read_bytes() == before
-    assert segue("init", tmp_path / "n", "--force").returncode == 0
-    assert (tmp_path / "n" / "keys" / "edge-rsa.pem").read_bytes() != before
+def test_init_keeps_keys_and_tracks_unless_told_to_wipe_and_confirmed(tmp_path: Path) -> None:
+    node = Node.init(tmp_path / "n")
+    node.pack(make_tone(tmp_path / "a.mp3", MP3, seconds=2, title="Kept"))
+    keys_dir = node.root / "keys"
+    before = {p.name: p.read_bytes() for p in keys_dir.iterdir()}
+    again = segue("init", node.root, check=False)
+    assert again.returncode == 2 and "--force" in again.stderr
+
+    (keys_dir / "auth-ed25519.pem").unlink()  # a lost key, made again; the others are kept
+    (keys_dir / "edge-rsa.pem.pub").unlink()
+    node.conf.write_text("# edited\n")
+    out = segue("init", node.root, "--force", "--listen", "127.0.0.1:0").stdout
+    after = {p.name: p.read_bytes() for p in keys_dir.iterdir()}
+    assert {n for n in before if after[n] != before[n]} == {"auth-ed25519.pem",
+                                                           "auth-ed25519.pem.pub"}
+    assert "(chunk store, kept)" in out and "(catalogue, kept)" in out
+    assert "[store]" in node.conf.read_text()
+    fsck = segue("fsck", "--config", node.conf).stdout
+    assert "checked 1 tracks" in fsck and "0 problems" in fsck
+
+    for stdin in (subprocess.DEVNULL, None):  # a script; a pipe that answers nothing
+        refused = subprocess.run([*SEGUE, "init", str(node.root), "--wipe"], stdin=stdin,
+                                 input=None if stdin else "", capture_output=True, text=True,
+                                 timeout=60)
+        assert refused.returncode == 2 and "add --yes" in refused.stderr
+    assert {p.name: p.read_bytes() for p in keys_dir.iterdir()} == after
+    segue("init", node.root, "--wipe", "--yes")
+    assert all((keys_dir / n).read_bytes() != after[n] for n in after)
+    assert not (node.root / "store" / "tracks").exists()
+    assert (node.root / "store" / "segue-store.json").exists()
+    assert "checked 0 tracks" in segue("fsck", "--config", node.conf).stdout
 
 
 @pytest.mark.parametrize(("role", "key_type"), [
@@ -181,3 +203,112 @@ def test_segued_is_segue_run(tmp_path: Path) -> None:
 def test_every_command_has_help() -> None:
     for command in (["init"], ["keys", "new"], ["pack"], ["token"], ["run"], ["check-config"]):
         assert segue(*command, "--help").stdout.startswith("usage: segue")
+
+
+def test_conventions_config_from_the_environment_debug_anywhere_help_and_version(
+        tmp_path: Path) -> None:
+    node = Node.init(tmp_path / "n")
+    env = {**os.environ, "SEGUE_CONFIG": str(node.conf)}
+    assert segue("check-config", env=env).stdout.strip() == f"{node.conf}: OK"
+    missing = segue("check-config", check=False, env={
+        k: v for k, v in os.environ.items() if k != "SEGUE_CONFIG"})
+    assert missing.returncode == 2 and "/etc/segue/segued.toml: no such file" in missing.stderr
+    assert "SEGUE_CONFIG" in missing.stderr
+    traced = segue("token", "--config", tmp_path / "nope.toml", "--user", "a", "--debug",
+                   check=False)
+    assert "Traceback" in traced.stderr
+    bare = segue()
+    assert bare.stdout.startswith("usage: segue") and "COMMAND" in bare.stdout
+    segued = Path(sys.executable).with_name("segued")
+    version = subprocess.run([segued, "--version"], capture_output=True, text=True, timeout=30)
+    assert version.returncode == 0 and version.stdout.startswith("segued ")
+
+
+def test_a_port_in_use_is_named_with_what_to_check(tmp_path: Path) -> None:
+    import socket
+
+    node = Node.init(tmp_path / "n")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = segue("run", "--config", node.conf, "--listen", f"127.0.0.1:{port}",
+                       check=False)
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "address already in use" in result.stderr and f"sport = :{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_public_key_given_for_a_private_one_is_named(tmp_path: Path) -> None:
+    node = Node.init(tmp_path / "n")
+    node.conf.write_text(node.conf.read_text().replace(
+        'signing_key = "keys/auth-ed25519.pem"', 'signing_key = "keys/auth-ed25519.pem.pub"'))
+    result = segue("token", "--config", node.conf, "--user", "a", check=False)
+    assert result.returncode == 2
+    assert "auth-ed25519.pem.pub is a public key" in result.stderr
+    assert "auth-ed25519.pem?" in result.stderr and "chmod" not in result.stderr
+
+
+def test_keys_show_names_kind_type_id_and_roles(tmp_path: Path) -> None:
+    node = Node.init(tmp_path / "n")
+    edge, auth_pub = (node.root / "keys" / name for name in ("edge-rsa.pem",
+                                                             "auth-ed25519.pem.pub"))
+    out = segue("keys", "show", edge, auth_pub).stdout.splitlines()
+    edge_id = keys.key_id(keys.load_private_key(edge).public_key())
+    assert out[0] == f"{edge}: private key, rsa, id {edge_id}, for edge or auth"
+    assert out[1].startswith(f"{auth_pub}: public key, ed25519, id ")
+    doc = json.loads(segue("keys", "show", "--json", edge).stdout)
+    assert doc == {"path": str(edge), "key_id": edge_id, "type": "rsa", "private": True,
+                   "roles": ["edge", "auth"]}
+    assert "BEGIN" not in segue("keys", "show", edge).stdout
+
+
+def test_pack_takes_folders_at_any_depth_and_a_list_and_sums_up(tmp_path: Path) -> None:
+    node = Node.init(tmp_path / "n")
+    music = tmp_path / "music"
+    (music / "album" / "disc 2").mkdir(parents=True)
+    (music / ".hidden").mkdir()
+    a = make_tone(music / "album" / "a.mp3", MP3, seconds=2, title="A")
+    b = make_tone(music / "album" / "disc 2" / "b.flac", FLAC, seconds=2, freq=550)
+    make_tone(music / ".hidden" / "h.mp3", MP3, seconds=2, freq=660)
+    (music / "album" / "cover.jpg").write_bytes(b"\xff\xd8 not music")
+    c = make_tone(tmp_path / "c.ogg", OPUS, seconds=2, freq=770)
+    result = segue("pack", "--config", node.conf, music, "--files-from", "-",
+                   input=f"{c}\n\n{a}\n")
+    assert [line.split("\t")[2] for line in result.stdout.splitlines()] == [
+        str(a), str(b), str(c), str(a)]
+    assert result.stderr.strip().endswith(
+        "segue: 4 files: 3 packed, 1 already packed, 0 not packed, 0 not published")
+    nothing = segue("pack", "--config", node.conf, check=False)
+    assert nothing.returncode == 2 and "--files-from" in nothing.stderr
+
+
+def test_an_edge_node_serves_with_no_packager_or_token_private_key(tmp_path: Path) -> None:
+    import shutil
+    import urllib.request
+
+    packer = Node.init(tmp_path / "packer")
+    edge = Node(tmp_path / "edge")
+    segue("init", edge.root, "--role", "edge", "--listen", "127.0.0.1:0")
+    assert sorted(p.name for p in (edge.root / "keys").iterdir()) == [
+        "edge-rsa.pem", "edge-rsa.pem.pub", "edge-x25519.pem", "edge-x25519.pem.pub"]
+    assert "signing_key" not in edge.conf.read_text()
+    unconfigured = segue("check-config", "--config", edge.conf, check=False)
+    assert unconfigured.returncode == 2 and "packager-ed25519.pem.pub" in unconfigured.stderr
+    for name in ("packager-ed25519.pem.pub", "auth-ed25519.pem.pub"):
+        shutil.copy(packer.root / "keys" / name, edge.root / "keys" / name)
+    edge_keys = ", ".join(f'"{edge.root}/keys/{n}.pem.pub"' for n in ("edge-x25519", "edge-rsa"))
+    packer.conf.write_text(packer.conf.read_text().replace(
+        'recipients = ["keys/edge-x25519.pem.pub", "keys/edge-rsa.pem.pub"]',
+        f"recipients = [{edge_keys}]"))
+    edge.conf.write_text(edge.conf.read_text().replace(
+        'path = "store"', f'path = "{packer.root / "store"}"'))
+    source = make_tone(tmp_path / "t.mp3", MP3, seconds=2, title="Served")
+    (track,) = packer.pack(source)
+    edge.start()
+    try:
+        with urllib.request.urlopen(edge.url(track, packer.token()), timeout=10) as r:
+            assert r.read() == source.read_bytes()
+    finally:
+        edge.stop()

@@ -239,6 +239,7 @@ def local_shares(node: Node, names: tuple[str, ...] = ("a", "b", "c")) -> dict[s
     tables = "".join(f'\n[[store.shares]]\nname = "{n}"\nurl = "{d}"\n' for n, d in dirs.items())
     node.conf.write_text(node.conf.read_text().replace(
         '[store]\npath = "store"\n', f"[store]\nreplicas = 2\n{tables}"))
+    segue("store", "mark", "--new", "--config", node.conf)
     return dirs
 
 

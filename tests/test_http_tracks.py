@@ -181,17 +181,29 @@ def test_search_finds_tracks_by_title(node: Node, query: str, title: str) -> Non
     assert [r["title"] for r in results] == [title]
 
 
-def test_search_without_a_query_is_400(node: Node) -> None:
-    status, _, _ = request(node, "GET", "/v1/search?limit=3",
-                           {"Authorization": f"Bearer {node.token()}"})
-    assert status == 400
+def test_search_without_a_query_browses_by_title_page_by_page(node: Node) -> None:
+    def page(query: str) -> dict:
+        status, _, body = request(node, "GET", f"/v1/search?{query}",
+                                  {"Authorization": f"Bearer {node.token()}"})
+        assert status == 200
+        return json.loads(body)
+
+    first = page("limit=2")
+    assert [r["title"] for r in first["results"]] == ["Café del Mar", "Flac Attack"]
+    assert (first["offset"], first["next"]) == (0, 2)
+    second = page("limit=2&offset=2")
+    assert [r["title"] for r in second["results"]] == ["Opus Number One"]
+    assert second["next"] is None
+    ranked = [r["track_id"] for r in page("q=sine&limit=3")["results"]]
+    assert [r["track_id"] for r in page("q=sine&limit=1&offset=1")["results"]] == ranked[1:2]
 
 
-@pytest.mark.parametrize("limit", ["0", "101", "x"])
-def test_search_with_a_bad_limit_is_400(node: Node, limit: str) -> None:
-    status, _, _ = request(node, "GET", f"/v1/search?q=a&limit={limit}",
-                           {"Authorization": f"Bearer {node.token()}"})
-    assert status == 400
+@pytest.mark.parametrize("query", ["limit=0", "limit=101", "limit=x", "offset=-1",
+                                   "offset=x", "offset=10001"])
+def test_search_with_a_bad_limit_or_offset_is_400(node: Node, query: str) -> None:
+    status, _, body = request(node, "GET", f"/v1/search?q=a&{query}",
+                              {"Authorization": f"Bearer {node.token()}"})
+    assert status == 400 and query.split("=")[0].encode() in body
 
 
 def test_search_matches_artists_too(node: Node) -> None:

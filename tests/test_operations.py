@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -54,11 +56,15 @@ def test_metrics_cover_requests_bytes_streams_latency_failures_and_cache(node: N
     assert samples['segue_open_track_lookups_total{outcome="hit"}'] >= 1
 
 
-def test_journald_entries_have_upper_case_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_journald_entries_have_upper_case_fields(monkeypatch: pytest.MonkeyPatch,
+                                                tmp_path: Path) -> None:
     from systemd import journal
 
     sent = []
     monkeypatch.setattr(journal, "send", lambda message, **fields: sent.append((message, fields)))
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listening.bind(str(tmp_path / "journal.sock"))
+    monkeypatch.setattr(log, "JOURNAL_SOCKET", tmp_path / "journal.sock")
     log.configure("journald", "info")
     try:
         structlog.get_logger("test").info("request", track="abc", duration_ms=1.5,
@@ -72,6 +78,22 @@ def test_journald_entries_have_upper_case_fields(monkeypatch: pytest.MonkeyPatch
     assert fields["WEIRD_KEY"] == "1"
     assert fields["PRIORITY"] == "6"
     assert fields["SYSLOG_IDENTIFIER"] == "segued"
+    listening.close()
+
+
+def test_journald_format_without_a_journald_logs_json_to_stderr_after_a_warning(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        tmp_path: Path) -> None:
+    monkeypatch.setattr(log, "JOURNAL_SOCKET", tmp_path / "no-journald-here")
+    log.configure("journald", "info")
+    try:
+        structlog.get_logger("test").info("request", track="abc")
+    finally:
+        with capsys.disabled():  # later tests must not log into this test's closed stderr
+            log.configure("auto", "warning")
+    warning, line = (json.loads(text) for text in capsys.readouterr().err.splitlines())
+    assert warning["level"] == "warning" and "no journald listens" in warning["event"]
+    assert line["event"] == "request" and line["track"] == "abc"
 
 
 def test_a_sequential_stream_reads_ahead_and_a_second_play_comes_from_the_cache(

@@ -273,6 +273,7 @@ def test_install_configure_serve_upgrade_remove_purge(deb: Path, machine: Machin
     track = machine.work / "tone.mp3"
     shutil.copyfile(audio["mp3"], track)
     track.chmod(0o644)
+    machine.as_segue("segue", "store", "mark", "--new", "--config", CONF)
     track_id = machine.as_segue("segue", "pack", "--config", CONF, track).stdout.split()[0]
     kept = {p: p.read_bytes() for p in [*KEYS.iterdir(), *(STATE / "store").rglob("*")]
             if p.is_file()}

@@ -47,6 +47,7 @@ def use_shares(node: Node, servers: list[Smbd], replicas: int = 2) -> None:
     node.conf.write_text(node.conf.read_text().replace(
         '[store]\npath = "store"\n',
         f"[store]\nreplicas = {replicas}\nread_timeout_s = 2.0\n{tables}"))
+    segue("store", "mark", "--new", "--config", node.conf)
 
 
 def share_file(server: Smbd, rel: os.PathLike[str]) -> Path:
@@ -91,6 +92,18 @@ def store(request, tmp_path: Path):
     server.start()
     yield SmbStore(SmbUrl.parse(server.url), PASSWORD)
     server.stop()
+
+
+def test_a_store_removes_a_track_and_its_folder(store) -> None:
+    track = "0123456789abcdef"
+    for index in range(3):
+        store.write_chunk(track, index, b"x")
+    store.write_manifest(track, b'{"m": 1}')
+    store.remove_track(track)
+    assert not store.has_manifest(track) and store.track_ids() == []
+    with pytest.raises(NotInStoreError):
+        store.read_chunk_into(track, 0, bytearray(10))
+    store.remove_track(track)  # gone already: nothing to do
 
 
 def test_a_store_reads_back_what_it_wrote(store) -> None:

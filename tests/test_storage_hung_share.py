@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from conftest import MP3, Node, make_tone
+from conftest import MP3, Node, make_tone, segue
 from segue import config, wiring
 from segue.configured_keys import load_edge_keys
 from segue.storage import layout
@@ -43,6 +43,7 @@ def two_shares(tmp_path_factory: pytest.TempPathFactory) -> tuple[Node, str]:
         f'[store]\nreplicas = 2\nread_timeout_s = {TIMEOUT_S}\n'
         '\n[[store.shares]]\nname = "a"\nurl = "a"\n'
         '\n[[store.shares]]\nname = "b"\nurl = "b"\n'))
+    segue("store", "mark", "--new", "--config", node.conf)
     (track,) = node.pack(make_tone(root / "t.mp3", MP3, seconds=3, title="Hung"))
     return node, track
 

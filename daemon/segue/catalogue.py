@@ -17,7 +17,10 @@ import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from segue.seal.manifest import Manifest
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tracks (
@@ -59,6 +62,11 @@ CREATE TABLE IF NOT EXISTS accepted_manifests (
     track_id TEXT PRIMARY KEY,
     version  INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS packed_versions (
+    track_id  TEXT PRIMARY KEY,
+    version   INTEGER NOT NULL,
+    published INTEGER NOT NULL DEFAULT 0
+);
 """
 
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -80,7 +88,7 @@ _GET = f"SELECT {_COLUMNS} FROM tracks WHERE track_id = ?"  # noqa: S608
 _SEARCH = (
     f"SELECT {', '.join('t.' + c for c in _COLUMNS.split(', '))} "  # noqa: S608
     "FROM tracks_fts JOIN tracks t ON t.rowid = tracks_fts.rowid "
-    "WHERE tracks_fts MATCH ? ORDER BY bm25(tracks_fts, 10.0, 4.0, 1.0) LIMIT ?"
+    "WHERE tracks_fts MATCH ? ORDER BY bm25(tracks_fts, 10.0, 4.0, 1.0) LIMIT ? OFFSET ?"
 )  # bm25 column weights: a title match counts most, then artist, then album.
 # Ranking scores every match: fine for hundreds, hundreds of milliseconds for a common word in a
 # million tracks. Past RANK_AT_MOST matches the answer comes unranked (newest rows first).
@@ -89,8 +97,10 @@ _MATCHES = "SELECT count(*) FROM (SELECT 1 FROM tracks_fts WHERE tracks_fts MATC
 _SEARCH_UNRANKED = (
     f"SELECT {', '.join('t.' + c for c in _COLUMNS.split(', '))} "  # noqa: S608
     "FROM tracks_fts JOIN tracks t ON t.rowid = tracks_fts.rowid "
-    "WHERE tracks_fts MATCH ? ORDER BY tracks_fts.rowid DESC LIMIT ?"
+    "WHERE tracks_fts MATCH ? ORDER BY tracks_fts.rowid DESC LIMIT ? OFFSET ?"
 )
+_BROWSE = (f"SELECT {_COLUMNS} FROM tracks "  # noqa: S608
+           "ORDER BY title COLLATE NOCASE, track_id LIMIT ? OFFSET ?")
 
 
 @dataclass(frozen=True)
@@ -108,6 +118,14 @@ class TrackRecord:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def of_manifest(cls, manifest: Manifest) -> TrackRecord:
+        """The row a verified manifest describes (its signed metadata)."""
+        meta = manifest.meta
+        return cls(track_id=manifest.track_id, title=meta.title, artist=meta.artist,
+                   album=meta.album, duration_s=meta.duration_s, mime=meta.mime,
+                   bytes=manifest.size, chunks=manifest.chunk_count)
 
 
 class CatalogueError(Exception):
@@ -192,17 +210,31 @@ class Catalogue:
         row = self._conn().execute(_GET, (track_id,)).fetchone()
         return TrackRecord(*row) if row else None
 
-    def search(self, text: str, limit: int) -> list[TrackRecord]:
-        """Tracks matching `text`, best first (FTS5 bm25, title before artist before album);
-        unranked when more than RANK_AT_MOST tracks match (type more to get a ranking)."""
+    def search(self, text: str, limit: int, offset: int = 0) -> list[TrackRecord]:
+        """Tracks matching `text`, best first (FTS5 bm25, title before artist before album),
+        from the `offset`-th; unranked when more than RANK_AT_MOST tracks match (type more to
+        get a ranking)."""
         query = fts_query(text)
         if query is None:
             return []
         conn = self._conn()
         (matches,) = conn.execute(_MATCHES, (query, RANK_AT_MOST + 1)).fetchone()
         statement = _SEARCH if matches <= RANK_AT_MOST else _SEARCH_UNRANKED
-        rows = conn.execute(statement, (query, limit)).fetchall()
+        rows = conn.execute(statement, (query, limit, offset)).fetchall()
         return [TrackRecord(*row) for row in rows]
+
+    def browse(self, limit: int, offset: int = 0) -> list[TrackRecord]:
+        """Every track, by title (then id, so pages never overlap), from the `offset`-th."""
+        return [TrackRecord(*row) for row in self._conn().execute(_BROWSE, (limit, offset))]
+
+    def remove(self, track_id: str) -> bool:
+        """Forget a track (whether it was here). The version accepted for it is kept: packed
+        again, it must still be numbered above anything an edge has seen."""
+        conn = self._conn()
+        with conn:
+            gone = conn.execute("DELETE FROM tracks WHERE track_id = ?", (track_id,)).rowcount
+            conn.execute("DELETE FROM packed_versions WHERE track_id = ?", (track_id,))
+        return bool(gone)
 
     def apply_replicated(
         self,
@@ -242,6 +274,11 @@ class Catalogue:
         ).fetchone()
         return row[0] if row else None
 
+    def track_ids(self) -> list[str]:
+        """Every catalogued track's id, in id order."""
+        return [row[0] for row in
+                self._conn().execute("SELECT track_id FROM tracks ORDER BY track_id")]
+
     def count(self, source: str | None = None) -> int:
         if source is None:
             return self._conn().execute("SELECT count(*) FROM tracks").fetchone()[0]
@@ -255,6 +292,39 @@ class Catalogue:
             .fetchone()
         )
         return row[0] if row else None
+
+    def record_packed(self, track_id: str, version: int) -> None:
+        """`segue pack` sealed this version of the track here; the central catalogue does not
+        have it yet (mark_published says when it does)."""
+        conn = self._conn()
+        with conn:
+            conn.execute(
+                "INSERT INTO packed_versions (track_id, version, published) VALUES (?, ?, 0) "
+                "ON CONFLICT(track_id) DO UPDATE SET version = excluded.version, published = 0",
+                (track_id, version))
+
+    def mark_published(self, track_id: str, version: int) -> None:
+        conn = self._conn()
+        with conn:
+            conn.execute("UPDATE packed_versions SET published = 1 "
+                         "WHERE track_id = ? AND version = ?", (track_id, version))
+
+    def packed_version(self, track_id: str) -> tuple[int, bool] | None:
+        """(version packed here, whether it was published), or None for a track packed
+        before this was recorded (or not packed here)."""
+        row = self._conn().execute("SELECT version, published FROM packed_versions "
+                                   "WHERE track_id = ?", (track_id,)).fetchone()
+        return None if row is None else (row[0], bool(row[1]))
+
+    def unpublished(self) -> list[str]:
+        """The tracks packed here that the central catalogue does not have yet."""
+        return [row[0] for row in self._conn().execute(
+            "SELECT track_id FROM packed_versions WHERE published = 0 ORDER BY track_id")]
+
+    def packed_here(self) -> list[str]:
+        """Every catalogued track that did not come from replication (so was packed here)."""
+        return [row[0] for row in self._conn().execute(
+            "SELECT track_id FROM tracks WHERE source IS NULL ORDER BY track_id")]
 
     def accept_version(self, track_id: str, version: int) -> None:
         """Record that `version` of the track's manifest was accepted (never lowers it)."""

@@ -19,8 +19,9 @@ The order over a node's life::
 
 ``segue_session_changed`` is called after every session change accepted on the node.
 
-Two hooks serve commands rather than the running node: ``segue_catalogue_init`` (``segue
-catalogue init``) and ``segue_track_packed`` (``segue pack``).
+Three hooks serve commands rather than the running node: ``segue_catalogue_init`` (``segue
+catalogue init``), ``segue_track_packed`` (``segue pack``) and ``segue_track_removed``
+(``segue tracks remove``).
 """
 
 from __future__ import annotations
@@ -287,7 +288,9 @@ def segue_catalogue_init() -> list[str] | None:
 def segue_track_packed(track: TrackRecord, manifest_version: int) -> None:
     """A track was packed into the configured stores: publish it to the central catalogue.
 
-    Called: by ``segue pack`` after each track it sealed (not for tracks already packed).
+    Called: by ``segue pack`` after each track it sealed; with the plugin's table configured,
+    also by a later ``segue pack`` of a track whose publishing failed and by ``segue catalogue
+    publish``. It may come more than once for a version: make it an upsert.
 
     :param track: the catalogue record (id, title, artist, album, duration, MIME type, sizes).
     :param manifest_version: the version of the manifest just written.
@@ -296,4 +299,20 @@ def segue_track_packed(track: TrackRecord, manifest_version: int) -> None:
     other files, and exits 1; the track stays packed locally.
 
     Sync only. Since API version 1.
+    """
+
+
+@hookspec
+def segue_track_removed(track_id: str) -> None:
+    """A track is being removed: take it out of the central catalogue.
+
+    Called: by ``segue tracks remove`` first, before the track leaves the local catalogue and
+    the stores, so that no catalogue keeps offering a track whose files are gone. Called again
+    when the command is run again: a track that is not there is no error.
+
+    :param track_id: the id of the track being removed.
+
+    Raises: the command prints one line naming the plugin, removes nothing, and exits 1.
+
+    Sync only. Since API version 3.
     """

@@ -1,6 +1,11 @@
 """Logging with structlog: a console renderer on a terminal, JSON lines otherwise, or
 journald's native protocol (upper-case field names) when configured.
 
+Journal entries go to journald's socket, and a datagram sent where no journald listens is lost
+without an error: a node started by hand, or in a container, with `format = "journald"` would
+log nothing at all. So that format is used only when the socket is there; otherwise the lines
+go to stderr as JSON, after one warning that says why.
+
 Nothing here logs a token, key or password; request lines carry a hash of the user id.
 """
 
@@ -10,8 +15,10 @@ import hashlib
 import hmac
 import logging
 import re
+import stat
 import sys
 from collections.abc import MutableMapping
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -45,12 +52,31 @@ def send_to_journal(_logger: object, method: str, event: MutableMapping[str, Any
     raise structlog.DropEvent
 
 
+#: Where journald listens for native entries (sd_journal_send writes there, and only there).
+JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
+
+
+def journal_reachable() -> bool:
+    """Whether journald listens on its socket (and python-systemd is there to reach it)."""
+    try:
+        import systemd.journal  # noqa: F401
+    except ImportError:
+        return False
+    try:
+        return stat.S_ISSOCK(JOURNAL_SOCKET.stat().st_mode)
+    except OSError:
+        return False
+
+
 def configure(fmt: str = "auto", level: str = "info", user_hash_salt: bytes = b"") -> None:
-    """Set up structlog once for the process: `fmt` is auto, json, console or journald;
-    `user_hash_salt` keys user_hash (the same on every node of a fleet, so that their logs
-    join)."""
+    """Set up structlog once for the process: `fmt` is auto, json, console or journald
+    (JSON on stderr when no journald listens); `user_hash_salt` keys user_hash (the same on
+    every node of a fleet, so that their logs join)."""
     global _user_hash_key
     _user_hash_key = b"segue/v1 log user\x00" + user_hash_salt
+    no_journal = fmt == "journald" and not journal_reachable()
+    if no_journal:
+        fmt = "json"
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     renderer: structlog.typing.Processor
     if fmt == "journald":
@@ -73,6 +99,10 @@ def configure(fmt: str = "auto", level: str = "info", user_hash_salt: bytes = b"
         logger_factory=structlog.WriteLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
+    if no_journal:
+        structlog.get_logger("segue.log").warning(
+            "log.format is journald but no journald listens; logging JSON lines to stderr",
+            socket=str(JOURNAL_SOCKET))
 
 
 def user_hash(user: str) -> str:

@@ -27,10 +27,20 @@ _MIME = {
     AAC: "audio/aac",
 }
 _ID_HEX_CHARS = 32
+#: The file names taken from a folder given to `segue pack` (a file named alone is probed
+#: whatever its name): covers, playlists and cue sheets beside the music are not errors.
+AUDIO_SUFFIXES = frozenset({".mp3", ".flac", ".ogg", ".opus", ".oga", ".wav", ".aac", ".m4a"})
 
 
 class MediaError(Exception):
     """The file cannot be packed: unreadable, or not audio in a supported format."""
+
+
+def audio_files(folder: Path) -> list[Path]:
+    """The audio files below `folder`, at any depth, in name order; hidden names skipped."""
+    return sorted(p for p in folder.rglob("*")
+                  if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 def track_id_of(path: Path) -> str:

@@ -51,7 +51,7 @@ from segue.seal.manifest import is_track_id
 from segue.sessions import ipc
 from segue.sessions.ipc import RemoteSessions
 from segue.sessions.state import SessionState
-from segue.storage.probe import probe_shares
+from segue.storage.probe import probe_all, probe_shares
 from segue.systemd import Notifier, watchdog_interval
 from segue.workers import MainSide, WorkerSide
 
@@ -231,6 +231,9 @@ class Node:
         if self._sessions is not None:
             services.start_soon(self._sessions.run)
         services.start_soon(self.serving.library.prefetch.run)
+        # A share without its store marker (a CIFS mount point left empty) must fail the
+        # node's health before the first /healthz says ok.
+        await probe_all(self.serving.library.shares, self.settings.store.read_timeout_s)
         await self._check_health()
         services.start_soon(self._health_loop)
         services.start_soon(probe_shares, self.serving.library.shares,

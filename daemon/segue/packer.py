@@ -60,7 +60,7 @@ class Packer:
         size = path.stat().st_size
         # A new sealing must be newer than anything an edge may have accepted for this track,
         # or edges would refuse it as a rollback.
-        version = self._next_version(track_id)
+        version = self.current_version(track_id) + 1
         sealer = TrackSealer(track_id, size, self.chunk_size, version=version,
                              content_version=version)
         layout = self.shares.placement_doc()
@@ -88,6 +88,7 @@ class Packer:
             chunks=sealer.count,
         )
         self.catalogue.put(record)
+        self.catalogue.record_packed(track_id, version)
         return Packed(record, path, already_packed=False, manifest_version=version)
 
     def _share(self, name: str) -> Share:
@@ -95,10 +96,10 @@ class Packer:
         assert share is not None, name
         return share
 
-    def _next_version(self, track_id: str) -> int:
-        """One above the version the catalogue accepted and those of the track's manifests in
-        the store that verify against the trusted packager keys. An unverified manifest does
-        not count: anyone who can write to a share could plant a huge version in it."""
+    def current_version(self, track_id: str) -> int:
+        """The highest of the version the catalogue accepted and those of the track's manifests
+        in the store that verify against the trusted packager keys (0 for none). An unverified
+        manifest does not count: anyone who can write to a share could plant a huge version."""
         versions = [self.catalogue.accepted_version(track_id) or 0]
         for share in self.shares.shares:
             try:
@@ -111,4 +112,4 @@ class Packer:
                 continue
             if manifest.track_id == track_id:
                 versions.append(manifest.version)
-        return max(versions) + 1
+        return max(versions)

@@ -208,3 +208,8 @@ class MySQLPlugin:
     def segue_track_packed(self, track: segue.TrackRecord, manifest_version: int) -> None:
         if self.shards:
             publish.publish(self.shards, self.ranges, track, manifest_version)
+
+    @segue.hookimpl
+    def segue_track_removed(self, track_id: str) -> None:
+        if self.shards:
+            publish.unpublish(self.shards, self.ranges, track_id)

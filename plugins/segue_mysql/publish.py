@@ -20,12 +20,28 @@ def create_schema(shard: Shard) -> str:
     return f"shard {shard.name} ({shard.host}:{shard.port}): {DATABASE}.tracks ready"
 
 
+def _home(shards: Sequence[Shard], ranges: Sequence[KeyRange], track_id: str) -> Shard:
+    """The shard whose range holds the track's keyspace id."""
+    key = keyspace_id(track_id)
+    return next(s for s, r in zip(shards, ranges, strict=True) if key in r)
+
+
+def unpublish(shards: Sequence[Shard], ranges: Sequence[KeyRange], track_id: str) -> None:
+    """Delete the track's row (none is fine); replication carries the delete to the edges."""
+    conn = _home(shards, ranges, track_id).connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"DELETE FROM {DATABASE}.tracks WHERE track_id = %s",  # noqa: S608
+                        (track_id,))
+    finally:
+        conn.close()
+
+
 def publish(shards: Sequence[Shard], ranges: Sequence[KeyRange], track: segue.TrackRecord,
             manifest_version: int) -> None:
     """Upsert the track on the shard whose range holds its keyspace id."""
     key = keyspace_id(track.track_id)
-    shard = next(s for s, r in zip(shards, ranges, strict=True) if key in r)
-    conn = shard.connect()
+    conn = _home(shards, ranges, track.track_id).connect()
     try:
         with conn.cursor() as cur:
             cur.execute(

@@ -38,6 +38,8 @@ SEARCH_DEFAULT_LIMIT = 20
 CATALOGUE_TIMEOUT_S = 10.0
 METRICS_TIMEOUT_S = 10.0
 SEARCH_MAX_LIMIT = 100
+# SQLite walks past the rows it skips: deep pages cost in proportion, so they stop here.
+SEARCH_MAX_OFFSET = 10_000
 
 
 class EdgeRoutes:
@@ -121,23 +123,28 @@ class EdgeRoutes:
         grant = self.auth.authorize(request)
         if isinstance(grant, Response):
             return grant
-        q = request.query_one("q")
-        if q is None or not q.strip():
-            return error(400, "search needs ?q=TEXT")
-        limit_text = request.query_one("limit")
-        try:
-            limit = SEARCH_DEFAULT_LIMIT if limit_text is None else int(limit_text)
-        except ValueError:
+        q = (request.query_one("q") or "").strip()
+        limit = _whole_number(request.query_one("limit"), SEARCH_DEFAULT_LIMIT, 1,
+                              SEARCH_MAX_LIMIT)
+        offset = _whole_number(request.query_one("offset"), 0, 0, SEARCH_MAX_OFFSET)
+        if limit is None:
             return error(400, f"limit must be a whole number from 1 to {SEARCH_MAX_LIMIT}")
-        if not 1 <= limit <= SEARCH_MAX_LIMIT:
-            return error(400, f"limit must be a whole number from 1 to {SEARCH_MAX_LIMIT}")
+        if offset is None:
+            return error(400, f"offset must be a whole number from 0 to {SEARCH_MAX_OFFSET}")
         try:
-            found = await in_thread(self.catalogue.search, q, limit, limiter=self.limiter,
-                                    timeout_s=CATALOGUE_TIMEOUT_S)
+            # Without q, the catalogue by title: what a player shows before anyone types.
+            found = await (
+                in_thread(self.catalogue.search, q, limit, offset, limiter=self.limiter,
+                          timeout_s=CATALOGUE_TIMEOUT_S) if q else
+                in_thread(self.catalogue.browse, limit, offset, limiter=self.limiter,
+                          timeout_s=CATALOGUE_TIMEOUT_S))
         except trio.TooSlowError:
             return error(503, "the catalogue is not answering", ("Retry-After", "5"))
         results = [r.to_json() for r in found if grant.allows(r.track_id)]
-        return json_response(200, {"results": results}, ("Cache-Control", "private"))
+        # A full page says there may be more; `next` is the offset that asks for them.
+        page = {"results": results, "offset": offset,
+                "next": offset + limit if len(found) == limit else None}
+        return json_response(200, page, ("Cache-Control", "private"))
 
     async def ticket(self, request: Request, track_id: str) -> Response:
         """A ticket that opens this one track, for the token's listener, for a while (never
@@ -238,6 +245,17 @@ class EdgeRoutes:
         finally:
             if lease is not None:
                 lease.release()
+
+
+def _whole_number(text: str | None, default: int, low: int, high: int) -> int | None:
+    """A query parameter's value from `low` to `high` (`default` when absent); None if not."""
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        return None
+    return value if low <= value <= high else None
 
 
 def _bad_track_id() -> Response:

@@ -98,6 +98,11 @@ def write_key_pair(key: PrivateKeyTypes, path: Path, *, overwrite: bool = False)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(private_pem)
+    return write_public_key(key, pub_path)
+
+
+def write_public_key(key: PrivateKeyTypes, pub_path: Path) -> str:
+    """Write the public half of `key` to `pub_path` (PEM); return the key id."""
     public = key.public_key()
     pub_path.write_bytes(
         public.public_bytes(
@@ -142,8 +147,20 @@ def read_secret(path: Path) -> str:
     return _read_private(path, "secret file").decode("utf-8").rstrip("\r\n")
 
 
+_PUBLIC_PEM = b"-----BEGIN PUBLIC KEY-----"
+_PRIVATE_PEM = b"PRIVATE KEY-----"
+
+
 def load_private_key(path: Path) -> PrivateKeyTypes:
-    """Load a PEM private key, refusing a file that group or others can read."""
+    """Load a PEM private key, refusing a file that group or others can read.
+
+    A public key given instead (the `.pub` of a pair, mode 0644) is named as such first:
+    otherwise its mode would be the complaint, and `chmod 600` the wrong fix.
+    """
+    if _PUBLIC_PEM in _read(path, "private key")[:100]:
+        private = path.with_name(path.name.removesuffix(".pub"))
+        hint = f" ({private}?)" if private != path else ""
+        raise KeyFileError(f"{path} is a public key; this needs the private key file{hint}")
     data = _read_private(path, "private key")
     try:
         return serialization.load_pem_private_key(data, password=None)
@@ -157,7 +174,22 @@ def load_public_key(path: Path) -> PublicKeyTypes:
     try:
         return serialization.load_pem_public_key(data)
     except (ValueError, TypeError) as e:
+        if _PRIVATE_PEM in data:
+            raise KeyFileError(f"{path} is a private key; this needs its public half "
+                               f"({path}.pub)") from None
         raise KeyFileError(f"{path} is not a PEM public key: {e}") from None
+
+
+def load_any_key(path: Path) -> tuple[PublicKeyTypes, bool]:
+    """The public key of a key file, private or public: (public key, whether it was private)."""
+    if _PRIVATE_PEM in _read(path, "key file"):
+        return load_private_key(path).public_key(), True
+    return load_public_key(path), False
+
+
+def roles_of(key_type: str) -> list[str]:
+    """The roles a key of this type can have."""
+    return [role for role, types in ROLE_KEY_TYPES.items() if key_type in types]
 
 
 @dataclass(frozen=True)

@@ -163,6 +163,15 @@ def _verify_one(public: PublicKeyTypes, alg: str, sig: bytes, message: bytes) ->
     return False
 
 
+def signer_ids(data: bytes) -> list[str]:
+    """The key ids a manifest file says signed it (not verified: call verify for that)."""
+    try:
+        signatures = json.loads(data).get("signatures")
+        return [str(entry["key_id"]) for entry in signatures]
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return []
+
+
 def verify(data: bytes, trusted: Mapping[str, PublicKeyTypes]) -> Manifest:
     """Parse manifest file bytes and check a signature by one of the `trusted` packager keys.
 

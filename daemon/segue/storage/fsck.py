@@ -6,12 +6,17 @@ names the track whose folder holds it and is not older than the version this nod
 (rollback protection), as the edge itself would check. With repair, a missing or bad copy is
 rewritten from a good one (the newest valid manifest; a chunk copy whose digest matches); a
 valid but older manifest copy is replaced only when asked for, never on fsck's own judgement.
+
+The catalogue is checked against the manifests both ways: a catalogued track no share holds is
+found by search and 404s on every play; a packed track the catalogue lacks cannot be found.
+Repair adds the missing rows from the signed manifests' own metadata; it never drops a row
+(that is `segue tracks remove`, a person's decision).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
@@ -58,15 +63,20 @@ def check(
     repair: bool = False,
     replace_older: bool = False,
     report_problem: Callable[[Problem], None] = lambda p: None,
+    catalogued: Collection[str] | None = None,
+    add_to_catalogue: Callable[[mf.Manifest], None] | None = None,
 ) -> Report:
-    """Check (and with `repair`, mend) the given tracks, or every track on any share.
+    """Check (and with `repair`, mend) the given tracks, or every track on any share or in
+    `catalogued` (the catalogue's track ids).
 
     `accepted_version` gives the newest manifest version the node accepted for a track (the
     catalogue's); older copies are rollbacks. `replace_older` lets repair also overwrite a
-    valid copy whose version is older than the newest valid one.
+    valid copy whose version is older than the newest valid one. With `catalogued`, a track
+    on the shares but not in it is a problem, repaired by `add_to_catalogue(manifest)`, and
+    one in it but on no share is one too.
     """
     if track_ids is None:
-        found: set[str] = set()
+        found: set[str] = set(catalogued or ())
         for share in shares.shares:
             found.update(share.store.track_ids())
         track_ids = sorted(found)
@@ -82,6 +92,8 @@ def check(
         report.tracks += 1
         manifest = _check_manifests(shares, trusted, accepted_version(track_id), track_id,
                                     repair, replace_older, problem)
+        if catalogued is not None:
+            _check_catalogue(track_id, manifest, catalogued, repair, add_to_catalogue, problem)
         if manifest is None:
             continue
         for index, digest in enumerate(manifest.chunk_digests):
@@ -142,6 +154,26 @@ def _check_manifests(
             _repair(found, share, lambda store: store.write_manifest(track_id, data))
         problem(found)
     return best
+
+
+def _check_catalogue(
+    track_id: str,
+    manifest: mf.Manifest | None,
+    catalogued: Collection[str],
+    repair: bool,
+    add: Callable[[mf.Manifest], None] | None,
+    problem: Callable[[Problem], None],
+) -> None:
+    """A track's catalogue row against its manifest: each without the other is a problem."""
+    if manifest is None and track_id in catalogued:
+        problem(Problem(track_id, "catalogue", "catalogued, but no share holds a valid manifest: "
+                        "search finds it and plays fail (pack it again, or remove it)"))
+    elif manifest is not None and track_id not in catalogued:
+        found = Problem(track_id, "catalogue", "on the shares but not in the catalogue")
+        if repair and add is not None:
+            add(manifest)
+            found.repaired = True
+        problem(found)
 
 
 def _check_chunk(

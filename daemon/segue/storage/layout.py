@@ -16,6 +16,9 @@ from segue.seal.manifest import is_track_id
 from segue.storage.errors import BadCopyError, StoreError
 
 MANIFEST_NAME = "manifest.json"
+#: The store marker, at the root of a share (segue.storage.marker).
+MARKER_PATH = PurePosixPath("segue-store.json")
+MARKER_MAX_BYTES = 4096
 
 
 def track_dir(track_id: str) -> PurePosixPath:
@@ -58,6 +61,15 @@ def read_manifest(read_into: Callable[[PurePosixPath, str, bytearray], int],
         raise BadCopyError(f"manifest of track {track_id} is larger than "
                          f"{MANIFEST_MAX_BYTES} bytes: not a manifest")
     return bytes(memoryview(buf)[:length])
+
+
+def read_marker(read_into: Callable[[PurePosixPath, str, bytearray], int]) -> bytes:
+    """The store marker through a store's `read_into`; BadCopyError past MARKER_MAX_BYTES."""
+    buf = bytearray(MARKER_MAX_BYTES + 1)
+    length = read_into(MARKER_PATH, "store marker", buf)
+    if length > MARKER_MAX_BYTES:
+        raise BadCopyError(f"{MARKER_PATH} is larger than {MARKER_MAX_BYTES} bytes: not a marker")
+    return bytes(buf[:length])
 
 
 def file_failure(probe: Callable[[], None], message: str) -> StoreError:

@@ -74,6 +74,12 @@ class LocalStore:
     def has_manifest(self, track_id: str) -> bool:
         return (self.root / layout.manifest_path(track_id)).is_file()
 
+    def read_marker(self) -> bytes:
+        return layout.read_marker(self._read_into)
+
+    def write_marker(self, data: bytes) -> None:
+        self._write(layout.MARKER_PATH, data)
+
     def write_chunk(self, track_id: str, index: int, data: bytes) -> None:
         self._write(layout.chunk_path(track_id, index), data)
 
@@ -136,6 +142,20 @@ class LocalStore:
                                  "root (replace it with a folder)") from None
             raise StoreError(f"cannot make or open {where}: {e.strerror}") from None
         return fd
+
+    def remove_track(self, track_id: str) -> None:
+        folder = self.root / layout.track_dir(track_id)
+        manifest = layout.manifest_path(track_id).name
+        try:
+            names = sorted(os.listdir(folder), key=lambda name: name == manifest)
+            for name in names:  # the manifest last: while it is there, so is the track
+                (folder / name).unlink(missing_ok=True)
+            folder.rmdir()
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise StoreError(f"cannot remove track {track_id} from {folder}: {e.strerror}") \
+                from None
 
     def track_ids(self) -> list[str]:
         """Every track with a folder in this store (for fsck); other names are skipped."""

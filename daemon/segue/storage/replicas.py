@@ -64,7 +64,8 @@ class Replicas:
         that it accepts (it raises SealError for one it refuses; it runs in the thread).
 
         Raises TrackNotFound when no share has the track, else TrackUnavailable when no copy
-        could be read and verified.
+        could be read and verified. A share marked down that says "no such file" is not
+        believed (an unmounted share is an empty folder): the track may be there, so 503.
         """
         missing = 0
         problems = []
@@ -76,7 +77,10 @@ class Replicas:
                 await self._timed_out(share, f"manifest read timed out after {self._timeout:g} s")
                 problems.append(f"{share.name}: timed out")
             except NotInStoreError:
-                missing += 1
+                if share.healthy:
+                    missing += 1
+                else:
+                    problems.append(f"{share.name}: down ({share.last_error})")
             except _CopyFailed as e:
                 problems.append(f"{share.name}: {e}")
         if missing == len(self.shares.shares):

@@ -174,6 +174,12 @@ class SmbStore:
             raise self._fail(f"manifest of track {track_id}", e) from None
         return True
 
+    def read_marker(self) -> bytes:
+        return layout.read_marker(self._read_into)
+
+    def write_marker(self, data: bytes) -> None:
+        self._write(layout.MARKER_PATH, data)
+
     def write_chunk(self, track_id: str, index: int, data: bytes) -> None:
         self._write(layout.chunk_path(track_id, index), data)
 
@@ -192,6 +198,21 @@ class SmbStore:
             smbclient.replace(tmp, target, **kw)
         except (OSError, SMBException, ValueError) as e:
             raise self._fail(str(rel), e) from None
+
+    def remove_track(self, track_id: str) -> None:
+        folder = self._unc(layout.track_dir(track_id))
+        manifest = layout.manifest_path(track_id).name
+        try:
+            kw = self._session()
+            names = sorted((e.name for e in smbclient.scandir(folder, **kw)),
+                           key=lambda name: name == manifest)
+            for name in names:  # the manifest last: while it is there, so is the track
+                smbclient.remove(f"{folder}\\{name}", **kw)
+            smbclient.rmdir(folder, **kw)
+        except (OSError, SMBException, ValueError) as e:
+            failure = self._fail(f"track {track_id}", e)
+            if not isinstance(failure, NotInStoreError):
+                raise failure from None
 
     def track_ids(self) -> list[str]:
         """Every track with a folder on this share (for fsck); other names are skipped."""

@@ -29,6 +29,17 @@ class ChunkStore(Protocol):
 
     def track_ids(self) -> list[str]: ...
 
+    def remove_track(self, track_id: str) -> None:
+        """Delete the track's files, its manifest last, then its folder; files already gone
+        are fine, so a removal that stopped half way can be run again."""
+        ...
+
+    def read_marker(self) -> bytes:
+        """The store marker at the root (segue.storage.marker); NotInStoreError without one."""
+        ...
+
+    def write_marker(self, data: bytes) -> None: ...
+
     def probe(self) -> None: ...
 
     def reset(self) -> None:

@@ -150,6 +150,11 @@ def segue_track_packed(track, manifest_version: int) -> None:
 
 
 @segue.hookimpl
+def segue_track_removed(track_id: str) -> None:
+    _record("segue_track_removed", track_id=track_id)
+
+
+@segue.hookimpl
 def segue_session_changed(node, user: str, delta) -> None:
     _record("segue_session_changed", node, user=user, delta=delta)
 
