@@ -13,6 +13,7 @@ DEMO   ?= demo
 SYSTEM_COMMANDS := ffmpeg:ffmpeg ffprobe:ffmpeg curl:curl gcc:gcc pkg-config:pkg-config prlimit:util-linux \
 	/usr/include/systemd/sd-daemon.h:libsystemd-dev smbd:samba smbpasswd:samba \
 	haproxy:haproxy mariadbd:mariadb-server mariadb-install-db:mariadb-server serf:serf \
+	nats-server:nats-server \
 	chromium:chromium chromedriver:chromium-driver \
 	$(DEB_COMMANDS)
 # What `make deb` builds with (packaging/debian/control's Build-Depends) and what
