@@ -23,8 +23,10 @@ from pathlib import Path
 import nats
 import pytest
 
+import segue
 from conftest import MP3, Node, make_tone
 from nats_cluster import PASSWORD, USER, NatsCluster
+from segue_nats import settings as nats_settings
 from serf import wait_until
 from test_sessions import EventStream, call, command, paused
 
@@ -275,3 +277,19 @@ def test_a_malformed_message_on_the_subject_is_dropped_and_counted(fleet) -> Non
     assert command(a, token, type="pause", device="laptop")[0] == 200
     until_converged([a, b], token, 5, "changes still flow")
     assert b.proc is not None and b.proc.poll() is None
+
+
+def test_a_bad_table_names_each_key(tmp_path: Path) -> None:
+    short = tmp_path / "short.key"
+    short.write_text("abc")
+    short.chmod(0o600)
+    with pytest.raises(segue.PluginConfigError) as e:
+        nats_settings.parse({"servers": ["localhost:4222"], "user": "segue", "replica": 3,
+                        "user_key_file": str(short), "max_age_s": -1},
+                       tmp_path / "segued.toml")
+    text = str(e.value)
+    for expected in ('servers is required: a list of "nats://HOST:PORT"',
+                     "unknown key 'replica'; did you mean 'replicas'?",
+                     "user needs password_file", "user_key_file: the key is too short",
+                     "max_age_s must be a positive number"):
+        assert expected in text, text
