@@ -39,7 +39,10 @@ import pytest
 import trio
 
 from conftest import Node, make_tone, require
+from samba import Smbd
+from test_hardening import configure
 from test_life import status_of
+from test_shares import use_shares
 from test_workers import _set_workers, _wait_for, _workers_of
 
 #: Bytes a player's socket buffers: with so little, an unread stream stays in flight on the node
@@ -260,3 +263,55 @@ def test_a_worker_sigkilled_under_load_costs_only_its_own_streams(
     _wait_for(lambda: victim not in _workers_of(fresh_node) and len(_workers_of(fresh_node)) == 2)
     assert fresh_node.wait_for_event("worker exited")["status"] == -signal.SIGKILL
     wait_health(fresh_node, (200, "ok"))
+
+
+# --- SMB shares killed and hung mid-stream ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def smb_node(tmp_path_factory: pytest.TempPathFactory
+             ) -> Iterator[tuple[Node, dict[str, Smbd], str, bytes]]:
+    """A node on three Samba shares holding two copies of each chunk, one track packed. No
+    chunk cache: every chunk of every stream is read from the shares, the worst case."""
+    root = tmp_path_factory.mktemp("chaos-smb")
+    servers = {name: Smbd(root / f"smb-{name}", name) for name in ("a", "b", "c")}
+    node = Node.init(root / "edge")
+    try:
+        for server in servers.values():
+            server.start()
+        use_shares(node, list(servers.values()))
+        configure(node, "cache", "bytes = 0")
+        source = wav(root / "track.wav", seconds=10)
+        (track,) = node.pack(source)
+        node.start()
+        yield node, servers, track, source.read_bytes()
+    finally:
+        node.stop()
+        for server in servers.values():
+            server.stop()
+
+
+def test_a_share_hung_mid_stream_costs_no_stream(smb_node) -> None:
+    """docs/operations.md, Storage: a read that takes longer than read_timeout_s marks the
+    share down and goes to the next copy; /healthz says degraded while it is down."""
+    node, servers, track, plaintext = smb_node
+    plays = ranges_of(node, track, 20, 1_500_000, len(plaintext))
+    group = servers["a"].proc.pid
+    try:
+        stream_through(node, plays, lambda: os.killpg(group, signal.SIGSTOP))
+        wait_health(node, (200, "degraded: share a down"))
+    finally:
+        os.killpg(group, signal.SIGCONT)
+    assert [p.cuts for p in plays] == [0] * len(plays)
+    assert all(p.matches(plaintext) for p in plays)
+    wait_health(node, (200, "ok"))
+
+
+def test_a_share_killed_mid_stream_costs_no_stream(smb_node) -> None:
+    node, servers, track, plaintext = smb_node
+    plays = ranges_of(node, track, 20, 1_500_000, len(plaintext))
+    stream_through(node, plays, servers["b"].kill)
+    wait_health(node, (200, "degraded: share b down"))
+    assert [p.cuts for p in plays] == [0] * len(plays)
+    assert all(p.matches(plaintext) for p in plays)
+    servers["b"].start()
+    wait_health(node, (200, "ok"))
