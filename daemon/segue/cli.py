@@ -157,6 +157,7 @@ def sole_error(error: BaseException) -> BaseException:
 def cmd_init(args: argparse.Namespace) -> int:
     from segue.catalogue import Catalogue
     from segue.seal.keys import generate, write_key_pair
+    from segue.storage import layout
 
     try:
         listen = parse_listen(args.listen)
@@ -185,7 +186,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     if args.force and store.exists():
         # The old chunks were sealed for the old keys; nothing could open them any more.
         shutil.rmtree(store)
-    store.mkdir()
+    (store / layout.TRACKS_FOLDER).mkdir(parents=True)
     for stale in (catalogue_path, root / "catalogue.sqlite-wal", root / "catalogue.sqlite-shm"):
         stale.unlink(missing_ok=True)
     Catalogue.create(catalogue_path).close()

@@ -16,13 +16,16 @@ from segue.seal.manifest import is_track_id
 from segue.storage.errors import BadCopyError, StoreError
 
 MANIFEST_NAME = "manifest.json"
+#: The folder every share's root holds (`segue init` and `segue pack` make it). A root without
+#: it is not a share as far as readers go: an unmounted CIFS share leaves its empty mount point.
+TRACKS_FOLDER = "tracks"
 
 
 def track_dir(track_id: str) -> PurePosixPath:
     """The track's folder, relative to the share root."""
     if not is_track_id(track_id):
         raise ValueError(f"invalid track id {track_id!r}")
-    return PurePosixPath("tracks", track_id[:2], track_id)
+    return PurePosixPath(TRACKS_FOLDER, track_id[:2], track_id)
 
 
 def manifest_path(track_id: str) -> PurePosixPath:

@@ -139,7 +139,7 @@ class LocalStore:
 
     def track_ids(self) -> list[str]:
         """Every track with a folder in this store (for fsck); other names are skipped."""
-        tracks = self.root / "tracks"
+        tracks = self.root / layout.TRACKS_FOLDER
         if not tracks.is_dir():
             return []
         return sorted(p.name for prefix in tracks.iterdir() if prefix.is_dir()
@@ -149,8 +149,15 @@ class LocalStore:
         """Nothing is pooled for a local path."""
 
     def probe(self) -> None:
-        """Raise StoreError unless the store's root can be listed."""
+        """Raise StoreError unless the store's root can be listed and holds the tracks folder.
+
+        A CIFS share mounted at the root that goes away leaves an empty folder there: listing
+        it works, and every file would merely be missing.
+        """
         try:
             next(os.scandir(self.root), None)
         except OSError as e:
             raise StoreError(f"cannot list {self.root}: {e.strerror}") from None
+        if not (self.root / layout.TRACKS_FOLDER).is_dir():
+            raise StoreError(f"{self.root} holds no {layout.TRACKS_FOLDER} folder: "
+                             "is the share mounted?")
