@@ -31,17 +31,22 @@ import re
 import signal
 import socket
 import subprocess
+import threading
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pymysql
 import pytest
 import trio
 
 from conftest import Node, make_tone, require
 from samba import Smbd
-from test_hardening import configure
+from test_hardening import configure, get, local_shares
 from test_life import status_of
+from test_replication import configure as replicate_from
+from test_replication import local_rows, source_rows, start_shards, track_id, upsert, wait_equal
 from test_shares import use_shares
 from test_workers import _set_workers, _wait_for, _workers_of
 
@@ -177,7 +182,16 @@ def status_doc(node: Node) -> dict:
 def wait_health(node: Node, healthz: tuple[int, str], timeout: float = 20) -> dict:
     """Wait until /healthz answers `healthz`; /v1/status must then say the same. Returns the
     status document."""
-    _wait_for(lambda: status_of(node.base + "/healthz") == healthz, timeout)
+    said: list[tuple[int, str]] = []
+
+    def answers() -> bool:
+        said.append(status_of(node.base + "/healthz"))
+        return said[-1] == healthz
+
+    try:
+        _wait_for(answers, timeout)
+    except AssertionError:
+        raise AssertionError(f"/healthz still says {said[-1]}, not {healthz}") from None
     doc = status_doc(node)
     code, text = healthz
     status, _, reason = text.partition(": ")
@@ -314,4 +328,132 @@ def test_a_share_killed_mid_stream_costs_no_stream(smb_node) -> None:
     assert [p.cuts for p in plays] == [0] * len(plays)
     assert all(p.matches(plaintext) for p in plays)
     servers["b"].start()
+    wait_health(node, (200, "ok"))
+
+
+# --- a share unmounted: its mount point left as an empty folder --------------------------------
+
+def _mount(*args: str | Path) -> None:
+    subprocess.run([require("mount", "mount"), *map(str, args)], check=True, timeout=30,
+                   capture_output=True)
+
+
+def _unmount(path: Path) -> None:
+    # Lazy: a read in flight keeps the old mount until it ends, as with a CIFS mount that goes.
+    subprocess.run([require("umount", "mount"), "--lazy", str(path)], check=True, timeout=30,
+                   capture_output=True)
+
+
+def test_a_share_unmounted_mid_stream_is_down_not_empty(fresh_node: Node,
+                                                        tmp_path: Path) -> None:
+    """A CIFS share configured as a path whose mount goes away leaves an empty folder: that is
+    the share down (docs/operations.md, Health: "share a down" while every chunk has another
+    copy), not a share that holds no tracks. Streams go on from the other copies."""
+    shares = local_shares(fresh_node, ("a", "b"))  # two copies of everything: a and b
+    disk = tmp_path / "disk-a"
+    disk.mkdir()
+    _mount("--bind", disk, shares["a"])
+    try:
+        source = wav(tmp_path / "track.wav", seconds=10)
+        (track,) = fresh_node.pack(source)
+        plaintext = source.read_bytes()
+        configure(fresh_node, "cache", "bytes = 0")
+        fresh_node.start()
+        plays = ranges_of(fresh_node, track, 20, 1_500_000, len(plaintext))
+        stream_through(fresh_node, plays, lambda: _unmount(shares["a"]))
+        assert [p.cuts for p in plays] == [0] * len(plays)
+        assert all(p.matches(plaintext) for p in plays)
+        wait_health(fresh_node, (200, "degraded: share a down"))
+        _mount("--bind", disk, shares["a"])
+        wait_health(fresh_node, (200, "ok"))
+    finally:
+        subprocess.run(["umount", "--lazy", str(shares["a"])], check=False, timeout=30,
+                       capture_output=True)
+
+
+# --- MariaDB killed while rows are written; the catalogue's disk full ------------------------
+
+CATALOGUE = "disk/catalogue.sqlite"  # below the node, on a small tmpfs of its own
+
+
+@pytest.fixture(scope="module")
+def replicated(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A node replicating two MariaDB shards into a catalogue on a 16 MiB tmpfs (room for its WAL), serving one
+    track that catalogue has never seen (packed with the node's first catalogue, as a track
+    packed on another host), so its first play records its manifest version there."""
+    root = tmp_path_factory.mktemp("chaos-db")
+    shards = start_shards(root / "db")
+    node = Node.init(root / "edge")
+    disk = node.root / "disk"
+    disk.mkdir()
+    _mount("-t", "tmpfs", "-o", "size=16m", "tmpfs", disk)
+    try:
+        source = wav(root / "track.wav", seconds=3)
+        (track,) = node.pack(source)
+        node.conf.write_text(node.conf.read_text().replace(
+            'path = "catalogue.sqlite"', f'path = "{CATALOGUE}"'))
+        replicate_from(node, shards)
+        node.start()
+        yield node, shards, track, source.read_bytes()
+    finally:
+        node.stop()
+        for server in shards.values():
+            server.kill()
+        _unmount(disk)
+
+
+class Writer:
+    """Rows written to the shards one by one (each committed on its own) from a thread, until
+    stopped; `acknowledged` holds the rows whose commit returned."""
+
+    def __init__(self, shards, first: int, title: str) -> None:  # type: ignore[no-untyped-def]
+        self.acknowledged: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._write, args=(shards, first, title))
+        self._thread.start()
+
+    def _write(self, shards, n: int, title: str) -> None:  # type: ignore[no-untyped-def]
+        while not self._stop.is_set():
+            try:
+                upsert(shards, n, f"{title} {n}")
+                self.acknowledged.add(track_id(n))
+            except pymysql.err.MySQLError:
+                pass  # that shard is down: the row was not written, and nobody was told so
+            n += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+def plays_and_searches(node: Node, track: str, plaintext: bytes, text: str) -> None:
+    """The node serves the track whole and answers a search."""
+    assert get(node.url(track, node.token())) == (200, plaintext)
+    code, _ = get(f"{node.base}/v1/search?q={urllib.parse.quote(text)}&token={node.token()}")
+    assert code == 200
+
+
+def plugin_health(doc: dict, name: str) -> dict:
+    return next(p["health"] for p in doc["plugins"] if p["name"] == name)
+
+
+def test_mariadb_killed_while_rows_are_written_loses_no_row(replicated) -> None:
+    """docs/catalogue.md, Replication: every source transaction is applied with its position,
+    and after any error the reader resumes from the stored position: a shard killed mid-write
+    costs no row once it is back. Meanwhile the node is degraded and serves."""
+    node, shards, track, plaintext = replicated
+    writer = Writer(shards, 0, "Written Through")
+    try:
+        _wait_for(lambda: len(writer.acknowledged) >= 40)
+        shards["s1"].kill()
+        doc = wait_health(node, (200, "degraded: plugin mysql degraded"))
+        assert plugin_health(doc, "mysql") == {"status": "degraded",
+                                               "reason": "plugin mysql degraded"}
+        plays_and_searches(node, track, plaintext, "written through")
+        shards["s1"].start()
+        _wait_for(lambda: len(writer.acknowledged) >= 80)
+    finally:
+        writer.stop()
+    wait_equal(node, shards, catalogue=CATALOGUE)
+    assert writer.acknowledged <= {row[0] for row in local_rows(node, CATALOGUE)}
     wait_health(node, (200, "ok"))
