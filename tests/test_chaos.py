@@ -24,6 +24,8 @@ Every wait has a deadline; timing thresholds are left to the benchmarks.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -373,28 +375,30 @@ def test_a_share_unmounted_mid_stream_is_down_not_empty(fresh_node: Node,
 
 # --- MariaDB killed while rows are written; the catalogue's disk full ------------------------
 
-CATALOGUE = "disk/catalogue.sqlite"  # below the node, on a small tmpfs of its own
+CATALOGUE_DISK = "disk"  # below the node: a small tmpfs of its own
+CATALOGUE = f"{CATALOGUE_DISK}/catalogue.sqlite"
 
 
 @pytest.fixture(scope="module")
 def replicated(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    """A node replicating two MariaDB shards into a catalogue on a 16 MiB tmpfs (room for its WAL), serving one
-    track that catalogue has never seen (packed with the node's first catalogue, as a track
-    packed on another host), so its first play records its manifest version there."""
+    """A node replicating two MariaDB shards into a catalogue on a 16 MiB tmpfs (room for its
+    WAL), serving two tracks that catalogue has never seen (packed with the node's first
+    catalogue, as tracks packed on another host are), so each one's first play records its
+    manifest version there."""
     root = tmp_path_factory.mktemp("chaos-db")
     shards = start_shards(root / "db")
     node = Node.init(root / "edge")
-    disk = node.root / "disk"
+    disk = node.root / CATALOGUE_DISK
     disk.mkdir()
     _mount("-t", "tmpfs", "-o", "size=16m", "tmpfs", disk)
     try:
-        source = wav(root / "track.wav", seconds=3)
-        (track,) = node.pack(source)
+        sources = [wav(root / f"track-{i}.wav", seconds=3) for i in range(2)]
+        tracks = dict(zip(node.pack(*sources), (s.read_bytes() for s in sources), strict=True))
         node.conf.write_text(node.conf.read_text().replace(
             'path = "catalogue.sqlite"', f'path = "{CATALOGUE}"'))
         replicate_from(node, shards)
         node.start()
-        yield node, shards, track, source.read_bytes()
+        yield node, shards, list(tracks.items())
     finally:
         node.stop()
         for server in shards.values():
@@ -441,7 +445,7 @@ def test_mariadb_killed_while_rows_are_written_loses_no_row(replicated) -> None:
     """docs/catalogue.md, Replication: every source transaction is applied with its position,
     and after any error the reader resumes from the stored position: a shard killed mid-write
     costs no row once it is back. Meanwhile the node is degraded and serves."""
-    node, shards, track, plaintext = replicated
+    node, shards, ((track, plaintext), _) = replicated
     writer = Writer(shards, 0, "Written Through")
     try:
         _wait_for(lambda: len(writer.acknowledged) >= 40)
@@ -456,4 +460,43 @@ def test_mariadb_killed_while_rows_are_written_loses_no_row(replicated) -> None:
         writer.stop()
     wait_equal(node, shards, catalogue=CATALOGUE)
     assert writer.acknowledged <= {row[0] for row in local_rows(node, CATALOGUE)}
+    wait_health(node, (200, "ok"))
+
+
+def _fill(path: Path) -> None:
+    """Write zeros to `path` until its file system is full."""
+    block = bytes(1 << 20)
+    with open(path, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(block)
+        except OSError as e:
+            assert e.errno == errno.ENOSPC, e
+        block = bytes(4096)
+        with contextlib.suppress(OSError):
+            while True:
+                f.write(block)
+
+
+def test_the_catalogue_disk_full_loses_no_row_and_serves(replicated) -> None:
+    """A full disk under the catalogue: replication cannot apply a transaction, so it applies
+    none (each goes with its position, docs/catalogue.md) and retries; the node is degraded,
+    and serves and searches meanwhile. Once there is room, every row arrives."""
+    node, shards, (_, (track, plaintext)) = replicated
+    filler = node.root / CATALOGUE_DISK / "filler"
+    _fill(filler)
+    try:
+        # Rows keep coming until one finds no room (a WAL being reused holds a few more).
+        degraded = (200, "degraded: plugin mysql degraded")
+        for n in range(1000, 1300):
+            upsert(shards, n, f"Disk Full {n} " + "x" * 400)
+            if status_of(node.base + "/healthz") == degraded:
+                break
+        wait_health(node, degraded)
+        assert any("database or disk is full" in event["detail"]
+                   for event in node.log_events_named("health"))
+        plays_and_searches(node, track, plaintext, "disk full")
+    finally:
+        filler.unlink()
+    wait_equal(node, shards, catalogue=CATALOGUE)
     wait_health(node, (200, "ok"))
