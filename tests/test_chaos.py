@@ -437,6 +437,12 @@ def plays_and_searches(node: Node, track: str, plaintext: bytes, text: str) -> N
     assert code == 200
 
 
+def caught_up(node: Node, shards) -> None:  # type: ignore[no-untyped-def]
+    """Every source row in the node's catalogue, and the node healthy."""
+    wait_equal(node, shards, catalogue=CATALOGUE)
+    wait_health(node, (200, "ok"))
+
+
 def plugin_health(doc: dict, name: str) -> dict:
     return next(p["health"] for p in doc["plugins"] if p["name"] == name)
 
@@ -446,6 +452,7 @@ def test_mariadb_killed_while_rows_are_written_loses_no_row(replicated) -> None:
     and after any error the reader resumes from the stored position: a shard killed mid-write
     costs no row once it is back. Meanwhile the node is degraded and serves."""
     node, shards, ((track, plaintext), _) = replicated
+    caught_up(node, shards)
     writer = Writer(shards, 0, "Written Through")
     try:
         _wait_for(lambda: len(writer.acknowledged) >= 40)
@@ -458,9 +465,8 @@ def test_mariadb_killed_while_rows_are_written_loses_no_row(replicated) -> None:
         _wait_for(lambda: len(writer.acknowledged) >= 80)
     finally:
         writer.stop()
-    wait_equal(node, shards, catalogue=CATALOGUE)
+    caught_up(node, shards)
     assert writer.acknowledged <= {row[0] for row in local_rows(node, CATALOGUE)}
-    wait_health(node, (200, "ok"))
 
 
 def _fill(path: Path) -> None:
@@ -483,6 +489,7 @@ def test_the_catalogue_disk_full_loses_no_row_and_serves(replicated) -> None:
     none (each goes with its position, docs/catalogue.md) and retries; the node is degraded,
     and serves and searches meanwhile. Once there is room, every row arrives."""
     node, shards, (_, (track, plaintext)) = replicated
+    caught_up(node, shards)
     filler = node.root / CATALOGUE_DISK / "filler"
     _fill(filler)
     try:
@@ -498,5 +505,4 @@ def test_the_catalogue_disk_full_loses_no_row_and_serves(replicated) -> None:
         plays_and_searches(node, track, plaintext, "disk full")
     finally:
         filler.unlink()
-    wait_equal(node, shards, catalogue=CATALOGUE)
-    wait_health(node, (200, "ok"))
+    caught_up(node, shards)
