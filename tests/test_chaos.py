@@ -19,6 +19,9 @@ What other modules already cover, and this one does not repeat:
   after registration, and stays broken for a while;
 - HAProxy draining a node: test_haproxy.py; here its admin socket goes away and comes back.
 
+The catalogue's disk is a 16 MiB tmpfs mounted below the node, and the unmounted share a bind
+mount: both need root, as the Samba shares do.
+
 Every wait has a deadline; timing thresholds are left to the benchmarks.
 """
 
@@ -44,11 +47,15 @@ import pytest
 import trio
 
 from conftest import Node, make_tone, require
+from fake_f5 import FakeF5
+from haproxy import HAProxy
 from samba import Smbd
+from test_f5 import POOL, session_of
+from test_f5 import configure as register_with_f5
 from test_hardening import configure, get, local_shares
 from test_life import status_of
 from test_replication import configure as replicate_from
-from test_replication import local_rows, source_rows, start_shards, track_id, upsert, wait_equal
+from test_replication import local_rows, start_shards, track_id, upsert, wait_equal
 from test_shares import use_shares
 from test_workers import _set_workers, _wait_for, _workers_of
 
@@ -506,3 +513,62 @@ def test_the_catalogue_disk_full_loses_no_row_and_serves(replicated) -> None:
     finally:
         filler.unlink()
     caught_up(node, shards)
+
+
+# --- the balancers: F5 answering 500s (HTML), HAProxy's admin socket gone --------------------
+
+@pytest.fixture
+def short_track(fresh_node: Node, tmp_path: Path) -> tuple[str, bytes]:
+    source = wav(tmp_path / "short.wav", seconds=2)
+    (track,) = fresh_node.pack(source)
+    return track, source.read_bytes()
+
+
+def test_f5_answering_500s_in_html_degrades_and_the_node_serves(
+        fresh_node: Node, short_track: tuple[str, bytes]) -> None:
+    """plugins/segue_f5: F5 never stops the node from serving; every failure is retried in the
+    background and reported as degraded. Here F5 breaks after the member was enabled."""
+    track, plaintext = short_track
+    with FakeF5(username="svc-segue", password="pw") as f5:
+        f5.add_pool(POOL)
+        register_with_f5(fresh_node, f5)
+        fresh_node.start()
+        _wait_for(lambda: session_of(f5, fresh_node) == "user-enabled")
+        wait_health(fresh_node, (200, "ok"))
+        f5.fail_next(1_000_000, 500, html=True)  # Jetty's HTML error page, to every call
+        doc = wait_health(fresh_node, (200, "degraded: plugin f5 degraded"))
+        assert plugin_health(doc, "f5") == {"status": "degraded",
+                                            "reason": "plugin f5 degraded"}
+        assert get(fresh_node.url(track, fresh_node.token())) == (200, plaintext)
+        f5.clear_faults()
+        wait_health(fresh_node, (200, "ok"))
+        assert session_of(f5, fresh_node) == "user-enabled"
+        assert fresh_node.stop() == 0  # while F5 answers: the member is drained, not left
+
+
+def test_haproxys_socket_gone_degrades_and_the_node_registers_again(
+        fresh_node: Node, short_track: tuple[str, bytes], tmp_path: Path) -> None:
+    """plugins/segue_haproxy: HAProxy being away never stops the node from serving; it is
+    degraded meanwhile, and registers again in its slot when HAProxy is back."""
+    track, plaintext = short_track
+    proxy = HAProxy(tmp_path / "haproxy")
+    configure(fresh_node, "plugins.haproxy", f'admin_socket = "{proxy.socket}"\nbackend = "be"\n'
+              'server = "edge1"\nreconcile_interval_s = 0.3')
+    configure(fresh_node, "plugin_host", "health_interval_s = 0.3")
+    proxy.start()
+    try:
+        fresh_node.start()
+        _wait_for(lambda: proxy.status("edge1") == "UP")
+        wait_health(fresh_node, (200, "ok"))
+        proxy.stop()  # and its admin socket with it
+        doc = wait_health(fresh_node, (200, "degraded: plugin haproxy degraded"))
+        assert plugin_health(doc, "haproxy") == {"status": "degraded",
+                                                 "reason": "plugin haproxy degraded"}
+        assert get(fresh_node.url(track, fresh_node.token())) == (200, plaintext)
+        proxy.start()  # a new HAProxy: its slots as configured, edge1 disabled
+        _wait_for(lambda: proxy.status("edge1") == "UP")
+        wait_health(fresh_node, (200, "ok"))
+        assert get(f"{proxy.url}/v1/tracks/{track}?token={fresh_node.token()}") == (
+            200, plaintext)
+    finally:
+        proxy.stop()
