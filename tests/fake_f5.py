@@ -304,6 +304,12 @@ class FakeF5:
         with self._lock:
             self._faults["drop"].append(_Fault(n, path_contains))
 
+    def clear_faults(self) -> None:
+        """Drop every injected fault not used up yet: an outage that ends."""
+        with self._lock:
+            for faults in self._faults.values():
+                faults.clear()
+
     def expire_tokens(self) -> None:
         now = time.monotonic()
         with self._lock:

@@ -43,6 +43,8 @@ backend be
 
     def start(self) -> None:
         binary = require("haproxy", "haproxy")
+        # A stopped HAProxy leaves its socket file: the new one is ready when it makes it anew.
+        self.socket.unlink(missing_ok=True)
         log = open(self.root / "haproxy.out", "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen([binary, "-db", "-f", str(self.conf)], stdout=log,
                                      stderr=log, start_new_session=True)

@@ -29,13 +29,19 @@ def shard_of(tid: str) -> str:
     return next(name for name, r in RANGES.items() if keyspace_id(tid) in r)
 
 
-@pytest.fixture
-def shards(tmp_path: Path) -> Iterator[dict[str, MariaDB]]:
-    servers = {name: MariaDB(tmp_path / name, server_id=i + 1) for i, name in enumerate(RANGES)}
+def start_shards(root: Path) -> dict[str, MariaDB]:
+    """A running MariaDB for each shard of RANGES, its tracks table made."""
+    servers = {name: MariaDB(root / name, server_id=i + 1) for i, name in enumerate(RANGES)}
     for server in servers.values():
         server.start()
         server.execute(f"CREATE DATABASE {DATABASE}", database=None)
         server.execute(TRACKS_DDL, database=None)
+    return servers
+
+
+@pytest.fixture
+def shards(tmp_path: Path) -> Iterator[dict[str, MariaDB]]:
+    servers = start_shards(tmp_path)
     yield servers
     for server in servers.values():
         server.kill()
@@ -62,8 +68,9 @@ def source_rows(shards: dict[str, MariaDB]) -> set[tuple]:
     return rows
 
 
-def local_rows(node: Node) -> set[tuple]:
-    conn = sqlite3.connect(node.root / "catalogue.sqlite")
+def local_rows(node: Node, catalogue: str = "catalogue.sqlite") -> set[tuple]:
+    """The replicated rows of the node's catalogue (`catalogue`: its path below the node)."""
+    conn = sqlite3.connect(node.root / catalogue)
     try:
         rows = conn.execute(
             "SELECT track_id, title FROM tracks WHERE source IN ('s0', 's1')").fetchall()
@@ -82,11 +89,12 @@ def configure(node: Node, shards: dict[str, MariaDB]) -> None:
                          + tables + "\n[plugin_host]\nhealth_interval_s = 0.3\n")
 
 
-def wait_equal(node: Node, shards: dict[str, MariaDB], timeout: float = 30) -> None:
+def wait_equal(node: Node, shards: dict[str, MariaDB], timeout: float = 30,
+               catalogue: str = "catalogue.sqlite") -> None:
     deadline = time.monotonic() + timeout
-    while local_rows(node) != source_rows(shards):
+    while local_rows(node, catalogue) != source_rows(shards):
         assert time.monotonic() < deadline, (
-            f"local {len(local_rows(node))} rows, source {len(source_rows(shards))}")
+            f"local {len(local_rows(node, catalogue))} rows, source {len(source_rows(shards))}")
         time.sleep(0.1)
 
 

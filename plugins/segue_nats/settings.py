@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import re
 import ssl
 from collections.abc import Mapping
@@ -109,6 +110,11 @@ def parse(table: Mapping[str, Any], config_path: Path) -> NatsSettings:
         creds = str(segue.resolve_path(str(v["creds_file"]), base))
         if not Path(creds).is_file():
             problems.append(f"creds_file: no file {creds}")
+        if importlib.util.find_spec("nkeys") is None:
+            # Not in Segue's own dependencies: its sdist does not build in the Debian
+            # package's hash-checked, isolation-free install.
+            problems.append("creds_file needs the Python package nkeys (pip install nkeys "
+                            "into segue's environment), or use user and password_file")
     context = None
     if v["tls"] is True:
         try:

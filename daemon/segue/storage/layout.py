@@ -19,13 +19,18 @@ MANIFEST_NAME = "manifest.json"
 #: The store marker, at the root of a share (segue.storage.marker).
 MARKER_PATH = PurePosixPath("segue-store.json")
 MARKER_MAX_BYTES = 4096
+#: What the errors tell people to run.
+MARK_COMMAND = "segue store mark --config CONF"
+#: The folder every share's root holds (`segue init` and `segue pack` make it). A root without
+#: it is not a share as far as readers go: an unmounted CIFS share leaves its empty mount point.
+TRACKS_FOLDER = "tracks"
 
 
 def track_dir(track_id: str) -> PurePosixPath:
     """The track's folder, relative to the share root."""
     if not is_track_id(track_id):
         raise ValueError(f"invalid track id {track_id!r}")
-    return PurePosixPath("tracks", track_id[:2], track_id)
+    return PurePosixPath(TRACKS_FOLDER, track_id[:2], track_id)
 
 
 def manifest_path(track_id: str) -> PurePosixPath:

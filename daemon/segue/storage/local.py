@@ -78,6 +78,8 @@ class LocalStore:
         return layout.read_marker(self._read_into)
 
     def write_marker(self, data: bytes) -> None:
+        """Mark the store, and give it its tracks folder: a marked store is a whole one."""
+        (self.root / layout.TRACKS_FOLDER).mkdir(exist_ok=True)
         self._write(layout.MARKER_PATH, data)
 
     def write_chunk(self, track_id: str, index: int, data: bytes) -> None:
@@ -159,7 +161,7 @@ class LocalStore:
 
     def track_ids(self) -> list[str]:
         """Every track with a folder in this store (for fsck); other names are skipped."""
-        tracks = self.root / "tracks"
+        tracks = self.root / layout.TRACKS_FOLDER
         if not tracks.is_dir():
             return []
         return sorted(p.name for prefix in tracks.iterdir() if prefix.is_dir()
@@ -169,8 +171,19 @@ class LocalStore:
         """Nothing is pooled for a local path."""
 
     def probe(self) -> None:
-        """Raise StoreError unless the store's root can be listed."""
+        """Raise StoreError unless the store's root can be listed and holds its marker or its
+        tracks folder.
+
+        A CIFS share mounted at the root that goes away leaves an empty folder there: listing
+        it works, and every file would merely be missing.
+        """
         try:
             next(os.scandir(self.root), None)
         except OSError as e:
             raise StoreError(f"cannot list {self.root}: {e.strerror}") from None
+        if not ((self.root / layout.TRACKS_FOLDER).is_dir()
+                or (self.root / layout.MARKER_PATH).is_file()):
+            raise StoreError(f"no store marker ({layout.MARKER_PATH}) and no "
+                             f"{layout.TRACKS_FOLDER} folder in {self.root}: the share is not "
+                             "mounted, or this is not a Segue store (if it holds the tracks, "
+                             f"run `{layout.MARK_COMMAND}`)")

@@ -19,14 +19,12 @@ import uuid
 from dataclasses import dataclass
 
 from segue.storage.errors import NotInStoreError, StoreError
-from segue.storage.layout import MARKER_PATH
+from segue.storage.layout import MARK_COMMAND, MARKER_PATH
 from segue.storage.store import ChunkStore
 
 MARKER_NAME = MARKER_PATH.name
 #: The layout version this Segue reads and writes (docs/format.md: tracks/XX/ID/...).
 FORMAT = 1
-#: What the errors tell people to run.
-MARK_COMMAND = "segue store mark --config CONF"
 
 
 class UnmarkedStoreError(StoreError):
@@ -78,8 +76,9 @@ def read(store: ChunkStore) -> StoreMarker:
     return parse(_read_raw(store), store.root)
 
 
-def _read_raw(store: ChunkStore) -> bytes:
-    store.probe()
+def _read_raw(store: ChunkStore, *, probe: bool = True) -> bytes:
+    if probe:
+        store.probe()
     try:
         return store.read_marker()
     except NotInStoreError:
@@ -109,9 +108,10 @@ def mark(store: ChunkStore, *, new: bool) -> tuple[StoreMarker, bool]:
     A folder without a marker that holds no track is refused unless `new` says it is a new
     share: it may as well be a mount point whose share is not mounted, and marking that would
     make the empty folder look like the store. A marker that is there but invalid is never
-    overwritten."""
+    overwritten. The share is not probed first: a new share has nothing a probe looks for
+    (neither marker nor tracks folder) until it is marked."""
     try:
-        return read(store), False
+        return parse(_read_raw(store, probe=False), store.root), False
     except MissingMarkerError:
         pass
     if not new and not store.track_ids():

@@ -8,8 +8,10 @@ loop. A copy that cannot be read (share down, file missing, too slow) or fails v
 skipped for the next copy; the player never notices while one good copy exists.
 
 A share that errors as a whole (its root cannot be listed, its server is away) or times out is
-marked down (the probe service brings it back); a copy that is missing, corrupt, malformed or
-unreadable on a share that answers (BadCopyError) is skipped without blaming its share.
+marked down (the probe service brings it back); so is one whose copy is missing while the share
+fails its probe (an unmounted share: its empty mount point). A copy that is missing, corrupt,
+malformed or unreadable on a share that answers (BadCopyError) is skipped without blaming its
+share.
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ class Replicas:
         try:
             data = share.store.read_manifest(track_id)
         except NotInStoreError:
+            self._blame_share_if_down(share)
             raise
         except BadCopyError as e:
             log.error("manifest refused", track=track_id, share=share.name, error=str(e))
@@ -131,6 +134,18 @@ class Replicas:
         log.error("no readable copy of a chunk", track=track_id, chunk=index, tried=tried)
         raise TrackUnavailable(f"chunk {index} of track {track_id}: no readable copy")
 
+    @staticmethod
+    def _blame_share_if_down(share: Share) -> None:
+        """A copy is missing (in the worker thread): ask the share itself. When its probe
+        fails (an unmounted CIFS share leaves an empty folder, in which every file is missing)
+        the share is marked down and the copy counts as unreadable, not as missing: a track is
+        "not found" only if shares that answer lack it."""
+        try:
+            share.store.probe()
+        except StoreError as e:
+            share.failed(str(e))
+            raise _CopyFailed(f"share down: {e}") from None
+
     async def _timed_out(self, share: Share, reason: str) -> None:
         """Mark a share that missed the deadline down and drop its stuck connections (the next
         read or probe connects afresh; for SMB, closing them frees the abandoned threads)."""
@@ -161,6 +176,7 @@ class Replicas:
         try:
             length = share.store.read_chunk_into(track_id, index, sealed)
         except NotInStoreError:
+            self._blame_share_if_down(share)
             self._metrics.child(self._metrics.store_reads, share.name, "missing").inc()
             log.warning("chunk copy missing", track=track_id, chunk=index, share=share.name)
             raise _CopyFailed("missing") from None

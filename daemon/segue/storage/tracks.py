@@ -6,7 +6,10 @@ can be read (it may have been sealed again). Concurrent first plays share one op
 
 Rollback protection needs the newest manifest version this node ever accepted for a track;
 where that is kept (the catalogue) is not storage's business, so it comes as two blocking
-callbacks, run in a worker thread under the limiter of whatever they wait on.
+callbacks, run in a worker thread under the limiter of whatever they wait on. A version that
+cannot be read refuses the track (it cannot be checked); one that cannot be recorded (a full
+disk under the catalogue) does not: the manifest was checked against the version on record,
+and the next open records it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TypeVar, TypeVarTuple
 
+import structlog
 import trio
 
 from segue.metrics import Metrics
@@ -26,6 +30,8 @@ from segue.storage.errors import TrackUnavailable
 from segue.storage.flight import Flight, single_flight
 from segue.storage.replicas import Replicas
 from segue.threads import in_thread
+
+log = structlog.get_logger("segue.storage.tracks")
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
@@ -94,8 +100,15 @@ class Tracks:
         opened = await self._replicas.manifest(
             track_id, functools.partial(self._verify, track_id, self._keys, accepted))
         if accepted != opened.manifest.version:
-            await self._versions(track_id, self._accept_version, track_id,
-                                 opened.manifest.version)
+            try:
+                await self._versions(track_id, self._accept_version, track_id,
+                                     opened.manifest.version)
+            except TrackUnavailable:
+                raise
+            except Exception as e:  # the store's failure (a full disk): see the docstring
+                log.error("manifest version not recorded; the next open records it",
+                          track=track_id, version=opened.manifest.version,
+                          error=f"{type(e).__name__}: {e}")
         return opened
 
     async def _versions(self, track_id: str, call: Callable[[*Ts], T], *args: *Ts) -> T:
