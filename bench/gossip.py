@@ -45,6 +45,7 @@ import json
 import os
 import re
 import resource
+import secrets
 import shutil
 import signal
 import statistics
@@ -77,7 +78,6 @@ SEGUED = 3
 CONNECTIONS = 4  # keep-alive connections carrying the commands to node A
 FIRE_TASKS = 8  # RPC requests in flight at once when firing events into agent A
 DELIVERY_USERS = 1000  # listeners the fired changes are spread over
-TRACK = "7d3c" * 16  # a track id's shape (64 hex digits)
 START_TIMEOUT_S = 60.0
 LATE_MS = 1000.0  # a delivery rate is complete when every event arrives, p99 under this
 LATENCY_DRAIN_S = 3.0  # after the last command, for its events to arrive
@@ -529,15 +529,19 @@ def latency_phase(a: Segued, watchers: list[Segued], observer: ObserverProcess,
 
 # --- phase 2: events fired into agent A at a rate --------------------------------------------
 def realistic_delta(user: int, wall_ms: int, counter: int) -> dict[str, Any]:
-    """A change as a play command makes it: playback, the device, its queue item."""
+    """A change as a play command makes it: playback, the device, its queue item.
+
+    Track and queue-item ids are random, as real ones (SHA-256, random) are: memberlist
+    compresses its packets, and repeated ids would make the bytes on the wire too few."""
     stamp = [wall_ms, counter, "bench"]
     device = f"phone-{user:04d}"
-    return {"playback": [{"track_id": TRACK, "position_ms": 61_250, "at_ms": wall_ms,
+    track = secrets.token_hex(32)
+    return {"playback": [{"track_id": track, "position_ms": 61_250, "at_ms": wall_ms,
                           "rate": 1.0, "playing": True}, stamp],
             "active_device": [device, stamp],
             "devices": {device: [{"name": "Pixel 8", "kind": "phone", "node": "edge-a",
                                   "present": True}, stamp]},
-            "queue": {f"{counter:032x}": [TRACK, stamp]}}
+            "queue": {secrets.token_hex(16): [track, stamp]}}
 
 
 async def _fire(host: str, port: int, auth: str, rate: float, seconds: float,
@@ -801,7 +805,7 @@ def main() -> int:
                         default=[5, 10, 15, 20, 30, 40, 60, 80, 120, 160],
                         help="events/s fired into agent A, in order; stops at the first rate "
                              "not delivered whole with p99 under 1 s")
-    parser.add_argument("--step-seconds", type=float, default=8.0,
+    parser.add_argument("--step-seconds", type=float, default=12.0,
                         help="seconds of each delivery rate")
     parser.add_argument("--drain", type=float, default=10.0,
                         help="seconds the last events of a rate may take to arrive")
