@@ -316,8 +316,8 @@ peer_listen = "127.0.0.1:0"
         status, body = get(self.port, "/v1/status")
         if status != 200:
             return f"status {status}"
-        plugin = next((p for p in json.loads(body).get("plugins", [])
-                       if p.get("name") == "gossip"), {})
+        plugin: dict[str, Any] = next((p for p in json.loads(body).get("plugins", [])
+                                       if p.get("name") == "gossip"), {})
         return str((plugin.get("health") or {}).get("status"))
 
     def sent(self) -> tuple[int, int]:

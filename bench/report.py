@@ -919,11 +919,11 @@ def section_gossip(r: Report) -> list[str]:
              "delivers), and an observer streaming the session events from every agent but "
              "A's. Commands go to node A over HTTP; each is timed from its request to its "
              "event at every other agent and on the listener's event stream on B and C. "
-             "Then session events (~270-byte deltas) are fired into agent A at rising rates: "
-             "a rate is complete when every event reaches every agent and segued B and C, "
-             "with p99 under 1 s. Bytes are IP bytes on the agents' gossip ports (nftables "
-             "counters), sent plus received, per node. Everything shares 2 cores. Source: "
-             "`bench/gossip.py`.", ""]
+             "Then session events (realistic deltas: a play with its device and queue item) "
+             "are fired into agent A at rising rates: a rate is complete when every event "
+             "reaches every agent and segued B and C, with p99 under 1 s. Bytes are IP bytes "
+             "on the agents' gossip ports (nftables counters), sent plus received, per node. "
+             "Everything shares 2 cores. Source: `bench/gossip.py`.", ""]
     fleets = dig(doc, "results", "fleets", default=[])
     largest = max(fleets, key=lambda f: f.get("agents", 0), default=None)
     p99 = dig(largest, "latency", "at_every_node", "p99_ms")
@@ -936,6 +936,9 @@ def section_gossip(r: Report) -> list[str]:
             fmt(ceiling, 0), "none (where to move to the message bus)", NA)
     if doc is None:
         return lines + r.not_measured("gossip") + analysis("gossip")
+    sizes = [number(step.get("payload_bytes")) for f in fleets
+             for step in dig(f, "delivery", "steps", default=[])]
+    size = fmt(max((x for x in sizes if x is not None), default=None), 0)
     rows = []
     for f in fleets:
         lat = f.get("latency", {})
@@ -961,25 +964,33 @@ def section_gossip(r: Report) -> list[str]:
                           _p(step.get("delay")),
                           fmt(dig(step, "traffic", "bytes_per_s_per_node"), 0),
                           fmt(dig(step, "cpu", "cores_busy"), 2),
+                          fmt(dig(step, "warnings", "queue_depth"), 0),
                           "yes" if step.get("complete") else "no"])
     s = doc.get("setup", {})
     lines += ["Delivery, events fired into agent A for "
               f"{fmt(s.get('step_seconds'), 0)} s a rate (delivered: the least any observed "
               f"agent got within {fmt(s.get('drain_s'), 0)} s; segued B / C: events their "
               "plugin took; delay: from the RPC call to the arrival at each agent; cores: the "
-              "CPU all parts used):", "",
+              "CPU all parts used; queue warnings: the agents' \"queue depth\" warnings, "
+              "logged while a broadcast queue holds more than 128 messages; payloads of up "
+              f"to {size} bytes):", "",
               *table(["agents", "events/s", "achieved", "delivered %", "segued B / C",
-                      "delay ms p50 / p99 / max", "bytes/s per node", "cores", "complete"],
-                     steps), ""]
+                      "delay ms p50 / p99 / max", "bytes/s per node", "cores",
+                      "queue warnings", "complete"], steps), ""]
     if ceiling is not None:
+        each = ", ".join(f"{fmt(dig(f, 'delivery', 'highest_complete_rate'), 0)} with "
+                         f"{fmt(f.get('agents'), 0)} agents" for f in fleets)
         lines += [f"**Where to leave gossip.** Gossip alone carried every change to every node "
                   f"with p99 under 1 s up to {fmt(ceiling, 0)} changes a second across the "
-                  "fleet (the lowest of the fleets' highest complete rates). A fleet whose "
-                  "listeners make more session changes than that needs anti-entropy to "
-                  "deliver them, seconds late: it should carry sessions on the message bus "
-                  "(NATS JetStream, issue 14).", ""]
+                  f"fleet, in changes of up to {size} bytes ({each}). Above it, changes "
+                  "arrive seconds late or only by anti-entropy: a fleet whose listeners "
+                  "make more session changes than that should carry sessions on the message "
+                  "bus (NATS JetStream, issue 14).", ""]
+    command_bytes = [number(dig(f, "latency", "payload_bytes")) for f in fleets]
     lines += [f"Setup: {fmt(s.get('listeners'), 0)} listeners, {fmt(s.get('rate'), 0)} "
-              f"commands/s for {fmt(s.get('seconds'), 0)} s; idle measured for "
+              f"commands/s for {fmt(s.get('seconds'), 0)} s (`set_shuffle`, whose events "
+              f"carry {fmt(max((x for x in command_bytes if x), default=None), 0)} bytes of "
+              "payload on average); idle measured for "
               f"{fmt(s.get('idle_s'), 0)} s; {s.get('pinning', NA)}.", "", r.ran("gossip"), ""]
     return lines + analysis("gossip")
 
