@@ -15,12 +15,14 @@ This prints figures; it judges nothing. For each fleet size N (--agents), on loo
   listener's event stream on nodes B and C (end to end: agent, plugin, merge, SSE). Bytes
   per node under that load.
 * delivery: session events fired straight into agent A's RPC at each --rates rate for
-  --step-seconds, realistic deltas (a play with a device and a queue item, ~250 bytes, a
-  unique stamp each), then --drain seconds to arrive. Per rate: the fraction that arrived at
-  every observed agent and in segued B and C (their `segue_gossip_events_received_total`),
-  the agents' own warnings (broadcast queue depth, dropped messages), bytes per node. The
-  ladder stops at the first rate where anything was missing anywhere: the highest rate
-  before it is the highest change rate that gossip alone delivers whole.
+  --step-seconds, realistic deltas (a play with a device and a queue item, ~280 bytes, a
+  unique stamp each), then up to --drain seconds to arrive. Per rate: the fraction that
+  arrived at every observed agent and in segued B and C (their
+  `segue_gossip_events_received_total`), the agents' own warnings (broadcast queue depth,
+  dropped messages), bytes per node. A rate is complete when every event arrived everywhere
+  with p99 under 1 s; the ladder stops at the first rate that loses events, or at the second
+  late one. The highest complete rate is the highest change rate that gossip alone delivers
+  whole and on time.
 
 Bytes are IP bytes (headers included) on the agents' gossip ports, counted by nftables rules
 (counters only, in a table of this run's own, removed at the end): UDP by the port that sent
@@ -31,7 +33,7 @@ Everything shares the machine's cores: the agents, segued, the observer and this
 Their CPU times are reported per phase.
 
     .venv/bin/python bench/gossip.py [--agents 3,10,30] [--rate 20] [--seconds 20]
-        [--rates 10,20,50,...] [--step-seconds 8] [--json]
+        [--idle 30] [--rates 5,10,15,20,30,...] [--step-seconds 12] [--drain 10] [--json]
 
 Needs the Debian packages serf and nftables, and root (nftables).
 """
@@ -185,16 +187,17 @@ class Agent:
         return {kind: len(pattern.findall(text)) for kind, pattern in WARNINGS.items()}
 
 
-def start_agents(serf: str, root: Path, count: int, key: str, auth: str) -> list[Agent]:
+def start_agents(serf: str, root: Path, count: int, key: str, auth: str,
+                 agents: list[Agent]) -> None:
+    """Start `count` agents into `agents` (so that the caller stops them whatever happens)
+    and wait until the first sees them all alive."""
     ports = free_ports(2 * count)
-    agents: list[Agent] = []
     for i in range(count):
         join = [agents[0].address] if agents else []
         agents.append(Agent(serf, root / f"agent{i}", f"serf-{i}", (ports[2 * i],
                                                                   ports[2 * i + 1]),
                             key, auth, join))
-    for agent in agents:
-        agent.start()
+        agents[-1].start()
     deadline = time.monotonic() + START_TIMEOUT_S
     while agents[0].alive_members() < count:
         for agent in agents:
@@ -204,7 +207,6 @@ def start_agents(serf: str, root: Path, count: int, key: str, auth: str) -> list
             raise BenchError(f"{count} serf agents did not all join in {START_TIMEOUT_S:.0f} s "
                              f"(see {agents[0].log})")
         time.sleep(0.2)
-    return agents
 
 
 # --- byte counters ---------------------------------------------------------------------------
@@ -345,13 +347,14 @@ peer_listen = "127.0.0.1:0"
         return total
 
 
-def start_segued(template: Path, root: Path, agents: list[Agent], auth_file: Path
-                 ) -> list[Segued]:
+def start_segued(template: Path, root: Path, agents: list[Agent], auth_file: Path,
+                 nodes: list[Segued]) -> None:
+    """Start the segued nodes into `nodes` and wait until each sees the others over Serf."""
     ports = free_ports(SEGUED)
-    nodes = [Segued(template, root / f"segued-{chr(97 + i)}", f"edge-{chr(97 + i)}",
-                    ports[i], agents[i], auth_file) for i in range(SEGUED)]
-    for node in nodes:
-        node.start()
+    for i in range(SEGUED):
+        nodes.append(Segued(template, root / f"segued-{chr(97 + i)}", f"edge-{chr(97 + i)}",
+                            ports[i], agents[i], auth_file))
+        nodes[-1].start()
     for node in nodes:
         assert node.proc is not None
         wait_ready(node.proc, node.port, "/healthz", node.log)
@@ -361,7 +364,6 @@ def start_segued(template: Path, root: Path, agents: list[Agent], auth_file: Pat
             raise BenchError("segued nodes do not see each other over Serf: "
                              + ", ".join(f"{n.name} {n.gossip_health()}" for n in nodes))
         time.sleep(0.2)
-    return nodes
 
 
 # --- the observer ----------------------------------------------------------------------------
@@ -689,10 +691,10 @@ def fleet(n: int, t: Path, tools: dict[str, str], template: Path, tokens: list[s
     try:
         log(f"fleet of {n}: starting {n} serf agents")
         started = time.monotonic()
-        agents = start_agents(tools["serf"], root, n, key, auth)
+        start_agents(tools["serf"], root, n, key, auth, agents)
         joined = time.monotonic() - started
         counters = Counters(tools["nft"], [a.bind_port for a in agents])
-        nodes = start_segued(template, root, agents, auth_file)
+        start_segued(template, root, agents, auth_file, nodes)
         observer = ObserverProcess(agents[1:], auth_file, root / "observer.log")
         log(f"fleet of {n}: joined in {joined:.1f} s; 3 segued nodes linked; idle "
             f"{args.idle:g} s")
@@ -720,7 +722,7 @@ def fleet(n: int, t: Path, tools: dict[str, str], template: Path, tokens: list[s
         for node in nodes:
             stop(node.proc, signal.SIGTERM)
         for agent in agents:
-            stop(agent.proc, signal.SIGINT)
+            stop(agent.proc, signal.SIGTERM)  # no graceful leave: nothing to measure there
         if counters is not None:
             counters.close()
 
