@@ -951,7 +951,7 @@ def section_gossip(r: Report) -> list[str]:
                      fmt(dig(lat, "traffic", "bytes_per_s_per_node"), 0),
                      fmt(dig(f, "delivery", "highest_complete_rate"), 0)])
     lines += [*table(["agents", "commands", "to the other agents ms p50 / p99 / max",
-                      "to streams on B, C ms p50 / p99 / max", "missing",
+                      "to streams on B, C ms p50 / p99 / max", "not there 3 s after",
                       "bytes/s per node, idle", "bytes/s per node, commands",
                       "highest complete rate, events/s"], rows), ""]
     steps = []
