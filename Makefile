@@ -24,7 +24,7 @@ DEB_COMMANDS := dpkg-buildpackage:dpkg-dev dpkg-parsechangelog:dpkg-dev dh:debhe
 	/usr/include/python3.11/Python.h:python3.11-dev lintian:lintian \
 	systemd-analyze:systemd systemd-sysusers:systemd systemd-tmpfiles:systemd \
 	runuser:util-linux
-BENCH_COMMANDS  := nginx:nginx-light wrk:wrk taskset:util-linux
+BENCH_COMMANDS  := nginx:nginx-light wrk:wrk taskset:util-linux nft:nftables
 
 .PHONY: run test lint typecheck bench bench-setup setup system-deps bench-deps clean deb deb-deps lock fuzz
 

@@ -12,7 +12,7 @@ the run goes on.
 
 The report holds measured facts only. Hand-written analysis for a section is included from
 bench/analysis/<section>.md when that file exists (sections: throughput, scale_out, players,
-first_play, stores, replication).
+first_play, stores, replication, sessions, gossip).
 
 This module imports nothing outside the standard library at import time; matplotlib is
 imported when the plots are drawn (without it the report says that the plots are missing).
@@ -118,6 +118,10 @@ SCENARIOS = (
              ("--subscribers", "1000", "--users", "100", "--rate", "100", "--seconds", "5",
               "--heartbeat", "2"),
              600, "playback sessions: idle event streams, commands to events", 90),
+    Scenario("gossip", "gossip", (),
+             ("--agents", "3,10", "--seconds", "5", "--idle", "5", "--rates", "10,20",
+              "--step-seconds", "3"),
+             1200, "sessions between nodes over Serf: 3, 10 and 30 agents", 600),
 )
 BY_NAME = {s.name: s for s in SCENARIOS}
 # --only also takes these names for several scenarios at once.
@@ -902,9 +906,98 @@ def section_sessions(r: Report) -> list[str]:
     return lines + analysis("sessions")
 
 
+def _p(summary: Any) -> str:
+    """"p50 / p99 / max" in ms."""
+    return " / ".join(fmt(dig(summary, k), 0) for k in ("p50_ms", "p99_ms", "max_ms"))
+
+
+def section_gossip(r: Report) -> list[str]:
+    doc = r.doc("gossip")
+    lines = ["## Sessions between nodes over Serf gossip", "",
+             "N Serf agents on loopback (profile lan, one keyring key), 3 segued nodes A, B, C "
+             "each with its own agent (anti-entropy once an hour, so that only gossip "
+             "delivers), and an observer streaming the session events from every agent but "
+             "A's. Commands go to node A over HTTP; each is timed from its request to its "
+             "event at every other agent and on the listener's event stream on B and C. "
+             "Then session events (realistic deltas: a play with its device and queue item) "
+             "are fired into agent A at rising rates: a rate is complete when every event "
+             "reaches every agent and segued B and C, with p99 under 1 s. Bytes are IP bytes "
+             "on the agents' gossip ports (nftables counters), sent plus received, per node. "
+             "Everything shares 2 cores. Source: `bench/gossip.py`.", ""]
+    fleets = dig(doc, "results", "fleets", default=[])
+    largest = max(fleets, key=lambda f: f.get("agents", 0), default=None)
+    p99 = dig(largest, "latency", "at_every_node", "p99_ms")
+    at = f" at {largest['agents']} agents" if largest else ""
+    r.check("gossip", f"command to event p99 ms{at}, every node", fmt(p99, 0), "< 1,000",
+            verdict(p99, "<", 1000.0) if largest and largest["agents"] >= 30 else NA)
+    rates = [dig(f, "delivery", "highest_complete_rate") for f in fleets]
+    ceiling = min((x for x in rates if number(x) is not None), default=None)
+    r.check("gossip", "highest change rate gossip delivers whole, events/s (all fleets)",
+            fmt(ceiling, 0), "none (where to move to the message bus)", NA)
+    if doc is None:
+        return lines + r.not_measured("gossip") + analysis("gossip")
+    sizes = [number(step.get("payload_bytes")) for f in fleets
+             for step in dig(f, "delivery", "steps", default=[])]
+    size = fmt(max((x for x in sizes if x is not None), default=None), 0)
+    rows = []
+    for f in fleets:
+        lat = f.get("latency", {})
+        rows.append([fmt(f.get("agents"), 0),
+                     f"{fmt(lat.get('commands'), 0)} at {fmt(lat.get('rate_achieved'), 0)}/s",
+                     _p(lat.get("at_agents")), _p(lat.get("at_segued_streams")),
+                     fmt((dig(lat, "at_agents", "missing") or 0)
+                         + (dig(lat, "at_segued_streams", "missing") or 0), 0),
+                     fmt(dig(f, "idle", "traffic", "bytes_per_s_per_node"), 0),
+                     fmt(dig(lat, "traffic", "bytes_per_s_per_node"), 0),
+                     fmt(dig(f, "delivery", "highest_complete_rate"), 0)])
+    lines += [*table(["agents", "commands", "to the other agents ms p50 / p99 / max",
+                      "to streams on B, C ms p50 / p99 / max", "not there 3 s after",
+                      "bytes/s per node, idle", "bytes/s per node, commands",
+                      "highest complete rate, events/s"], rows), ""]
+    steps = []
+    for f in fleets:
+        for step in dig(f, "delivery", "steps", default=[]):
+            steps.append([fmt(f.get("agents"), 0), fmt(step.get("rate"), 0),
+                          fmt(step.get("rate_achieved"), 1),
+                          fmt(100 * (number(step.get("delivered_fraction_min")) or 0), 1),
+                          " / ".join(fmt(x, 0) for x in step.get("segued_received", [])),
+                          _p(step.get("delay")),
+                          fmt(dig(step, "traffic", "bytes_per_s_per_node"), 0),
+                          fmt(dig(step, "cpu", "cores_busy"), 2),
+                          fmt(dig(step, "warnings", "queue_depth"), 0),
+                          "yes" if step.get("complete") else "no"])
+    s = doc.get("setup", {})
+    lines += ["Delivery, events fired into agent A for "
+              f"{fmt(s.get('step_seconds'), 0)} s a rate (delivered: the least any observed "
+              f"agent got within {fmt(s.get('drain_s'), 0)} s; segued B / C: events their "
+              "plugin took; delay: from the RPC call to the arrival at each agent; cores: the "
+              "CPU all parts used; queue warnings: the agents' \"queue depth\" warnings, "
+              "logged while a broadcast queue holds more than 128 messages; payloads of up "
+              f"to {size} bytes):", "",
+              *table(["agents", "events/s", "achieved", "delivered %", "segued B / C",
+                      "delay ms p50 / p99 / max", "bytes/s per node", "cores",
+                      "queue warnings", "complete"], steps), ""]
+    if ceiling is not None:
+        each = ", ".join(f"{fmt(dig(f, 'delivery', 'highest_complete_rate'), 0)} with "
+                         f"{fmt(f.get('agents'), 0)} agents" for f in fleets)
+        lines += [f"**Where to leave gossip.** Gossip alone carried every change to every node "
+                  f"with p99 under 1 s up to {fmt(ceiling, 0)} changes a second across the "
+                  f"fleet, in changes of up to {size} bytes ({each}). Above it, changes "
+                  "arrive seconds late or only by anti-entropy: a fleet whose listeners "
+                  "make more session changes than that should carry sessions on the message "
+                  "bus (NATS JetStream, issue 14).", ""]
+    command_bytes = [number(dig(f, "latency", "payload_bytes")) for f in fleets]
+    lines += [f"Setup: {fmt(s.get('listeners'), 0)} listeners, {fmt(s.get('rate'), 0)} "
+              f"commands/s for {fmt(s.get('seconds'), 0)} s (`set_shuffle`, whose events "
+              f"carry {fmt(max((x for x in command_bytes if x), default=None), 0)} bytes of "
+              "payload on average); idle measured for "
+              f"{fmt(s.get('idle_s'), 0)} s; {s.get('pinning', NA)}.", "", r.ran("gossip"), ""]
+    return lines + analysis("gossip")
+
+
 SECTIONS: tuple[Callable[[Report], list[str]], ...] = (
     section_throughput, section_scale_out, section_players, section_first_play,
-    section_stores, section_replication, section_sessions)
+    section_stores, section_replication, section_sessions, section_gossip)
 VERSION_ORDER = ("python", "segue", "cryptography", "openssl", "trio", "h11", "nginx", "wrk",
                  "ffmpeg")
 
