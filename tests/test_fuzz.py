@@ -9,16 +9,19 @@ found.
 
 Targets: the request head and the sans-I/O connection, Range, player tokens (JWT), sealed
 chunks, the configuration, session commands and session states from other nodes (the
-transport messages). Manifests have their own in tests/test_hardening.py.
+transport messages), Serf user events as the gossip plugin decodes them and the Serf RPC
+framing. Manifests have their own in tests/test_hardening.py.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 from pathlib import Path
 
+import msgpack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -34,6 +37,8 @@ from segue.seal.tokens import TokenError, TokenVerifier, issue
 from segue.sessions import commands
 from segue.sessions.commands import CommandError
 from segue.sessions.state import SessionState, StateError
+from segue_gossip import payload
+from segue_gossip.serf_codec import SerfCodec, SerfProtocolError
 
 FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "200")), deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -192,3 +197,41 @@ def test_any_transport_message_is_a_state_or_state_error(doc: object) -> None:
     except StateError:
         return
     assert SessionState().merge(state) in (True, False)
+
+
+_GOSSIP_EVENT = payload.encode_change("edge-a", "alice", {
+    "playback": [{"track_id": "0123456789abcdef" * 2, "position_ms": 1000, "at_ms": 5,
+                  "rate": 1.0, "playing": True}, [1_796_322_064_558, 0, "edge-a"]],
+    "queue": {"00000000000000ab": ["0123456789abcdef" * 2, [1_796_322_064_558, 0, "edge-a"]]}},
+    len("segue-session"))[0]
+
+
+@FUZZ
+@given(st.one_of(mutated(_GOSSIP_EVENT), st.binary(max_size=600)))
+def test_any_gossip_event_is_a_change_an_announcement_or_payload_error(data: bytes) -> None:
+    try:
+        message = payload.decode(data)
+    except payload.PayloadError:
+        return
+    if isinstance(message, payload.Change):
+        with contextlib.suppress(StateError):  # what the receiving node then does with it
+            SessionState.from_json(message.delta)
+
+
+_SERF_REPLIES = msgpack.packb({"Seq": 0, "Error": ""}) + msgpack.packb(
+    {"Seq": 1, "Error": ""}) + msgpack.packb({"Members": [{"Name": "a", "Tags": {}}]})
+
+
+@FUZZ
+@given(st.one_of(mutated(_SERF_REPLIES), st.binary(max_size=512)), st.integers(1, 64))
+def test_the_serf_rpc_codec_takes_any_bytes(data: bytes, piece: int) -> None:
+    codec = SerfCodec()
+    codec.request("handshake", {"Version": 1})
+    codec.request("members")
+    try:
+        for i in range(0, len(data), piece):
+            codec.receive_data(data[i:i + piece])
+            while codec.next_event() is not None:
+                pass
+    except SerfProtocolError:
+        return
