@@ -234,3 +234,16 @@ def test_a_hookimpl_option_the_host_cannot_honour_is_refused_at_load(tmp_path: P
         PluginHost.load(settings, [entry])
     (line,) = refused.value.errors
     assert "'tryfirst'" in line and "segue_ready uses tryfirst" in line
+
+
+def test_a_plugin_without_its_table_is_inactive_not_ok(fresh_node: Node,
+                                                        plugin_path: str) -> None:
+    with_example(fresh_node)  # the example has its table; the built-in ones have none here
+    fresh_node.start(env=env(plugin_path, allow="example,haproxy,gossip"))
+    doc = json.loads(get(fresh_node.base + "/v1/status")[1])
+    states = {p["name"]: (p["active"], p["health"]["status"]) for p in doc["plugins"]}
+    assert states == {"example": (True, "ok"), "gossip": (False, "inactive"),
+                      "haproxy": (False, "inactive")}
+    listed = run_segue("plugins", "--config", str(fresh_node.conf), plugin_path=plugin_path,
+                       allow="example,haproxy")
+    assert "haproxy" in listed.stdout and ": inactive" in listed.stdout

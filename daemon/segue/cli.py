@@ -719,7 +719,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     plugins = host.describe()
     live = _live_health(settings)
     for plugin in plugins:
-        plugin["health"] = live.get(plugin["name"], {"status": "not running", "reason": ""})
+        if plugin["active"]:
+            plugin["health"] = live.get(plugin["name"], {"status": "not running", "reason": ""})
     if args.json:
         print(json.dumps({"plugins": plugins}, indent=2))
         return EXIT_OK

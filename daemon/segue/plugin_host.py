@@ -62,6 +62,7 @@ class Plugin:
     module: object
     optional: bool
     health: Health = field(default_factory=Health.ok)  # as the plugin (or the host) said it
+    active: bool = True  # False: no [plugins.NAME] table, so it has nothing to do
 
     @property
     def node_health(self) -> Health:
@@ -79,7 +80,10 @@ class Plugin:
             "version": self.version,
             "distribution": self.distribution,
             "hooks": hooks,
-            "health": self.node_health.to_json(),
+            "active": self.active,
+            # An installed plugin without its table is not "ok": it is doing nothing.
+            "health": (self.node_health.to_json() if self.active
+                       else {"status": "inactive", "reason": ""}),
         }
         if status is not None:
             doc["status"] = status
@@ -192,6 +196,7 @@ class PluginHost:
         outcome = self.call_one(plugin, "segue_configure", config=table,
                                 config_path=settings.path)
         if outcome.error is None:
+            plugin.active = plugin.name in settings.plugins
             return None
         if isinstance(outcome.error, PluginConfigError):
             return "; ".join(f"{settings.path}: [plugins.{plugin.name}] {m}"
