@@ -58,8 +58,7 @@ class SerfCodec:
     what arrived, `next_event()` hands out replies and stream records in order."""
 
     def __init__(self) -> None:
-        self._unpacker = msgpack.Unpacker(raw=False, max_buffer_size=MAX_BUFFER,
-                                          strict_map_key=False)
+        self._unpacker = msgpack.Unpacker(raw=False, max_buffer_size=MAX_BUFFER)
         self._seq = 0
         self._pending: dict[int, str] = {}  # seq -> command awaiting its reply
         self._streams: set[int] = set()  # seqs of acknowledged streams
@@ -86,7 +85,7 @@ class SerfCodec:
             self._unpacker.feed(data)
             for obj in self._unpacker:
                 self._take(obj)
-        except (msgpack.UnpackException, ValueError) as e:
+        except (msgpack.UnpackException, ValueError, TypeError) as e:
             raise SerfProtocolError(f"undecodable data from the agent: {e}") from None
 
     def next_event(self) -> Reply | Record | None:
