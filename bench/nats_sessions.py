@@ -12,7 +12,8 @@ This prints figures; it judges nothing. On loopback:
 * following, in --steps: listeners get a device on node B (one `ping` command each, over 32
   keep-alive connections), so that B follows them: one ordered JetStream consumer each. At
   each step: the time from the first ping to B's `segue_nats_followed_listeners` reaching the
-  step, B's RSS, the consumers on the servers and each server's RSS. Then every listener gets
+  step, B's RSS, the consumers on the servers, each server's RSS, and the CPU each process
+  uses over 5 s with no load (what following costs by itself). Then every listener gets
   a device on node A too (A follows them all: a listener with a device on both nodes is the
   case that needs the bus).
 * commands: --rate commands a second in all (`set_shuffle`, toggled) to node A, spread over
@@ -68,6 +69,7 @@ from sessions import Stream, _cpu_s, _request, _rss_mib, _summary, mint_tokens
 
 CONNECTIONS = 32
 FOLLOW_TIMEOUT_S = 900.0
+IDLE_S = 5.0
 RECEIVED = ("applied", "unchanged", "own", "duplicate", "malformed")
 
 
@@ -259,6 +261,14 @@ def bus_figures(nodes: list[Node], servers: list[NatsServer]) -> dict[str, objec
                                         for j in jsz]}
 
 
+def idle_cpu(procs: dict[str, int], seconds: float) -> dict[str, float]:
+    """The share of a core each process used over `seconds` with no load: what following
+    costs by itself (the consumers' heartbeats and the client's timers)."""
+    before = {k: _cpu_s(pid) for k, pid in procs.items()}
+    time.sleep(seconds)
+    return {k: round((_cpu_s(pid) - before[k]) / seconds, 3) for k, pid in procs.items()}
+
+
 async def _commands(a: Node, b: Node, tokens: list[str], users: int, sample: list[int],
                     rate: float, seconds: float) -> dict[str, object]:
     pending: dict[str, float] = {}
@@ -335,25 +345,25 @@ def bench(args: argparse.Namespace, t: Path) -> dict[str, object]:
         tokens = mint_tokens(a.conf, args.users)
         a.start()  # A makes the stream and the bucket
         b.start()
-        idle = bus_figures(nodes, servers)
+        procs = {"edge-a": a.pid, "edge-b": b.pid,
+                 **{f"nats{i}": s.proc.pid for i, s in enumerate(servers)
+                    if s.proc is not None}}
+        idle = {**bus_figures(nodes, servers), "idle_cores": idle_cpu(procs, IDLE_S)}
         steps = []
         done = 0
         for step in args.steps:
             log(f"{step - done} more listeners get a device on B ({step} in all)")
             figures = follow(b, tokens, range(done, step), "phone")
-            figures.update(bus_figures(nodes, servers))
+            figures.update(bus_figures(nodes, servers), idle_cores=idle_cpu(procs, IDLE_S))
             log(f"B follows {step} listeners: {figures}")
             steps.append(figures)
             done = step
         log(f"every listener gets a device on A too ({args.users})")
         on_a = follow(a, tokens, range(args.users), "laptop")
-        on_a.update(bus_figures(nodes, servers))
+        on_a.update(bus_figures(nodes, servers), idle_cores=idle_cpu(procs, IDLE_S))
         log(f"A follows {args.users} listeners: {on_a}")
         commands: dict[str, object] = {}
         if args.rate:
-            procs = {"edge-a": a.pid, "edge-b": b.pid,
-                     **{f"nats{i}": s.proc.pid for i, s in enumerate(servers)
-                        if s.proc is not None}}
             cpu = {k: _cpu_s(pid) for k, pid in procs.items()}
             mine = resource.getrusage(resource.RUSAGE_SELF)
             stride = max(1, args.users // args.sample)
@@ -361,9 +371,10 @@ def bench(args: argparse.Namespace, t: Path) -> dict[str, object]:
             commands = trio.run(_commands, a, b, tokens, args.users, sample, args.rate,
                                 args.seconds)
             after = resource.getrusage(resource.RUSAGE_SELF)
-            commands["cpu_s"] = {k: round(_cpu_s(pid) - cpu[k], 2) for k, pid in procs.items()}
-            commands["cpu_s"]["generator"] = round(
-                after.ru_utime + after.ru_stime - mine.ru_utime - mine.ru_stime, 2)
+            commands["cpu_s"] = {
+                **{k: round(_cpu_s(pid) - cpu[k], 2) for k, pid in procs.items()},
+                "generator": round(after.ru_utime + after.ru_stime - mine.ru_utime
+                                   - mine.ru_stime, 2)}
             commands["published"] = _counters(
                 a, "segue_nats_deltas_published_total", "outcome",
                 ("ok", "failed", "queue_full"))
@@ -388,6 +399,11 @@ def bench(args: argparse.Namespace, t: Path) -> dict[str, object]:
             "results": {"idle": idle, "steps": steps, "on_a": on_a, "commands": commands}}
 
 
+def _cores(idle: dict[str, float]) -> str:
+    servers = sum(v for k, v in idle.items() if k.startswith("nats"))
+    return f"{idle['edge-a']:.2f} / {idle['edge-b']:.2f} / {servers:.2f}"
+
+
 def print_table(report: dict) -> None:
     r = report["results"]
     m = report["machine"]
@@ -395,12 +411,13 @@ def print_table(report: dict) -> None:
     print(f"{s['servers']} nats-server(s), replicas {s['replicas']}; load average "
           f"{m['loadavg_1m_before']} before, {m['loadavg_1m_after']} after")
     print(f"{'node':<7} {'listeners':>9} {'follow s':>8} {'/s':>7} {'node RSS MiB':>12} "
-          f"{'consumers':>9} {'servers RSS MiB':>22}")
+          f"{'consumers':>9} {'servers RSS MiB':>22} {'idle cores A / B / servers':>27}")
     for name, step in [*(("B", x) for x in r["steps"]), ("A", r["on_a"])]:
         rss = step["node_rss_mib"]["edge-b" if name == "B" else "edge-a"]
         print(f"{name:<7} {step['listeners']:>9} {step['follow_s']:>8} "
               f"{step['follows_per_s']:>7} {rss:>12} {sum(step['server_consumers']):>9} "
-              f"{' / '.join(str(x) for x in step['server_rss_mib']):>22}")
+              f"{' / '.join(str(x) for x in step['server_rss_mib']):>22} "
+              f"{_cores(step['idle_cores']):>27}")
     c = r["commands"]
     if c:
         e = c["command_to_event"]

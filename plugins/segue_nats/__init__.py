@@ -37,6 +37,7 @@ from segue_nats.positions import Positions
 log = structlog.get_logger("segue_nats")
 
 PUBLISHERS = 16  # publishes in flight at once
+FOLLOWERS = 32  # listeners being followed (bucket read, consumer made) at once
 PUBLISH_ATTEMPTS = 4  # one change, under one message id, before it is published whole
 POSITIONS_FLUSH_S = 1.0
 KV_FLUSH_S = 0.05
@@ -220,12 +221,24 @@ class NatsPlugin:
             for key in [k for k in self._keys if k not in wanted]:
                 del self._keys[key]
                 await self._quietly(self._bus.unfollow, key)
-            for key, user in wanted.items():
-                if key not in self._keys and not await self._follow(key, user):
-                    self._presence.set()  # try again at the next turn
+            # Each follow is a bucket read and a consumer made by the servers, a few round
+            # trips: one at a time, 10,000 listeners took minutes.
+            limiter = trio.Semaphore(FOLLOWERS)
+            async with trio.open_nursery() as nursery:
+                for key, user in wanted.items():
+                    if key not in self._keys:
+                        await limiter.acquire()
+                        nursery.start_soon(self._follow_one, limiter, key, user)
             self.metrics.followed.set(len(self._keys))
             if self._presence.is_set() or self._resync.is_set():
                 await trio.sleep(0.5)
+
+    async def _follow_one(self, limiter: trio.Semaphore, key: str, user: str) -> None:
+        try:
+            if not await self._follow(key, user):
+                self._presence.set()  # try again at the next turn
+        finally:
+            limiter.release()
 
     async def _follow(self, key: str, user: str) -> bool:
         assert self._bus is not None and self._positions is not None
