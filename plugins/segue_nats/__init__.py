@@ -2,8 +2,8 @@
 fleets too large for gossip (every change to every node).
 
 A node follows only the listeners it serves (``segue_session_presence``): for each, it reads
-the merged state from the key-value bucket, then follows the listener's delta subject with an
-ordered consumer from the sequence the state covers (or the one it had merged before a
+the merged state from the key-value bucket, then follows the listener's delta subject with a
+consumer from the sequence the state covers (or the one it had merged before a
 restart, kept in `positions`). Each local change is published to the listener's subject with a
 message id (a retry is stored once), then merged into the bucket by compare-and-set. Listeners
 are named on the bus by a keyed hash (``user_key_file``), never in clear; the subject key maps
@@ -211,7 +211,7 @@ class NatsPlugin:
             await self._presence.wait()
             self._presence = trio.Event()
             if self._resync.is_set():
-                # The ordered consumers may not have survived the outage: start each one again
+                # The consumers may not have survived the outage: start each one again
                 # from where this node got to (what it merged already is skipped by sequence).
                 self._resync = trio.Event()
                 log.info("following again after the reconnection", listeners=len(self._keys))
