@@ -36,6 +36,7 @@ Needs nats-server (Debian's nats-server, 2.9 or later) and a venv with the segue
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -334,6 +335,10 @@ def _counters(node: Node, name: str, label: str, values: tuple[str, ...]) -> dic
 
 def bench(args: argparse.Namespace, t: Path) -> dict[str, object]:
     binary = need("nats-server", "nats-server", "/usr/sbin/nats-server")
+    for module, fix in (("nats", "pip install nats-py"),
+                        ("segue_nats", "put the repo's plugins/ on PYTHONPATH")):
+        if importlib.util.find_spec(module) is None:
+            raise BenchError(f"the nodes need {module} importable with {sys.executable}: {fix}")
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the children inherit it
     load_before = os.getloadavg()[0]

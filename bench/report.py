@@ -926,7 +926,7 @@ def section_nats(r: Report) -> list[str]:
     lines = ["## Sessions between two nodes on NATS JetStream", "",
              "A NATS cluster on loopback and two segued nodes with `[plugins.nats]`. "
              "Listeners get a device on node B in steps (one `ping` each), so that B follows "
-             "them: one ordered JetStream consumer each, made when the listener's first "
+             "them: one JetStream consumer each, made when the listener's first "
              "device arrives. Then every listener gets a device on node A too, and commands "
              "(`set_shuffle`, toggled) go to node A spread over all listeners, while a sample "
              "of listeners holds an event stream on node B: each command is timed from its "
