@@ -12,7 +12,7 @@ the run goes on.
 
 The report holds measured facts only. Hand-written analysis for a section is included from
 bench/analysis/<section>.md when that file exists (sections: throughput, scale_out, players,
-first_play, stores, replication, sessions, gossip).
+first_play, stores, replication, sessions, gossip, nats).
 
 This module imports nothing outside the standard library at import time; matplotlib is
 imported when the plots are drawn (without it the report says that the plots are missing).
@@ -122,6 +122,10 @@ SCENARIOS = (
              ("--agents", "3,10", "--seconds", "5", "--idle", "5", "--rates", "10,20",
               "--step-seconds", "3"),
              1200, "sessions between nodes over Serf: 3, 10 and 30 agents", 600),
+    Scenario("nats", "nats_sessions", (),
+             ("--users", "500", "--steps", "200", "--rate", "100", "--seconds", "5",
+              "--sample", "50"),
+             1800, "sessions between two nodes on NATS JetStream, 3 servers R3", 600),
 )
 BY_NAME = {s.name: s for s in SCENARIOS}
 # --only also takes these names for several scenarios at once.
@@ -993,11 +997,86 @@ def section_gossip(r: Report) -> list[str]:
               "payload on average); idle measured for "
               f"{fmt(s.get('idle_s'), 0)} s; {s.get('pinning', NA)}.", "", r.ran("gossip"), ""]
     return lines + analysis("gossip")
+def _follow_row(node: str, step: dict[str, Any]) -> list[str]:
+    """One row of the NATS following table: a node after it followed `listeners`."""
+    idle = step.get("idle_cores") or {}
+    servers = sum(v for k, v in idle.items() if k.startswith("nats") and number(v) is not None)
+    return [node, fmt(step.get("listeners"), 0), fmt(step.get("follow_s"), 1),
+            fmt(step.get("follows_per_s"), 0),
+            fmt(dig(step, "node_rss_mib", "edge-a" if node == "A" else "edge-b")),
+            fmt(sum(step.get("server_consumers") or []), 0),
+            " / ".join(fmt(x, 0) for x in step.get("server_rss_mib") or []),
+            " / ".join(fmt(idle.get(k), 2) for k in ("edge-a", "edge-b")) + " / "
+            + fmt(servers, 2)]
+
+
+def section_nats(r: Report) -> list[str]:
+    doc = r.doc("nats")
+    s = dig(doc, "setup", default={})
+    c = dig(doc, "results", "commands", default={})
+    lines = ["## Sessions between two nodes on NATS JetStream", "",
+             "A NATS cluster on loopback and two segued nodes with `[plugins.nats]`. "
+             "Listeners get a device on node B in steps (one `ping` each), so that B follows "
+             "them: one JetStream consumer each, made when the listener's first "
+             "device arrives. Then every listener gets a device on node A too, and commands "
+             "(`set_shuffle`, toggled) go to node A spread over all listeners, while a sample "
+             "of listeners holds an event stream on node B: each command is timed from its "
+             "request to its event on B. Everything (servers, both nodes, the trio load "
+             "generator) shares the machine's cores; nothing is pinned. Source: "
+             "`bench/nats_sessions.py`.", ""]
+    e = c.get("command_to_event") or {}
+    r.check("nats", f"commands/s achieved, {fmt(s.get('users'), 0)} listeners",
+            fmt(c.get("rate_achieved"), 0), f">= {fmt(s.get('rate'), 0)} (the load asked)",
+            verdict(c.get("rate_achieved"), ">=", 0.95 * (number(s.get("rate")) or 0))
+            if c else NA)
+    r.check("nats", "command on A to event on B, p99 ms", fmt(e.get("p99_ms"), 0), "none",
+            NA)
+    if doc is None:
+        return lines + r.not_measured("nats") + analysis("nats")
+    res = doc.get("results", {})
+    m = doc.get("machine", {})
+    rows = [_follow_row("B", step) for step in res.get("steps", [])]
+    if res.get("on_a"):
+        rows.append(_follow_row("A", res["on_a"]))
+    lines += [f"{fmt(s.get('servers'), 0)} nats-server process(es), stream and bucket with "
+              f"{fmt(s.get('replicas'), 0)} replica(s)"
+              + (" as in production" if s.get("replicas") == 3 else "")
+              + f"; load average {m.get('loadavg_1m_before', NA)} before the run and "
+              f"{m.get('loadavg_1m_after', NA)} after (2 cores). Following: the time from "
+              "the step's first ping until the node's `segue_nats_followed_listeners` "
+              "reached it; RSS and consumers after it; idle cores: the share of a core each "
+              "process used over the next 5 s with no load.", "",
+              *table(["node", "listeners followed", "follow s", "follows/s", "node RSS MiB",
+                      "consumers", "servers RSS MiB", "idle cores A / B / servers"], rows), ""]
+    if c:
+        seconds = number(c.get("seconds")) or 0.0
+        cpu = c.get("cpu_s") or {}
+        cores = ", ".join(f"{k} {fmt(v / seconds if seconds else None, 2)}"
+                          for k, v in cpu.items() if number(v) is not None)
+        published = c.get("published") or {}
+        crows = [["commands sent", fmt(c.get("commands"), 0)],
+                 ["rate wanted / achieved, commands/s",
+                  f"{fmt(c.get('rate_wanted'), 0)} / {fmt(c.get('rate_achieved'), 0)}"],
+                 ["errors (non-200 answers)", fmt(c.get("errors"), 0)],
+                 ["command on A to event on B, ms p50 / p99 / max",
+                  " / ".join(fmt(e.get(k), 0) for k in ("p50_ms", "p99_ms", "max_ms"))],
+                 ["events matched / missing (sample's commands)",
+                  f"{fmt(c.get('events_matched'), 0)} / {fmt(c.get('events_missing'), 0)}"],
+                 ["deltas published by A: ok / queue full / failed",
+                  " / ".join(fmt(published.get(k), 0) for k in ("ok", "queue_full", "failed"))],
+                 ["cores used (CPU s / wall s)", cores]]
+        lines += [f"Commands: {fmt(s.get('rate'), 0)}/s wanted for {fmt(s.get('seconds'), 0)} s "
+                  f"over {fmt(s.get('users'), 0)} listeners, {fmt(s.get('sample'), 0)} of them "
+                  "with an event stream on B. A sample command whose event had not come "
+                  "before that listener's next command (or 3 s after the last) is missing.",
+                  "", *table(["figure", "measured"], crows), ""]
+    return [*lines, r.ran("nats"), "", *analysis("nats")]
 
 
 SECTIONS: tuple[Callable[[Report], list[str]], ...] = (
     section_throughput, section_scale_out, section_players, section_first_play,
-    section_stores, section_replication, section_sessions, section_gossip)
+    section_stores, section_replication, section_sessions, section_gossip,
+    section_nats)
 VERSION_ORDER = ("python", "segue", "cryptography", "openssl", "trio", "h11", "nginx", "wrk",
                  "ffmpeg")
 

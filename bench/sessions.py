@@ -237,6 +237,20 @@ def _server_histogram(port: int) -> dict[str, float | None]:
     return {"p50_ms_at_most": bound(0.5), "p99_ms_at_most": bound(0.99), "events": total}
 
 
+def mint_tokens(conf: Path, users: int) -> list[str]:
+    """Tokens for listeners u0 .. u{users-1}, signed in-process with the node's auth key (the
+    `segue token` command would cost a process start each)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "daemon"))
+    from segue import config
+    from segue.configured_keys import load_signing_key
+    from segue.seal.tokens import issue
+
+    settings = config.load(conf)
+    key = load_signing_key(settings.auth.signing_key, "auth.signing_key", settings)
+    return [issue(key, f"u{n}", ttl=86400, tracks=None, audience=settings.auth.audience,
+                  issuer=settings.auth.issuer) for n in range(users)]
+
+
 def bench(args: argparse.Namespace, t: Path) -> dict[str, object]:
     segue = Path(sys.executable).with_name("segue")
     # The generator and segued each hold one descriptor a stream (segued inherits the limit).
@@ -255,16 +269,8 @@ def bench(args: argparse.Namespace, t: Path) -> dict[str, object]:
     conf.write_text(text + f'\n[log]\nformat = "json"\nlevel = "warning"\n[sessions]\n'
                     f'heartbeat_s = {args.heartbeat}\nmax_subscribers = '
                     f'{args.subscribers + 1000}\ncommands_per_s = 100.0\n')
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "daemon"))
-    from segue import config
-    from segue.configured_keys import load_signing_key
-    from segue.seal.tokens import issue
-
-    settings = config.load(conf)
-    key = load_signing_key(settings.auth.signing_key, "auth.signing_key", settings)
     users = max(args.users, 1)
-    tokens = [issue(key, f"u{n}", ttl=86400, tracks=None, audience=settings.auth.audience,
-                    issuer=settings.auth.issuer) for n in range(users)]
+    tokens = mint_tokens(conf, users)
     # segued on one CPU, this generator on the other (when there are two).
     pin_server, pin_self = pinning(not args.no_pin)
     if pin_self:

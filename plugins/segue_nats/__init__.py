@@ -2,8 +2,8 @@
 fleets too large for gossip (every change to every node).
 
 A node follows only the listeners it serves (``segue_session_presence``): for each, it reads
-the merged state from the key-value bucket, then follows the listener's delta subject with an
-ordered consumer from the sequence the state covers (or the one it had merged before a
+the merged state from the key-value bucket, then follows the listener's delta subject with a
+consumer from the sequence the state covers (or the one it had merged before a
 restart, kept in `positions`). Each local change is published to the listener's subject with a
 message id (a retry is stored once), then merged into the bucket by compare-and-set. Listeners
 are named on the bus by a keyed hash (``user_key_file``), never in clear; the subject key maps
@@ -37,6 +37,7 @@ from segue_nats.positions import Positions
 log = structlog.get_logger("segue_nats")
 
 PUBLISHERS = 16  # publishes in flight at once
+FOLLOWERS = 32  # listeners being followed (bucket read, consumer made) at once
 PUBLISH_ATTEMPTS = 4  # one change, under one message id, before it is published whole
 POSITIONS_FLUSH_S = 1.0
 KV_FLUSH_S = 0.05
@@ -210,7 +211,7 @@ class NatsPlugin:
             await self._presence.wait()
             self._presence = trio.Event()
             if self._resync.is_set():
-                # The ordered consumers may not have survived the outage: start each one again
+                # The consumers may not have survived the outage: start each one again
                 # from where this node got to (what it merged already is skipped by sequence).
                 self._resync = trio.Event()
                 log.info("following again after the reconnection", listeners=len(self._keys))
@@ -220,12 +221,24 @@ class NatsPlugin:
             for key in [k for k in self._keys if k not in wanted]:
                 del self._keys[key]
                 await self._quietly(self._bus.unfollow, key)
-            for key, user in wanted.items():
-                if key not in self._keys and not await self._follow(key, user):
-                    self._presence.set()  # try again at the next turn
+            # Each follow is a bucket read and a consumer made by the servers, a few round
+            # trips: one at a time, 10,000 listeners took minutes.
+            limiter = trio.Semaphore(FOLLOWERS)
+            async with trio.open_nursery() as nursery:
+                for key, user in wanted.items():
+                    if key not in self._keys:
+                        await limiter.acquire()
+                        nursery.start_soon(self._follow_one, limiter, key, user)
             self.metrics.followed.set(len(self._keys))
             if self._presence.is_set() or self._resync.is_set():
                 await trio.sleep(0.5)
+
+    async def _follow_one(self, limiter: trio.Semaphore, key: str, user: str) -> None:
+        try:
+            if not await self._follow(key, user):
+                self._presence.set()  # try again at the next turn
+        finally:
+            limiter.release()
 
     async def _follow(self, key: str, user: str) -> bool:
         assert self._bus is not None and self._positions is not None
