@@ -20,7 +20,9 @@ import functools
 import hashlib
 import hmac
 import json
+import math
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +38,9 @@ from segue_nats.positions import Positions
 
 log = structlog.get_logger("segue_nats")
 
-PUBLISHERS = 16  # publishes in flight at once
+PUBLISH_BATCH = 256  # changes handed to the NATS thread (and in flight) at once
 FOLLOWERS = 32  # listeners being followed (bucket read, consumer made) at once
-PUBLISH_ATTEMPTS = 4  # one change, under one message id, before it is published whole
+PUBLISH_ATTEMPTS = 6  # one change, under one message id, before it is published whole
 POSITIONS_FLUSH_S = 1.0
 KV_FLUSH_S = 0.05
 MAX_MESSAGE = 1024 * 1024
@@ -61,6 +63,17 @@ class _Metrics:
         self.state_writes = Counter("segue_nats_state_writes",
                                     "Merged states written to the bucket, by outcome.",
                                     ["outcome"], registry=registry)
+
+
+@dataclass
+class _Outgoing:
+    """One local change on its way to the bus."""
+
+    user: str
+    key: str
+    data: bytes
+    msg_id: str
+    attempts: int = 0
 
 
 class NatsPlugin:
@@ -295,38 +308,58 @@ class NatsPlugin:
 
     # --- publishing ---------------------------------------------------------------------------
     async def _publish(self) -> None:
-        """Publish each local change (PUBLISHERS at once); what fails is published whole later."""
+        """Publish local changes in batches (up to PUBLISH_BATCH in flight at once); a change
+        that fails is tried again under its message id (JetStream stores it once) with a
+        growing delay while a server fails over, and after PUBLISH_ATTEMPTS its listener is
+        published whole once NATS answers."""
         assert self._changes is not None
-        limiter = trio.Semaphore(PUBLISHERS)
+        retry: list[tuple[float, _Outgoing]] = []
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._publish_unsent)
-            async for user, delta, msg_id in self._changes:
-                await limiter.acquire()
-                nursery.start_soon(self._publish_one, limiter, user, delta, msg_id)
+            while True:
+                now = trio.current_time()
+                due = [item for at, item in retry if at <= now]
+                retry = [(at, item) for at, item in retry if at > now]
+                batch = list(due)
+                if not batch:
+                    wait = min((at for at, _ in retry), default=math.inf) - now
+                    with trio.move_on_after(wait):
+                        batch.append(self._outgoing(*await self._changes.receive()))
+                while len(batch) < PUBLISH_BATCH:
+                    try:
+                        batch.append(self._outgoing(*self._changes.receive_nowait()))
+                    except trio.WouldBlock:
+                        break
+                if batch:
+                    retry += await self._publish_batch(batch)
 
-    async def _publish_one(self, limiter: trio.Semaphore, user: str,
-                           delta: dict[str, Any], msg_id: str) -> None:
-        """Publish one change, again under the same message id while a server fails over
-        (JetStream stores it once); after PUBLISH_ATTEMPTS, the listener is published whole
-        once NATS answers."""
-        assert self.metrics is not None and self._bus is not None
+    def _outgoing(self, user: str, delta: dict[str, Any], msg_id: str) -> _Outgoing:
         data = json.dumps({"o": self.node.node_id, "d": delta}, separators=(",", ":")).encode()
+        return _Outgoing(user, self._key(user), data, msg_id)
+
+    async def _publish_batch(self, batch: list[_Outgoing]) -> list[tuple[float, _Outgoing]]:
+        """Publish `batch`; the failed ones to try again, with when."""
+        assert self.metrics is not None and self._bus is not None
         try:
-            for attempt in range(PUBLISH_ATTEMPTS):
-                try:
-                    await self._call(self._bus.publish, self._key(user), data, msg_id)
-                except Exception as e:
-                    self.last_error = f"publishing: {type(e).__name__}: {e}"
-                    self.metrics.published.labels("retried").inc()
-                    await trio.sleep(0.25 * 2 ** attempt)
-                    continue
+            stored = await self._call(self._bus.publish_batch,
+                                      [(o.key, o.data, o.msg_id) for o in batch])
+        except Exception as e:
+            self.last_error = f"publishing: {type(e).__name__}: {e}"
+            stored = [False] * len(batch)
+        again = []
+        now = trio.current_time()
+        for outgoing, ok in zip(batch, stored, strict=True):
+            if ok:
                 self.metrics.published.labels("ok").inc()
-                self._to_store.add(user)
-                return
-            self._unsent.add(user)
-            self.metrics.published.labels("failed").inc()
-        finally:
-            limiter.release()
+                self._to_store.add(outgoing.user)
+            elif outgoing.attempts + 1 < PUBLISH_ATTEMPTS:
+                self.metrics.published.labels("retried").inc()
+                outgoing.attempts += 1
+                again.append((now + 0.25 * 2 ** outgoing.attempts, outgoing))
+            else:
+                self._unsent.add(outgoing.user)
+                self.metrics.published.labels("failed").inc()
+        return again
 
     async def _publish_unsent(self) -> None:
         """Listeners whose changes did not go out: their merged state, as one delta."""
