@@ -347,7 +347,7 @@ def test_init_over_a_node_without_its_config_keeps_the_keys(tmp_path: Path) -> N
     assert again.returncode == 2
     assert again.stderr.splitlines() == [
         f"segue: {root / 'keys' / 'edge-x25519.pem'} exists; refusing to overwrite it (--force "
-        "makes a new node over it, replacing its keys, store and catalogue)"]
+        "rewrites segued.toml and makes what is missing, keeping keys and tracks)"]
     assert {p: p.read_bytes() for p in (root / "keys").iterdir()} == before
     assert not (root / "segued.toml").exists()
 
@@ -631,7 +631,13 @@ def test_user_hashes_in_the_request_log_are_keyed_with_the_fleet_salt(fresh_node
     (track,) = fresh_node.pack(make_tone(tmp_path / "a.mp3", MP3, seconds=2, title="a"))
     fresh_node.start()
     assert get(fresh_node.url(track, fresh_node.token("alice")))[0] == 200
-    (line,) = [e for e in fresh_node.log_events_named("request") if e.get("track") == track]
+    # The request's line is written once its response has ended, a moment after the client
+    # has read it.
+    deadline = time.monotonic() + 5
+    while not (lines := [e for e in fresh_node.log_events_named("request")
+                         if e.get("track") == track]) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    (line,) = lines
     expected = hmac.new(b"segue/v1 log user\x00fleet-salt-0123456789abcdef", b"alice",
                         hashlib.sha256).hexdigest()[:16]
     assert line["user"] == expected

@@ -171,5 +171,6 @@ def test_another_node_cannot_join_the_port(three_workers: Node, tmp_path: Path) 
     done = subprocess.run([*SEGUE, "run", "--config", str(other.conf), "--listen",
                            f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
-    assert "Address already in use" in done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert "address already in use" in done.stderr
     three_workers.wait_healthy()
