@@ -51,8 +51,12 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check daemon plugins tests bench tools
 	$(BIN)/mypy
 
+# Two processes, each taking whole test modules (their module fixtures stay in one process):
+# most tests wait on the real servers they start, so two run in about half the time even on
+# two cores. PYTEST_WORKERS=0 runs them in this process, one after another.
+PYTEST_WORKERS ?= 2
 test: setup lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 # `make fuzz` feeds every fuzz target of tests/test_fuzz.py FUZZ_EXAMPLES inputs: a long run,
 # about 250 inputs a second per target here, so 7 targets x 1,000,000 is about 8 hours. It keeps
