@@ -13,6 +13,7 @@ deadlines and the logging around it.
 
 from __future__ import annotations
 
+import math
 import os
 import ssl
 import time
@@ -107,6 +108,7 @@ class _Connection:
         self.settings = settings
         self.http = ServerConnection(settings.max_header_bytes, settings.max_body_bytes)
         self.sent = 0  # body bytes of the current response written so far
+        self._send_scope: trio.CancelScope | None = None  # the deadline of the writes under way
         # The raw socket of a plain TCP connection, for sendmsg; None under TLS.
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
 
@@ -249,30 +251,57 @@ class _Connection:
             body=response.body if response.writer is None else None)
 
     async def _send(self, parts: tuple[BodyPart, ...]) -> None:
-        """Send every byte of `parts`, in order, under [http] send_timeout_s.
+        """Send every byte of `parts`, in order, within [http] send_timeout_s.
 
         On a plain TCP connection bytes go out with sendmsg, so a response head and its first
         body bytes cost one system call and one trip through the event loop, not two, and a
         FileSpan with sendfile (see _write). Under TLS a FileSpan is read, then encrypted.
-        (A bare CancelScope, not trio.fail_after: this runs for every write, and the context
-        manager generator behind fail_after showed up in the profile.)
+
+        Within a response the deadline is the response's one cancel scope (see
+        _send_response), moved for each write; a write outside one (100 Continue, a closing
+        error) gets a scope of its own.
         """
-        with trio.CancelScope(deadline=trio.current_time() + self.settings.send_timeout_s) as scope:
+        scope = self._send_scope
+        if scope is None:
+            with trio.CancelScope() as scope:
+                self._send_scope = scope
+                try:
+                    await self._send(parts)
+                finally:
+                    self._send_scope = None
+            if scope.cancelled_caught:
+                raise trio.TooSlowError()
+            return
+        scope.deadline = trio.current_time() + self.settings.send_timeout_s
+        try:
+            if self._socket is not None:
+                await _write(self._socket, parts)
+            else:
+                for part in parts:
+                    await self.stream.send_all(
+                        os.pread(part.fd, part.count, part.offset)
+                        if isinstance(part, FileSpan) else part)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            raise _ClosedByPeer() from None
+        scope.deadline = math.inf  # the body writer's own waits (reads) have their deadlines
+
+    async def _send_response(self, request: Request, response: Response, head: bytes) -> None:
+        """Write the head and the body, counting body bytes in self.sent as they go out.
+
+        One cancel scope for the whole response, not one per write: a stream of a whole track
+        writes hundreds of chunks, and a scope each showed in the profile.
+        """
+        with trio.CancelScope() as scope:
+            self._send_scope = scope
             try:
-                if self._socket is not None:
-                    await _write(self._socket, parts)
-                else:
-                    for part in parts:
-                        await self.stream.send_all(
-                            os.pread(part.fd, part.count, part.offset)
-                            if isinstance(part, FileSpan) else part)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                raise _ClosedByPeer() from None
+                await self._send_head_and_body(request, response, head)
+            finally:
+                self._send_scope = None
         if scope.cancelled_caught:
             raise trio.TooSlowError()
 
-    async def _send_response(self, request: Request, response: Response, head: bytes) -> None:
-        """Write the head and the body, counting body bytes in self.sent as they go out."""
+    async def _send_head_and_body(self, request: Request, response: Response,
+                                  head: bytes) -> None:
         http = self.http
         if request.method == "HEAD" or (response.writer is None and not response.body):
             await self._send((head,))
