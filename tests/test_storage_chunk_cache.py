@@ -1,4 +1,5 @@
-"""The decrypted-chunk cache and the write-once, reference-counted pages it holds."""
+"""The decrypted-chunk cache, the write-once pages it holds, and the reused buffers of chunks
+that are sent once."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 import pytest
 
 from segue.metrics import Metrics
+from segue.storage.buffers import BufferPool, Lease
 from segue.storage.chunk_cache import ChunkCache
 from segue.storage.pages import Page, write_once
 
@@ -31,6 +33,18 @@ def is_open(fd: int) -> bool:
         assert e.errno == errno.EBADF
         return False
     return True
+
+
+def test_a_buffer_goes_back_to_the_pool_with_its_last_reference() -> None:
+    pool = BufferPool(100, keep=4)
+    buf = pool.take()
+    buf[:] = b"\x01" * 100
+    a = Lease(buf, 100, pool)
+    b = a.share()
+    a.release()
+    assert bytes(b.view(0, 100)) == b"\x01" * 100  # still held
+    b.release()
+    assert pool.take() is buf  # the same buffer came back
 
 
 def test_a_page_closes_its_memfd_with_its_last_reference() -> None:

@@ -31,7 +31,7 @@ from segue.seal.tokens import Grant
 from segue.seal.track import OpenedTrack
 from segue.storage.errors import TrackNotFound, TrackUnavailable
 from segue.storage.library import Library
-from segue.storage.pages import Page
+from segue.storage.pages import Chunk, Page
 from segue.threads import in_thread
 
 SEARCH_DEFAULT_LIMIT = 20
@@ -228,10 +228,11 @@ class EdgeRoutes:
         return Response(status, headers, writer=write, length=length, fields=fields)
 
     async def _send_span(
-        self, opened: OpenedTrack, span: ranges.ByteRange, chunks: range, first: Page, send: Send
+        self, opened: OpenedTrack, span: ranges.ByteRange, chunks: range, first: Chunk, send: Send
     ) -> None:
         """Send plaintext bytes span.first..span.last, one verified chunk at a time, straight
-        from its Page; with more than one chunk, the next ones are read while one is sent."""
+        from where it was decrypted; with more than one chunk, the next ones are read while
+        one is sent."""
         if len(chunks) == 1:  # a range within one chunk (most seeks): no read-ahead to run
             try:
                 await send(_part(first, opened.manifest.chunk_size * chunks[0], span))
@@ -254,10 +255,13 @@ class EdgeRoutes:
                 nursery.cancel_scope.cancel()
 
 
-def _part(page: Page, base: int, span: ranges.ByteRange) -> FileSpan:
-    """What of `page`, the chunk starting at byte `base` of the track, lies within `span`."""
+def _part(chunk: Chunk, base: int, span: ranges.ByteRange) -> FileSpan | memoryview:
+    """What of `chunk`, starting at byte `base` of the track, lies within `span`: a span of a
+    write-once Page (sent with sendfile), or a view of a buffer (copied into the socket)."""
     start = max(span.first - base, 0)
-    return FileSpan(page.fd, start, min(span.last + 1 - base, page.length) - start)
+    if isinstance(chunk, Page):
+        return FileSpan(chunk.fd, start, min(span.last + 1 - base, chunk.length) - start)
+    return chunk.view(start, span.last + 1 - base)
 
 
 def _whole_number(text: str | None, default: int, low: int, high: int) -> int | None:

@@ -18,7 +18,7 @@ from segue.seal.track import OpenedTrack
 from segue.storage.chunk_cache import ChunkCache, Key
 from segue.storage.errors import TrackUnavailable
 from segue.storage.flight import Flight, single_flight
-from segue.storage.pages import Page
+from segue.storage.pages import Chunk
 from segue.storage.read_ahead import ReadAhead, Window
 from segue.storage.replicas import Replicas
 from segue.storage.shares import ShareSet
@@ -47,7 +47,8 @@ class Library:
         """See Tracks for the version callbacks; `worker_threads` sizes the budget of chunks
         read ahead (read_ahead_chunks for each of 4 x worker_threads streams at once)."""
         self.shares = shares
-        self._replicas = Replicas(shares, metrics, read_timeout_s=read_timeout_s)
+        self._replicas = Replicas(shares, metrics, read_timeout_s=read_timeout_s,
+                                  keep_buffers=4 * worker_threads)
         self._tracks = Tracks(self._replicas, keys, capacity=open_tracks, metrics=metrics,
                               accepted_version=accepted_version, accept_version=accept_version,
                               versions_limiter=versions_limiter,
@@ -61,8 +62,8 @@ class Library:
         """The verified, unwrapped track; raises TrackNotFound or TrackUnavailable."""
         return await self._tracks.open(track_id)
 
-    async def chunk(self, track: OpenedTrack, index: int) -> Page:
-        """Plaintext of chunk `index`, verified, in a Page the caller must release.
+    async def chunk(self, track: OpenedTrack, index: int) -> Chunk:
+        """Plaintext of chunk `index`, verified, which the caller must release.
 
         From the cache when it is there; otherwise read once (a second request for a chunk
         being read waits for that read) and cached. Raises TrackUnavailable when no copy can
@@ -70,7 +71,7 @@ class Library:
         """
         try:
             if self.cache.capacity == 0:
-                return await self._replicas.chunk(track, index)
+                return await self._replicas.chunk(track, index, kept=False)
             key = (track.manifest.track_id, track.manifest.content_version, index)
             while (page := self.cache.get(key)) is None:
                 loading = self._loading.get(key)
@@ -79,9 +80,9 @@ class Library:
                 await loading.result()  # then take it from the cache (or read it, if evicted)
             else:
                 return page
-            page = await single_flight(
-                self._loading, key, functools.partial(self._replicas.chunk, track, index),
-                f"chunk {index} of track {key[0]}: the read was abandoned")
+            read = functools.partial(self._replicas.chunk, track, index, kept=True)
+            page = await single_flight(self._loading, key, read,
+                                       f"chunk {index} of track {key[0]}: the read was abandoned")
         except TrackUnavailable:
             # The track may have been sealed again (re-packed) since it was opened: the next
             # request opens its manifest afresh instead of failing until eviction.

@@ -7,6 +7,12 @@ chunk whose tag fails never reaches a memfd. (Decrypting into a mapping of the m
 saves the write's copy but not its page allocation, and the mmap, faults and munmap made it
 slower here: 390 against 185 us a 256 KiB chunk, decryption included.)
 
+Only chunks the cache keeps become Pages. A fresh memfd costs the kernel a page allocation (and
+later a free) for every 4 KiB, about 100 us a 256 KiB chunk on the 2-core VM of issue 15, while
+sendfile from it cost as much CPU as copying the same bytes into the socket: for a chunk sent
+once, with the cache off, that made every cold request dearer. Those go out from a reused
+buffer by copy (buffers.py), which is safe to reuse for that very reason.
+
 Why this makes zero-copy sending safe: `sendfile` to a TCP socket leaves the kernel holding
 references to the file's pages until the peer acknowledges the bytes, so a page that was
 rewritten meanwhile would go out with its new contents (another track's plaintext). These pages
@@ -25,6 +31,8 @@ from __future__ import annotations
 import fcntl
 import mmap
 import os
+
+from segue.storage.buffers import Lease
 
 #: Seals that make a verified page immutable for as long as it exists.
 _WRITE_ONCE = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
@@ -65,6 +73,11 @@ class Page:
         if self._refs <= 0:
             raise ValueError("page already released")
         return os.pread(self.fd, min(stop, self.length) - start, start)
+
+
+#: A verified chunk as the event loop gets it: a write-once Page when the cache keeps it, a
+#: pooled buffer (buffers.Lease) when it is sent once and forgotten.
+Chunk = Page | Lease
 
 
 def write_once(plaintext: memoryview) -> Page:

@@ -3,7 +3,7 @@
 A stream asks for the chunks after the one it is sending; each is read in a task of the
 stream's own nursery (so it ends with the stream, and a hung share's deadline still applies),
 one worker-thread hop for the whole read + verify + decrypt. With the chunk cache on, what is
-read ahead also lands in the cache; with the cache off, the page goes to the stream alone. So
+read ahead also lands in the cache; with the cache off, the chunk goes to the stream alone. So
 a cold stream's reads overlap its sending whatever the cache's size.
 
 What bounds it: a node-wide budget of chunks read ahead and not yet taken by their stream
@@ -23,13 +23,13 @@ import trio
 
 from segue.metrics import Metrics
 from segue.storage.errors import TrackNotFound, TrackUnavailable
-from segue.storage.pages import Page
+from segue.storage.pages import Chunk
 
 log = structlog.get_logger("segue.storage.read_ahead")
 
 
 class Ahead:
-    """One chunk being read ahead for a stream: `take` its Page, or `drop` it."""
+    """One chunk being read ahead for a stream: `take` it, or `drop` it."""
 
     __slots__ = ("_budget", "_done", "_error", "_page", "_settled", "_wanted", "index")
 
@@ -37,13 +37,13 @@ class Ahead:
         self._budget = budget
         self.index = index
         self._done = trio.Event()
-        self._page: Page | None = None
+        self._page: Chunk | None = None
         self._error: Exception | None = None
         self._wanted = True
         self._settled = False
 
-    async def take(self) -> Page:
-        """The chunk's Page (the caller's reference); raises the read's TrackUnavailable."""
+    async def take(self) -> Chunk:
+        """The chunk (the caller's reference); raises the read's TrackUnavailable."""
         await self._done.wait()
         page, self._page = self._page, None
         self._settle()
@@ -79,7 +79,7 @@ class ReadAhead:
         self._skipped = metrics.read_ahead.labels("skipped")
 
     def start(self, nursery: trio.Nursery, index: int,
-              read: Callable[[], Awaitable[Page]]) -> Ahead | None:
+              read: Callable[[], Awaitable[Chunk]]) -> Ahead | None:
         """Start `read()` of chunk `index` in `nursery`; None (counted) when over budget."""
         if self.free <= 0:
             self._skipped.inc()
@@ -91,7 +91,7 @@ class ReadAhead:
         return ahead
 
     @staticmethod
-    async def _fill(ahead: Ahead, read: Callable[[], Awaitable[Page]]) -> None:
+    async def _fill(ahead: Ahead, read: Callable[[], Awaitable[Chunk]]) -> None:
         try:
             ahead._page = await read()
         except (TrackNotFound, TrackUnavailable) as e:
@@ -116,7 +116,7 @@ class Window:
     """
 
     def __init__(self, read_ahead: ReadAhead, nursery: trio.Nursery, chunks: range, depth: int,
-                 read: Callable[[int], Awaitable[Page]], cached: Callable[[int], bool]) -> None:
+                 read: Callable[[int], Awaitable[Chunk]], cached: Callable[[int], bool]) -> None:
         self._read_ahead = read_ahead
         self._nursery = nursery
         self._last = chunks[-1]
@@ -127,8 +127,8 @@ class Window:
         self._next = chunks[0] + 1  # the first index not asked for yet
         self._fill(chunks[0])
 
-    async def take(self, index: int) -> Page:
-        """Chunk `index`'s Page, the caller's to release: read ahead, or read now."""
+    async def take(self, index: int) -> Chunk:
+        """Chunk `index`, the caller's to release: read ahead, or read now."""
         ahead = self._ahead
         while ahead and ahead[0].index < index:
             ahead.popleft().drop()

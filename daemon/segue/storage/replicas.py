@@ -4,7 +4,8 @@ Every read of a share is one worker-thread hop under that share's limiter and th
 read deadline (segue.threads.in_thread): a hung share uses up its own threads and no one
 else's, and whoever waits gives up on it after the deadline and tries the next copy. The thread
 also verifies (and for chunks decrypts) what it read, so no unverified byte reaches the event
-loop: a chunk arrives there as a sealed write-once Page (segue.storage.pages). A copy that
+loop: a chunk arrives there as a sealed write-once Page, or in a pooled buffer when it is sent
+once and not kept (segue.storage.pages). A copy that
 cannot be read (share down, file missing, too slow) or fails verification is skipped for the
 next copy; the player never notices while one good copy exists.
 
@@ -28,6 +29,7 @@ from segue.metrics import Metrics
 from segue.seal.chunks import TAG_BYTES
 from segue.seal.errors import ChunkAuthenticationError, SealError
 from segue.seal.track import OpenedTrack
+from segue.storage.buffers import BufferPool, Lease
 from segue.storage.errors import (
     BadCopyError,
     NotInStoreError,
@@ -35,7 +37,7 @@ from segue.storage.errors import (
     TrackNotFound,
     TrackUnavailable,
 )
-from segue.storage.pages import Page, write_once
+from segue.storage.pages import Chunk, write_once
 from segue.storage.shares import Share, ShareSet
 from segue.threads import in_thread
 
@@ -51,10 +53,15 @@ class _CopyFailed(Exception):
 class Replicas:
     """Reads verified manifests and chunks from the shares, failing over between copies."""
 
-    def __init__(self, shares: ShareSet, metrics: Metrics, *, read_timeout_s: float) -> None:
+    def __init__(self, shares: ShareSet, metrics: Metrics, *, read_timeout_s: float,
+                 keep_buffers: int) -> None:
+        """`keep_buffers`: plaintext buffers kept for reuse per chunk size (about what the
+        threads and streams hold at once), for chunks that are not kept."""
         self.shares = shares
         self._metrics = metrics
         self._timeout = read_timeout_s
+        self._pools: dict[int, BufferPool] = {}
+        self._keep_buffers = keep_buffers
         self._thread = threading.local()
 
     async def manifest(self, track_id: str, verify: Callable[[bytes], T]) -> T:
@@ -104,9 +111,10 @@ class Replicas:
             log.error("manifest refused", track=track_id, share=share.name, error=str(e))
             raise _CopyFailed(str(e)) from None
 
-    async def chunk(self, track: OpenedTrack, index: int) -> Page:
-        """Plaintext of chunk `index`, verified, in a Page the caller must release: each copy
-        in turn; raises TrackUnavailable when none can be used."""
+    async def chunk(self, track: OpenedTrack, index: int, *, kept: bool) -> Chunk:
+        """Plaintext of chunk `index`, verified, which the caller must release: each copy in
+        turn; raises TrackUnavailable when none can be used. `kept`: the chunk will be cached
+        (so shared and sent by reference): a write-once Page, else a pooled buffer."""
         track_id = track.manifest.track_id
         tried = []
         for attempt, share in enumerate(
@@ -115,7 +123,7 @@ class Replicas:
             if attempt:
                 self._metrics.failovers.inc()
             try:
-                page = await in_thread(self._read_copy, share, track, index,
+                page = await in_thread(self._read_copy, share, track, index, kept,
                                         limiter=share.limiter, timeout_s=self._timeout)
             except trio.TooSlowError:
                 await self._timed_out(share, f"read timed out after {self._timeout:g} s")
@@ -151,6 +159,12 @@ class Replicas:
         with trio.move_on_after(self._timeout):
             await trio.to_thread.run_sync(share.store.reset, abandon_on_cancel=True)
 
+    def _pool(self, size: int) -> BufferPool:
+        pool = self._pools.get(size)
+        if pool is None:
+            pool = self._pools.setdefault(size, BufferPool(size, self._keep_buffers))
+        return pool
+
     def _buffers(self, chunk_size: int) -> tuple[bytearray, bytearray]:
         """This worker thread's buffers for a sealed chunk (one byte longer than any valid one)
         and its plaintext, before the plaintext is verified and goes into its Page."""
@@ -160,11 +174,13 @@ class Replicas:
                                         bytearray(chunk_size))
         return bufs
 
-    def _read_copy(self, share: Share, track: OpenedTrack, index: int) -> Page:
-        """Read, verify, decrypt one copy of a chunk and write it into a Page (in a worker
-        thread: the whole of a chunk's blocking work is one hop)."""
+    def _read_copy(self, share: Share, track: OpenedTrack, index: int, kept: bool) -> Chunk:
+        """Read, verify, decrypt one copy of a chunk and, if `kept`, write it into a Page (in a
+        worker thread: the whole of a chunk's blocking work is one hop)."""
         track_id = track.manifest.track_id
-        sealed, plain = self._buffers(track.manifest.chunk_size)
+        chunk_size = track.manifest.chunk_size
+        sealed, plain = self._buffers(chunk_size)
+        pool = None if kept else self._pool(chunk_size)
         try:
             length = share.store.read_chunk_into(track_id, index, sealed)
         except NotInStoreError:
@@ -183,15 +199,21 @@ class Replicas:
             log.warning("share read failed", track=track_id, chunk=index, share=share.name,
                         error=str(e))
             raise _CopyFailed("unreadable") from None
+        if pool is not None:
+            plain = pool.take()
         try:
             if length != track.plaintext_length(index) + TAG_BYTES:
                 raise ChunkAuthenticationError(track_id, index)
             size = track.cipher.open_into(index, memoryview(sealed)[:length], plain)
         except ChunkAuthenticationError:
+            if pool is not None:
+                pool.give_back(plain)
             self._metrics.chunk_auth_failures.inc()
             self._metrics.child(self._metrics.store_reads, share.name, "corrupt").inc()
             log.error("chunk failed verification", track=track_id, chunk=index,
                       share=share.name)
             raise _CopyFailed("failed verification") from None
+        if pool is not None:
+            return Lease(plain, size, pool)
         with memoryview(plain) as verified:
             return write_once(verified[:size])
