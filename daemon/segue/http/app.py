@@ -239,6 +239,7 @@ class EdgeRoutes:
             finally:
                 first.release()
             return
+        failure: BaseException | None = None
         async with trio.open_nursery() as nursery:
             window = self.library.window(nursery, opened, chunks)
             try:
@@ -250,9 +251,16 @@ class EdgeRoutes:
                         await send(_part(page, opened.manifest.chunk_size * index, span))
                     finally:
                         page.release()
+            except BaseException as e:
+                # Raised below, past the nursery, as itself: the nursery would wrap it in an
+                # ExceptionGroup, and the connection loop tells a player who left, a send
+                # timeout and a failed chunk apart by their types.
+                failure = e
             finally:
                 window.close()
                 nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
 
 
 def _part(chunk: Chunk, base: int, span: ranges.ByteRange) -> FileSpan | memoryview:
