@@ -233,3 +233,25 @@ def run_in_temp_dir(name: str, args: argparse.Namespace,
         print_fn(report)
     return 0
 
+
+def tree_pids(root: int) -> list[int]:
+    """`root` and all its descendants (gone ones are skipped)."""
+    pids, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        pids.append(pid)
+        for children in Path(f"/proc/{pid}/task").glob("*/children"):
+            with contextlib.suppress(OSError, ValueError):
+                todo.extend(int(c) for c in children.read_text().split())
+    return pids
+
+
+def tree_cpu_s(root: int) -> float:
+    """Summed utime + stime of the process tree, in seconds."""
+    ticks = 0
+    for pid in tree_pids(root):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # Fields after "(comm)": state is field 3, so utime (14) and stime (15) are 11, 12.
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")

@@ -158,6 +158,8 @@ from common import (
     pinning,
     run_in_temp_dir,
     setup_segue,
+    tree_cpu_s,
+    tree_pids,
 )
 from serve_vs_nginx import BLOCK, NGINX_CONF, Server, check_same_bytes, nginx_server, segue_server
 
@@ -198,18 +200,6 @@ def nginx_template() -> str:
 
 # --- the server's process tree, read from /proc ---------------------------------------------
 
-def tree_pids(root: int) -> list[int]:
-    """`root` and all its descendants (gone ones are skipped)."""
-    pids, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        pids.append(pid)
-        for children in Path(f"/proc/{pid}/task").glob("*/children"):
-            with contextlib.suppress(OSError, ValueError):
-                todo.extend(int(c) for c in children.read_text().split())
-    return pids
-
-
 def tree_rss_kib(root: int) -> int:
     """Summed VmRSS of the process tree, in KiB."""
     total = 0
@@ -220,17 +210,6 @@ def tree_rss_kib(root: int) -> int:
                     total += int(line.split()[1])
                     break
     return total
-
-
-def tree_cpu_s(root: int) -> float:
-    """Summed utime + stime of the process tree, in seconds."""
-    ticks = 0
-    for pid in tree_pids(root):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            # Fields after "(comm)": state is field 3, so utime (14) and stime (15) are 11, 12.
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def tree_runq_wait_s(root: int) -> float:

@@ -1,4 +1,5 @@
-"""The library's track opens: concurrent first plays share one open, and its failure."""
+"""The library: concurrent first plays share one open (and its failure), concurrent reads of a
+chunk one read, and a stream's next chunks are read while it sends."""
 
 from __future__ import annotations
 
@@ -101,3 +102,60 @@ def test_concurrent_reads_of_a_lost_chunk_fail_together(tmp_path: Path) -> None:
     assert outcomes == ["TrackUnavailable"] * 6
     assert slow.reads == 1
     assert time.monotonic() - started < 3
+
+
+class SlowChunks:
+    """Wraps a node's store: every chunk read takes 0.2 s more (in its worker thread)."""
+
+    def __init__(self, store: object) -> None:
+        self._store = store
+
+    def read_chunk_into(self, track_id: str, index: int, buf: bytearray) -> int:
+        time.sleep(0.2)
+        return self._store.read_chunk_into(track_id, index, buf)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+
+def test_a_cold_stream_reads_its_next_chunks_while_it_sends(tmp_path: Path) -> None:
+    node = Node.init(tmp_path / "edge")
+    (track,) = node.pack(make_tone(tmp_path / "t.mp3", MP3, seconds=100))  # 7 chunks
+    with node.conf.open("a") as f:
+        f.write("\n[cache]\nbytes = 0\nread_ahead_chunks = 2\n")
+    app = wiring.build(config.load(node.conf))
+    share = app.library.shares.shares[0]
+    budget = app.library._read_ahead.free
+    original = node.tracks[track].read_bytes()
+
+    async def stream(stop_after: int) -> tuple[bytes, float]:
+        opened = await app.library.open(track)
+        chunks = opened.chunk_range(0, opened.manifest.size - 1)
+        assert len(chunks) == 7
+        share.store = SlowChunks(share.store)  # type: ignore[assignment]
+        got = bytearray()
+        started = trio.current_time()
+        first = await app.library.chunk(opened, 0)
+        async with trio.open_nursery() as nursery:
+            window = app.library.window(nursery, opened, chunks)
+            chunk = first
+            for index in chunks[:stop_after]:
+                if index:
+                    chunk = await window.take(index)
+                got += chunk.view(0, chunk.length)  # type: ignore[union-attr]
+                chunk.release()
+                await trio.sleep(0.2)  # sending it to a player
+            window.close()
+            nursery.cancel_scope.cancel()
+        share.store = share.store._store  # type: ignore[attr-defined]
+        return bytes(got), trio.current_time() - started
+
+    got, seconds = trio.run(stream, 7)
+    assert got == original
+    # Reads (0.2 s each) overlap the sends (0.2 s each): one read, then about one step each.
+    assert seconds < 7 * 0.2 + 0.2 + 0.6, seconds
+    assert app.library._read_ahead.free == budget  # every chunk read ahead was taken or freed
+
+    got, _ = trio.run(stream, 3)  # a player that leaves early
+    assert got == original[:len(got)] and len(got) == 3 * 262144
+    assert app.library._read_ahead.free == budget

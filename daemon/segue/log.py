@@ -11,6 +11,7 @@ Nothing here logs a token, key or password; request lines carry a hash of the us
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
@@ -29,6 +30,7 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 
 #: The key of user hashes: a fixed label and the fleet's salt (configure's user_hash_salt).
 _user_hash_key = b"segue/v1 log user\x00"
+_level = logging.INFO
 
 _PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2, "exception": 3}
 _FIELD_CHARS = re.compile(r"[^A-Z0-9_]")
@@ -72,8 +74,9 @@ def configure(fmt: str = "auto", level: str = "info", user_hash_salt: bytes = b"
     """Set up structlog once for the process: `fmt` is auto, json, console or journald
     (JSON on stderr when no journald listens); `user_hash_salt` keys user_hash (the same on
     every node of a fleet, so that their logs join)."""
-    global _user_hash_key
+    global _user_hash_key, _level
     _user_hash_key = b"segue/v1 log user\x00" + user_hash_salt
+    _level = _LEVELS[level]
     no_journal = fmt == "journald" and not journal_reachable()
     if no_journal:
         fmt = "json"
@@ -105,10 +108,23 @@ def configure(fmt: str = "auto", level: str = "info", user_hash_salt: bytes = b"
             socket=str(JOURNAL_SOCKET))
 
 
+def info_enabled() -> bool:
+    """Whether info lines are written: a caller that logs every request asks before it
+    gathers the line's fields (structlog drops a filtered line, but only once it was built)."""
+    return _level <= logging.INFO
+
+
 def user_hash(user: str) -> str:
     """A short stable hash that lets log lines be joined per user without naming the user.
 
     An HMAC keyed with the fleet's salt: a plain hash of a user id can be reversed by whoever
     reads the logs and can guess ids (hash every customer number, look the hashes up).
     """
-    return hmac.new(_user_hash_key, user.encode(), hashlib.sha256).hexdigest()[:16]
+    return _keyed_hash(_user_hash_key, user)
+
+
+@functools.lru_cache(maxsize=4096)
+def _keyed_hash(key: bytes, user: str) -> str:
+    """Remembered: every request of a listener hashes the same id (the key is an argument, so
+    a new salt never meets an old hash)."""
+    return hmac.new(key, user.encode(), hashlib.sha256).hexdigest()[:16]

@@ -5,7 +5,7 @@
       lifespan nursery: signals, watchdog
         connections nursery: listeners (bound), this process's side (its workers, or the
                              pipe from its main process)
-          services nursery: ready hooks, plugin services, read-ahead, share probes, health
+          services nursery: ready hooks, plugin services, share probes, health
                             -> READY=1 ... serve ...
           SIGTERM: /healthz 503 draining -> drain hooks, wait for in-flight requests and the
                    workers (all under [node] drain_timeout_s) -> STOPPING=1 -> stop hooks
@@ -230,7 +230,6 @@ class Node:
         await self.host.ready(self, services, self._publish_health)
         if self._sessions is not None:
             services.start_soon(self._sessions.run)
-        services.start_soon(self.serving.library.prefetch.run)
         # A share without its store marker (a CIFS mount point left empty) must fail the
         # node's health before the first /healthz says ok.
         await probe_all(self.serving.library.shares, self.settings.store.read_timeout_s)

@@ -20,7 +20,7 @@ from segue import __version__
 from segue.catalogue import Catalogue
 from segue.http import ranges
 from segue.http.auth import Authorizer
-from segue.http.messages import Request, Response, Send, error, json_response, text
+from segue.http.messages import FileSpan, Request, Response, Send, error, json_response, text
 from segue.http.router import Endpoint
 from segue.lifecycle import Lifecycle, NodeState
 from segue.log import user_hash
@@ -29,9 +29,9 @@ from segue.seal import tickets
 from segue.seal.manifest import is_track_id
 from segue.seal.tokens import Grant
 from segue.seal.track import OpenedTrack
-from segue.storage.buffers import Lease
 from segue.storage.errors import TrackNotFound, TrackUnavailable
 from segue.storage.library import Library
+from segue.storage.pages import Chunk, Page
 from segue.threads import in_thread
 
 SEARCH_DEFAULT_LIMIT = 20
@@ -228,23 +228,48 @@ class EdgeRoutes:
         return Response(status, headers, writer=write, length=length, fields=fields)
 
     async def _send_span(
-        self, opened: OpenedTrack, span: ranges.ByteRange, chunks: range, first: Lease, send: Send
+        self, opened: OpenedTrack, span: ranges.ByteRange, chunks: range, first: Chunk, send: Send
     ) -> None:
-        """Send plaintext bytes span.first..span.last, one verified chunk at a time."""
-        chunk_size = opened.manifest.chunk_size
-        lease: Lease | None = first
-        try:
-            for index in chunks:
-                if lease is None:
-                    lease = await self.library.chunk(opened, index)
-                self.library.read_ahead(opened, index, chunks[-1])
-                base = index * chunk_size
-                await send(lease.view(max(span.first - base, 0), span.last + 1 - base))
-                lease.release()
-                lease = None
-        finally:
-            if lease is not None:
-                lease.release()
+        """Send plaintext bytes span.first..span.last, one verified chunk at a time, straight
+        from where it was decrypted; with more than one chunk, the next ones are read while
+        one is sent."""
+        if len(chunks) == 1:  # a range within one chunk (most seeks): no read-ahead to run
+            try:
+                await send(_part(first, opened.manifest.chunk_size * chunks[0], span))
+            finally:
+                first.release()
+            return
+        failure: BaseException | None = None
+        async with trio.open_nursery() as nursery:
+            window = self.library.window(nursery, opened, chunks)
+            try:
+                page = first
+                for index in chunks:
+                    if index != chunks[0]:
+                        page = await window.take(index)
+                    try:
+                        await send(_part(page, opened.manifest.chunk_size * index, span))
+                    finally:
+                        page.release()
+            except BaseException as e:
+                # Raised below, past the nursery, as itself: the nursery would wrap it in an
+                # ExceptionGroup, and the connection loop tells a player who left, a send
+                # timeout and a failed chunk apart by their types.
+                failure = e
+            finally:
+                window.close()
+                nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+
+
+def _part(chunk: Chunk, base: int, span: ranges.ByteRange) -> FileSpan | memoryview:
+    """What of `chunk`, starting at byte `base` of the track, lies within `span`: a span of a
+    write-once Page (sent with sendfile), or a view of a buffer (copied into the socket)."""
+    start = max(span.first - base, 0)
+    if isinstance(chunk, Page):
+        return FileSpan(chunk.fd, start, min(span.last + 1 - base, chunk.length) - start)
+    return chunk.view(start, span.last + 1 - base)
 
 
 def _whole_number(text: str | None, default: int, low: int, high: int) -> int | None:

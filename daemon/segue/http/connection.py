@@ -18,6 +18,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from segue.http.messages import FileSpan
 from segue.http.wire import (
     FRAMING_HEADERS,
     ProtocolError,
@@ -34,7 +35,8 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
 _CRLF = b"\r\n"
 
-BodyPart = bytes | memoryview
+
+BodyPart = bytes | memoryview | FileSpan
 #: What send_body returns: the data itself, or the parts of one chunk to write in order.
 Outgoing = BodyPart | tuple[BodyPart, ...]
 

@@ -10,7 +10,26 @@ from urllib.parse import parse_qs, unquote
 
 from segue.http.wire import REASONS
 
-Send = Callable[[bytes | memoryview], Awaitable[None]]
+
+@dataclass(frozen=True, slots=True)
+class FileSpan:
+    """`count` bytes of the open file `fd` from `offset`, as a piece of a response body.
+
+    The owner sends it with sendfile where it can (plain TCP: the kernel sends the file's
+    pages, nothing is copied through user space) and reads it where it must (TLS). Whoever
+    hands one over keeps the file open until the send returns.
+    """
+
+    fd: int
+    offset: int
+    count: int
+
+    def __len__(self) -> int:
+        return self.count
+
+
+#: What a body writer gets: send these bytes, or this span of a file, and return once written.
+Send = Callable[[bytes | memoryview | FileSpan], Awaitable[None]]
 BodyWriter = Callable[[Send], Awaitable[None]]
 
 

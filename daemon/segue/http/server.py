@@ -13,6 +13,8 @@ deadlines and the logging around it.
 
 from __future__ import annotations
 
+import math
+import os
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -30,9 +32,10 @@ from segue.http.connection import (
     ServerConnection,
     closing_head,
 )
-from segue.http.messages import Request, Response, error
+from segue.http.messages import FileSpan, Request, Response, error
 from segue.http.wire import ProtocolError, RequestHead
 from segue.lifecycle import Lifecycle, NodeState
+from segue.log import info_enabled
 from segue.metrics import Metrics
 
 log = structlog.get_logger("segue.http")
@@ -106,6 +109,7 @@ class _Connection:
         self.settings = settings
         self.http = ServerConnection(settings.max_header_bytes, settings.max_body_bytes)
         self.sent = 0  # body bytes of the current response written so far
+        self._send_scope: trio.CancelScope | None = None  # the deadline of the writes under way
         # The raw socket of a plain TCP connection, for sendmsg; None under TLS.
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
 
@@ -177,10 +181,24 @@ class _Connection:
                 raise _ClosedByPeer()
 
     async def _receive(self) -> None:
+        """Read what the peer sent. On plain TCP: wait until readable, then one read(2), as the
+        bare trio server does (trio's receive_some tries first and, the next request not being
+        there yet, fails, waits and passes through the scheduler once more)."""
         try:
-            data = await self.stream.receive_some(RECEIVE_BYTES)
+            if self._socket is None:
+                data = await self.stream.receive_some(RECEIVE_BYTES)
+            else:
+                while True:
+                    await trio.lowlevel.wait_readable(self._socket)
+                    try:
+                        data = os.read(self._socket.fileno(), RECEIVE_BYTES)
+                        break
+                    except BlockingIOError:  # woken for nothing: wait again
+                        continue
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise _ClosedByPeer() from None
+        except OSError as e:  # a reset: the peer is gone
+            raise _ClosedByPeer() from e
         self.http.receive_data(data)
 
     async def _respond(self, head: RequestHead, body: bytes) -> None:
@@ -230,16 +248,22 @@ class _Connection:
             raise _ClosedByPeer() from None
         finally:
             self.metrics.count_response(response.status, self.sent)
-            log.info(
-                "request",
-                method=request.method,
-                path=request.path,
-                status=response.status,
-                bytes=self.sent,
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                outcome=outcome,
-                **response.fields,
-            )
+            if info_enabled():
+                self._log_request(request, response, started, outcome)
+
+    def _log_request(self, request: Request, response: Response, started: float,
+                     outcome: str) -> None:
+        """The request line (at info: a node at warning writes none, and builds none)."""
+        log.info(
+            "request",
+            method=request.method,
+            path=request.path,
+            status=response.status,
+            bytes=self.sent,
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            outcome=outcome,
+            **response.fields,
+        )
 
     def _start(self, method: str, response: Response) -> bytes:
         """The response's head; ValueError when the response cannot be framed as it is."""
@@ -248,27 +272,57 @@ class _Connection:
             body=response.body if response.writer is None else None)
 
     async def _send(self, parts: tuple[BodyPart, ...]) -> None:
-        """Send every byte of `parts`, in order, under [http] send_timeout_s.
+        """Send every byte of `parts`, in order, within [http] send_timeout_s.
 
-        On a plain TCP connection the parts go out with sendmsg, so a response head and its
-        first body bytes cost one system call and one trip through the event loop, not two.
-        (A bare CancelScope, not trio.fail_after: this runs for every write, and the context
-        manager generator behind fail_after showed up in the profile.)
+        On a plain TCP connection bytes go out with sendmsg, so a response head and its first
+        body bytes cost one system call and one trip through the event loop, not two, and a
+        FileSpan with sendfile (see _write). Under TLS a FileSpan is read, then encrypted.
+
+        Within a response the deadline is the response's one cancel scope (see
+        _send_response), moved for each write; a write outside one (100 Continue, a closing
+        error) gets a scope of its own.
         """
-        with trio.CancelScope(deadline=trio.current_time() + self.settings.send_timeout_s) as scope:
+        scope = self._send_scope
+        if scope is None:
+            with trio.CancelScope() as scope:
+                self._send_scope = scope
+                try:
+                    await self._send(parts)
+                finally:
+                    self._send_scope = None
+            if scope.cancelled_caught:
+                raise trio.TooSlowError()
+            return
+        scope.deadline = trio.current_time() + self.settings.send_timeout_s
+        try:
+            if self._socket is not None:
+                await _write(self._socket, parts)
+            else:
+                for part in parts:
+                    await self.stream.send_all(
+                        os.pread(part.fd, part.count, part.offset)
+                        if isinstance(part, FileSpan) else part)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            raise _ClosedByPeer() from None
+        scope.deadline = math.inf  # the body writer's own waits (reads) have their deadlines
+
+    async def _send_response(self, request: Request, response: Response, head: bytes) -> None:
+        """Write the head and the body, counting body bytes in self.sent as they go out.
+
+        One cancel scope for the whole response, not one per write: a stream of a whole track
+        writes hundreds of chunks, and a scope each showed in the profile.
+        """
+        with trio.CancelScope() as scope:
+            self._send_scope = scope
             try:
-                if self._socket is None or len(parts) == 1:
-                    for part in parts:
-                        await self.stream.send_all(part)
-                else:
-                    await _sendmsg_all(self._socket, parts)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                raise _ClosedByPeer() from None
+                await self._send_head_and_body(request, response, head)
+            finally:
+                self._send_scope = None
         if scope.cancelled_caught:
             raise trio.TooSlowError()
 
-    async def _send_response(self, request: Request, response: Response, head: bytes) -> None:
-        """Write the head and the body, counting body bytes in self.sent as they go out."""
+    async def _send_head_and_body(self, request: Request, response: Response,
+                                  head: bytes) -> None:
         http = self.http
         if request.method == "HEAD" or (response.writer is None and not response.body):
             await self._send((head,))
@@ -281,7 +335,7 @@ class _Connection:
             return
         pending_head: bytes | None = head
 
-        async def send_body(data: bytes | memoryview) -> None:
+        async def send_body(data: BodyPart) -> None:
             nonlocal pending_head
             await self._send(_parts(http.send_body(data), pending_head))
             pending_head = None
@@ -352,11 +406,49 @@ def _parts(out: Outgoing, head: bytes | None) -> tuple[BodyPart, ...]:
     return (out,) if head is None else (head, out)
 
 
-async def _sendmsg_all(sock: trio.socket.SocketType, parts: tuple[BodyPart, ...]) -> None:
+async def _write(sock: trio.socket.SocketType, parts: tuple[BodyPart, ...]) -> None:
+    """Every byte of `parts` in order: each run of bytes with sendmsg (MSG_MORE when a file
+    follows, so that a head and the file's first bytes can share a segment), each FileSpan
+    with sendfile."""
+    run: list[bytes | memoryview] = []
+    for part in parts:
+        if isinstance(part, FileSpan):
+            if run:
+                await _sendmsg_all(sock, run, trio.socket.MSG_MORE)
+                run = []
+            await _sendfile_all(sock, part)
+        else:
+            run.append(part)
+    if run:
+        await _sendmsg_all(sock, run, 0)
+
+
+async def _sendfile_all(sock: trio.socket.SocketType, span: FileSpan) -> None:
+    """sendfile until the whole span is written, waiting whenever the socket is full.
+
+    The kernel sends the file's pages by reference and holds them until the peer acknowledges
+    them, which is safe only for pages never written again (segue.storage.pages).
+    """
+    fd = sock.fileno()
+    offset, left = span.offset, span.count
+    while left:
+        try:
+            sent = os.sendfile(fd, span.fd, offset, left)
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(sock)
+            continue
+        if not sent:
+            raise OSError(f"sendfile: the file ended {left} bytes short")
+        offset += sent
+        left -= sent
+
+
+async def _sendmsg_all(sock: trio.socket.SocketType, parts: list[bytes | memoryview],
+                       flags: int) -> None:
     """sendmsg until every byte of `parts` is written (the kernel may take fewer)."""
     views = [memoryview(part) for part in parts]
     while views:
-        sent = await sock.sendmsg(views)
+        sent = await sock.sendmsg(views, (), flags)
         while sent:
             if sent >= len(views[0]):
                 sent -= len(views.pop(0))

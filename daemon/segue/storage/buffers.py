@@ -1,9 +1,11 @@
-"""Reusable chunk-sized buffers.
+"""Reusable chunk-sized buffers, for chunks that are sent once and not kept.
 
 Allocating a fresh 256 KiB object per chunk costs more than decrypting it (the allocator maps
-and faults in new pages every time), so chunks are read and decrypted into buffers that are
-handed back and reused. Worker threads take buffers and the event loop returns them; deque's
-append and pop are atomic, so no lock is needed.
+and faults in new pages every time), so with the chunk cache off chunks are decrypted into
+buffers that are handed back and reused. Reuse is safe here because these bytes reach the
+socket by copy (sendmsg), never by reference; chunks the cache keeps go into write-once pages
+instead (pages.py), which are sent by reference. Worker threads take buffers and the event
+loop returns them; deque's append and pop are atomic, so no lock is needed.
 """
 
 from __future__ import annotations

@@ -1,61 +1,158 @@
-"""Read-ahead: warm the chunk cache with the chunks a sequential stream will ask for next.
+"""Read-ahead: a stream's next chunks are read and decrypted while it sends the current one.
 
-A service of its own (`run`, started by the node in its services nursery) fed through a
-bounded channel: asking never waits, and when the channel is full the request is skipped and
-counted, so streams never pay for read-ahead. It reads under its own limiter, half the worker
-threads, so that it never starves the reads players are waiting for.
+A stream asks for the chunks after the one it is sending; each is read in a task of the
+stream's own nursery (so it ends with the stream, and a hung share's deadline still applies),
+one worker-thread hop for the whole read + verify + decrypt. With the chunk cache on, what is
+read ahead also lands in the cache; with the cache off, the chunk goes to the stream alone. So
+a cold stream's reads overlap its sending whatever the cache's size.
+
+What bounds it: a node-wide budget of chunks read ahead and not yet taken by their stream
+(`chunks`). Asking never waits: when the budget is spent, the chunk is counted as skipped and
+the stream reads it when it gets there, so slow players holding pages they cannot send yet
+never hold up anyone else's reads, and memory for pages ahead stays within chunks x chunk size.
 """
 
 from __future__ import annotations
 
+import functools
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 import structlog
 import trio
 
 from segue.metrics import Metrics
-from segue.seal.track import OpenedTrack
-from segue.storage.errors import TrackUnavailable
+from segue.storage.errors import TrackNotFound, TrackUnavailable
+from segue.storage.pages import Chunk
 
 log = structlog.get_logger("segue.storage.read_ahead")
 
 
+class Ahead:
+    """One chunk being read ahead for a stream: `take` it, or `drop` it."""
+
+    __slots__ = ("_budget", "_done", "_error", "_page", "_settled", "_wanted", "index")
+
+    def __init__(self, budget: ReadAhead, index: int) -> None:
+        self._budget = budget
+        self.index = index
+        self._done = trio.Event()
+        self._page: Chunk | None = None
+        self._error: Exception | None = None
+        self._wanted = True
+        self._settled = False
+
+    async def take(self) -> Chunk:
+        """The chunk (the caller's reference); raises the read's TrackUnavailable."""
+        await self._done.wait()
+        page, self._page = self._page, None
+        self._settle()
+        if page is None:
+            assert self._error is not None
+            raise self._error
+        return page
+
+    def drop(self) -> None:
+        """The stream no longer wants it (it ended early): its page goes when the read ends."""
+        if self._wanted:
+            self._wanted = False
+            if self._done.is_set():
+                self._settle()
+
+    def _settle(self) -> None:
+        """Give its place in the budget back (and its page, unless the stream took it)."""
+        if self._settled:
+            return
+        self._settled = True
+        if self._page is not None:
+            self._page.release()
+            self._page = None
+        self._budget.free += 1
+
+
 class ReadAhead:
-    """Runs `fetch(track, index)` for requested chunks, a bounded number at a time."""
+    """The node-wide budget of chunks read ahead, and the reads themselves."""
 
-    def __init__(self, fetch: Callable[[OpenedTrack, int], Awaitable[None]], *,
-                 worker_threads: int, metrics: Metrics) -> None:
-        self._fetch = fetch
-        self._metrics = metrics
-        self._limiter = trio.CapacityLimiter(max(1, worker_threads // 2))
-        # As many waiting as may run: more would only be read after they are needed.
-        self._send, self._receive = trio.open_memory_channel[tuple[OpenedTrack, int]](
-            int(self._limiter.total_tokens))
+    def __init__(self, chunks: int, metrics: Metrics) -> None:
+        self.free = chunks
+        self._started = metrics.read_ahead.labels("started")
+        self._skipped = metrics.read_ahead.labels("skipped")
 
-    def request(self, track: OpenedTrack, index: int) -> bool:
-        """Ask for chunk `index` to be read ahead; False (counted as skipped) when full."""
+    def start(self, nursery: trio.Nursery, index: int,
+              read: Callable[[], Awaitable[Chunk]]) -> Ahead | None:
+        """Start `read()` of chunk `index` in `nursery`; None (counted) when over budget."""
+        if self.free <= 0:
+            self._skipped.inc()
+            return None
+        self.free -= 1
+        self._started.inc()
+        ahead = Ahead(self, index)
+        nursery.start_soon(self._fill, ahead, read)
+        return ahead
+
+    @staticmethod
+    async def _fill(ahead: Ahead, read: Callable[[], Awaitable[Chunk]]) -> None:
         try:
-            self._send.send_nowait((track, index))
-        except trio.WouldBlock:
-            self._metrics.child(self._metrics.read_ahead, "skipped").inc()
-            return False
-        self._metrics.child(self._metrics.read_ahead, "started").inc()
-        return True
-
-    async def run(self) -> None:
-        """Serve requests until cancelled."""
-        async with trio.open_nursery() as nursery:
-            async for track, index in self._receive:
-                token = object()
-                await self._limiter.acquire_on_behalf_of(token)
-                nursery.start_soon(self._one, track, index, token)
-
-    async def _one(self, track: OpenedTrack, index: int, token: object) -> None:
-        try:
-            await self._fetch(track, index)
-        except TrackUnavailable:
-            pass  # the stream that needs this chunk reports it, if it still does
-        except Exception:  # a read-ahead is an optimisation: it must never stop the node
-            log.exception("read-ahead failed", track=track.manifest.track_id, chunk=index)
+            ahead._page = await read()
+        except (TrackNotFound, TrackUnavailable) as e:
+            ahead._error = TrackUnavailable(*e.args)  # the stream reports it, if it gets there
+        except Exception as e:  # a bug in a read ahead must not take the stream down
+            log.exception("read-ahead failed", chunk=ahead.index)
+            ahead._error = TrackUnavailable(f"chunk {ahead.index}: read-ahead failed: {e}")
+        except BaseException:  # cancelled: the stream has ended (or the node is stopping)
+            ahead._error = TrackUnavailable(f"chunk {ahead.index}: read-ahead abandoned")
+            raise
         finally:
-            self._limiter.release_on_behalf_of(token)
+            ahead._done.set()
+            if not ahead._wanted:
+                ahead._settle()
+
+
+class Window:
+    """One stream's chunks in order, with up to `depth` after the current one read ahead.
+
+    Made once the stream's first chunk is in hand; `take` each later index in order, and
+    `close` when the stream ends (what was read ahead and not taken is given back).
+    """
+
+    def __init__(self, read_ahead: ReadAhead, nursery: trio.Nursery, chunks: range, depth: int,
+                 read: Callable[[int], Awaitable[Chunk]], cached: Callable[[int], bool]) -> None:
+        self._read_ahead = read_ahead
+        self._nursery = nursery
+        self._last = chunks[-1]
+        self._depth = depth
+        self._read = read
+        self._cached = cached
+        self._ahead: deque[Ahead] = deque()
+        self._next = chunks[0] + 1  # the first index not asked for yet
+        self._fill(chunks[0])
+
+    async def take(self, index: int) -> Chunk:
+        """Chunk `index`, the caller's to release: read ahead, or read now."""
+        ahead = self._ahead
+        while ahead and ahead[0].index < index:
+            ahead.popleft().drop()
+        if ahead and ahead[0].index == index:
+            page = await ahead.popleft().take()
+        else:
+            page = await self._read(index)
+        self._fill(index)
+        return page
+
+    def _fill(self, current: int) -> None:
+        """Start reading the uncached chunks up to `depth` after `current`, budget allowing."""
+        index = max(self._next, current + 1)
+        until = min(current + self._depth, self._last)
+        while index <= until:
+            if not self._cached(index):
+                started = self._read_ahead.start(
+                    self._nursery, index, functools.partial(self._read, index))
+                if started is None:
+                    break
+                self._ahead.append(started)
+            index += 1
+        self._next = index
+
+    def close(self) -> None:
+        while self._ahead:
+            self._ahead.popleft().drop()

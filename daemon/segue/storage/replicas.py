@@ -4,8 +4,10 @@ Every read of a share is one worker-thread hop under that share's limiter and th
 read deadline (segue.threads.in_thread): a hung share uses up its own threads and no one
 else's, and whoever waits gives up on it after the deadline and tries the next copy. The thread
 also verifies (and for chunks decrypts) what it read, so no unverified byte reaches the event
-loop. A copy that cannot be read (share down, file missing, too slow) or fails verification is
-skipped for the next copy; the player never notices while one good copy exists.
+loop: a chunk arrives there as a sealed write-once Page, or in a pooled buffer when it is sent
+once and not kept (segue.storage.pages). A copy that
+cannot be read (share down, file missing, too slow) or fails verification is skipped for the
+next copy; the player never notices while one good copy exists.
 
 A share that errors as a whole (its root cannot be listed, its server is away) or times out is
 marked down (the probe service brings it back); so is one whose copy is missing while the share
@@ -35,6 +37,7 @@ from segue.storage.errors import (
     TrackNotFound,
     TrackUnavailable,
 )
+from segue.storage.pages import Chunk, write_once
 from segue.storage.shares import Share, ShareSet
 from segue.threads import in_thread
 
@@ -53,7 +56,7 @@ class Replicas:
     def __init__(self, shares: ShareSet, metrics: Metrics, *, read_timeout_s: float,
                  keep_buffers: int) -> None:
         """`keep_buffers`: plaintext buffers kept for reuse per chunk size (about what the
-        threads and streams hold at once)."""
+        threads and streams hold at once), for chunks that are not kept."""
         self.shares = shares
         self._metrics = metrics
         self._timeout = read_timeout_s
@@ -108,9 +111,10 @@ class Replicas:
             log.error("manifest refused", track=track_id, share=share.name, error=str(e))
             raise _CopyFailed(str(e)) from None
 
-    async def chunk(self, track: OpenedTrack, index: int) -> Lease:
-        """Plaintext of chunk `index`, verified, in a pooled buffer the caller must release:
-        each copy in turn; raises TrackUnavailable when none can be used."""
+    async def chunk(self, track: OpenedTrack, index: int, *, kept: bool) -> Chunk:
+        """Plaintext of chunk `index`, verified, which the caller must release: each copy in
+        turn; raises TrackUnavailable when none can be used. `kept`: the chunk will be cached
+        (so shared and sent by reference): a write-once Page, else a pooled buffer."""
         track_id = track.manifest.track_id
         tried = []
         for attempt, share in enumerate(
@@ -119,7 +123,7 @@ class Replicas:
             if attempt:
                 self._metrics.failovers.inc()
             try:
-                lease = await in_thread(self._read_copy, share, track, index,
+                page = await in_thread(self._read_copy, share, track, index, kept,
                                         limiter=share.limiter, timeout_s=self._timeout)
             except trio.TooSlowError:
                 await self._timed_out(share, f"read timed out after {self._timeout:g} s")
@@ -130,7 +134,7 @@ class Replicas:
                 tried.append(f"{share.name} ({e})")
                 continue
             self._metrics.child(self._metrics.store_reads, share.name, "ok").inc()
-            return lease
+            return page
         log.error("no readable copy of a chunk", track=track_id, chunk=index, tried=tried)
         raise TrackUnavailable(f"chunk {index} of track {track_id}: no readable copy")
 
@@ -161,18 +165,22 @@ class Replicas:
             pool = self._pools.setdefault(size, BufferPool(size, self._keep_buffers))
         return pool
 
-    def _read_buffer(self, size: int) -> bytearray:
-        """This worker thread's buffer for sealed chunks; one byte longer than any valid one."""
-        buf: bytearray | None = getattr(self._thread, "buf", None)
-        if buf is None or len(buf) != size:
-            buf = self._thread.buf = bytearray(size)
-        return buf
+    def _buffers(self, chunk_size: int) -> tuple[bytearray, bytearray]:
+        """This worker thread's buffers for a sealed chunk (one byte longer than any valid one)
+        and its plaintext, before the plaintext is verified and goes into its Page."""
+        bufs: tuple[bytearray, bytearray] | None = getattr(self._thread, "bufs", None)
+        if bufs is None or len(bufs[1]) != chunk_size:
+            bufs = self._thread.bufs = (bytearray(chunk_size + TAG_BYTES + 1),
+                                        bytearray(chunk_size))
+        return bufs
 
-    def _read_copy(self, share: Share, track: OpenedTrack, index: int) -> Lease:
-        """Read, verify and decrypt one copy of a chunk (in a worker thread)."""
+    def _read_copy(self, share: Share, track: OpenedTrack, index: int, kept: bool) -> Chunk:
+        """Read, verify, decrypt one copy of a chunk and, if `kept`, write it into a Page (in a
+        worker thread: the whole of a chunk's blocking work is one hop)."""
         track_id = track.manifest.track_id
         chunk_size = track.manifest.chunk_size
-        sealed = self._read_buffer(chunk_size + TAG_BYTES + 1)
+        sealed, plain = self._buffers(chunk_size)
+        pool = None if kept else self._pool(chunk_size)
         try:
             length = share.store.read_chunk_into(track_id, index, sealed)
         except NotInStoreError:
@@ -191,17 +199,21 @@ class Replicas:
             log.warning("share read failed", track=track_id, chunk=index, share=share.name,
                         error=str(e))
             raise _CopyFailed("unreadable") from None
-        pool = self._pool(chunk_size)
-        plain = pool.take()
+        if pool is not None:
+            plain = pool.take()
         try:
             if length != track.plaintext_length(index) + TAG_BYTES:
                 raise ChunkAuthenticationError(track_id, index)
             size = track.cipher.open_into(index, memoryview(sealed)[:length], plain)
         except ChunkAuthenticationError:
-            pool.give_back(plain)
+            if pool is not None:
+                pool.give_back(plain)
             self._metrics.chunk_auth_failures.inc()
             self._metrics.child(self._metrics.store_reads, share.name, "corrupt").inc()
             log.error("chunk failed verification", track=track_id, chunk=index,
                       share=share.name)
             raise _CopyFailed("failed verification") from None
-        return Lease(plain, size, pool)
+        if pool is not None:
+            return Lease(plain, size, pool)
+        with memoryview(plain) as verified:
+            return write_once(verified[:size])
