@@ -73,6 +73,7 @@ from common import (
     stop,
     wait_ready,
 )
+from sessions import post_command
 
 EVENT = "segue-session"
 PROFILE = "lan"
@@ -410,25 +411,6 @@ def first_arrivals(report: dict[str, Any]) -> dict[tuple[int, str], float]:
 
 
 # --- phase 1: commands to node A, events everywhere ------------------------------------------
-async def _command(stream: trio.SocketStream, buffer: bytearray, token: str,
-                   body: bytes) -> tuple[int, bytes]:
-    await stream.send_all(
-        b"POST /v1/session/commands HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-        + f"Authorization: Bearer {token}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-        + body)
-    while (end := buffer.find(b"\r\n\r\n")) < 0:
-        data = await stream.receive_some(65536)
-        if not data:
-            raise BenchError("node A closed a command connection")
-        buffer += data
-    head = bytes(buffer[:end]).decode("latin-1")
-    length = int(next(line.split(":", 1)[1] for line in head.split("\r\n")
-                      if line.lower().startswith("content-length:")))
-    while len(buffer) < end + 4 + length:
-        buffer += await stream.receive_some(65536)
-    answer = bytes(buffer[end + 4:end + 4 + length])
-    del buffer[:end + 4 + length]
-    return int(head.split(" ", 2)[1]), answer
 
 
 async def _events(port: int, token: str, device: str, user: str, node: str,
@@ -487,7 +469,7 @@ async def _latency(a: Segued, watchers: list[Segued], tokens: list[str], rate: f
                     body = json.dumps({"type": "set_shuffle", "device": f"{a.name}-{user}",
                                        "shuffle": shuffle[user]}).encode()
                     at = time.monotonic()
-                    status, answer = await _command(stream, buffer, tokens[user], body)
+                    status, answer = await post_command(stream, buffer, tokens[user], body)
                     if status != 200:
                         errors += 1
                         continue

@@ -66,7 +66,7 @@ from common import (
     stop,
     wait_ready,
 )
-from sessions import Stream, _cpu_s, _request, _rss_mib, _summary, mint_tokens
+from sessions import Stream, _cpu_s, _rss_mib, _summary, mint_tokens, post_command
 
 CONNECTIONS = 32
 FOLLOW_TIMEOUT_S = 900.0
@@ -215,7 +215,7 @@ async def _pings(port: int, tokens: list[str], users: range, device: str) -> dic
         async with stream:
             for n in todo:
                 body = json.dumps({"type": "ping", "device": f"{device}{n}"}).encode()
-                status = await _request(stream, buffer, tokens[n], body)
+                status, _ = await post_command(stream, buffer, tokens[n], body)
                 statuses[status] = statuses.get(status, 0) + 1
 
     started = trio.current_time()
@@ -305,7 +305,7 @@ async def _commands(a: Node, b: Node, tokens: list[str], users: int, sample: lis
                                        "shuffle": shuffle[user]}).encode()
                     if user in sampled:
                         pending[f"u{user}"] = trio.current_time()
-                    status = await _request(stream, buffer, tokens[user], body)
+                    status, _ = await post_command(stream, buffer, tokens[user], body)
                     sent += 1
                     if status != 200:
                         errors[status] = errors.get(status, 0) + 1

@@ -116,8 +116,9 @@ class Stream:
                             await ready.send(None)
 
 
-async def _request(stream: trio.SocketStream, buffer: bytearray, token: str,
-                   body: bytes) -> int:
+async def post_command(stream: trio.SocketStream, buffer: bytearray, token: str,
+                       body: bytes) -> tuple[int, bytes]:
+    """POST one session command on a keep-alive connection: (status, answer body)."""
     await stream.send_all(
         b"POST /v1/session/commands HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
         + f"Authorization: Bearer {token}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
@@ -132,8 +133,9 @@ async def _request(stream: trio.SocketStream, buffer: bytearray, token: str,
                       if line.lower().startswith("content-length:")))
     while len(buffer) < end + 4 + length:
         buffer += await stream.receive_some(65536)
+    answer = bytes(buffer[end + 4:end + 4 + length])
     del buffer[:end + 4 + length]
-    return int(head.split(" ", 2)[1])
+    return int(head.split(" ", 2)[1]), answer
 
 
 async def _idle(port: int, pid: int, tokens: list[str], subscribers: int, heartbeat: float,
@@ -200,7 +202,7 @@ async def _commands(port: int, tokens: list[str], users: int, rate: float,
                     body = json.dumps({"type": "set_shuffle", "device": f"dev{user}",
                                        "shuffle": shuffle[user]}).encode()
                     pending[f"u{user}"] = trio.current_time()
-                    status = await _request(stream, buffer, tokens[user], body)
+                    status, _ = await post_command(stream, buffer, tokens[user], body)
                     sent += 1
                     if status != 200:
                         errors += 1
