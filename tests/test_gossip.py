@@ -271,9 +271,9 @@ def test_a_node_killed_is_shown_failed_and_catches_up_when_it_returns(fleet) -> 
             # Serf's suspicion starts at its longest (6 x 3 s with the local profile) and
             # shrinks only as other members confirm: with three members there may be none
             # to ("0 peer confirmations"), so a failure can take 18 s and more to show.
-            wait_until(lambda e=edge: members(e)["failed"] == 1 and members(e)["alive"] == 2,
+            wait_until(lambda e=edge: (m := members(e))["failed"] == 1 and m["alive"] == 2,
                        35, f"{edge.name} shows node B failed",
-                       explain=lambda e=edge: str(members(e)))
+                       explain=lambda e=edge: str([members(e) for _ in range(6)]))
             assert edge.status()["health"]["status"] == "ok"  # two nodes are still a fleet
         # Commands keep flowing between A and C.
         for doc in ({"type": "seek", "position_ms": 4000}, {"type": "pause"},

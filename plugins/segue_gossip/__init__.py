@@ -207,6 +207,9 @@ class GossipPlugin:
             self.members = {}
         for doc in docs:
             member = Member.from_serf(doc)
+            known = self.members.get(member.name)
+            if known is not None and not member.tags:
+                member.tags = known.tags  # an event about a member that lost its metadata
             self.members[member.name] = member
         if self.metrics is not None:
             for status, n in self._counts().items():
