@@ -104,6 +104,11 @@ class SessionsView(Protocol):
         """Each listener's state digest: two nodes hold the same state iff digests match."""
         ...
 
+    def digest(self, user: str) -> str | None:
+        """One listener's digest, or None when this node holds no state for them (since API
+        version 3: cheaper than ``digests()`` for one listener)."""
+        ...
+
     def export(self, user: str) -> dict[str, Any] | None:
         """A listener's whole state (send it to a peer whose digest differs)."""
         ...

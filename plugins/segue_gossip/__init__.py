@@ -304,7 +304,7 @@ class GossipPlugin:
         if message.origin == self.node_id:
             return "own"
         if isinstance(message, payload.Announcement):
-            if node.sessions.digests().get(message.user) == message.digest:
+            if node.sessions.digest(message.user) == message.digest:
                 return "unchanged"
             try:
                 pulls.send_nowait((message.origin, message.user))
@@ -323,7 +323,7 @@ class GossipPlugin:
             payloads = payload.encode_change(self.node_id, user, delta, len(name))
             kind = "delta"
             if not payloads:
-                digest = node.sessions.digests().get(user)
+                digest = node.sessions.digest(user)
                 announcement = digest and payload.encode_announcement(
                     self.node_id, user, digest, len(name))
                 if not announcement:

@@ -320,11 +320,16 @@ class Sessions:
 
     def digests(self) -> dict[str, str]:
         """Each listener's state digest, for anti-entropy: equal digests, equal states."""
-        digests = self._digests
-        for user, state in self._states.items():
-            if user not in digests:
-                digests[user] = state.digest()
-        return dict(digests)
+        for user in self._states:
+            self.digest(user)
+        return dict(self._digests)
+
+    def digest(self, user: str) -> str | None:
+        """One listener's state digest (None: no state here), kept until the state changes."""
+        found = self._digests.get(user)
+        if found is None and (state := self._states.get(user)) is not None:
+            found = self._digests[user] = state.digest()
+        return found
 
     def export(self, user: str) -> dict[str, Any] | None:
         """A listener's whole state in its JSON form (merge it with apply_remote)."""
