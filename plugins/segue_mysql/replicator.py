@@ -12,7 +12,7 @@ import json
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pymysql
@@ -101,27 +101,38 @@ def snapshot(shard: Shard, node: segue.NodeView) -> None:
     """All of the shard's tracks and the binlog position they correspond to, applied at once.
 
     MariaDB reports the binlog position of a consistent snapshot (binlog_snapshot_file and
-    _position) inside the snapshot's own transaction, with no global lock.
+    _position) inside the snapshot's own transaction, with no global lock. The rows stream
+    from an unbuffered cursor straight into the catalogue's transaction: a shard of a million
+    tracks is never held in memory.
     """
     conn = shard.connect()
     try:
-        with conn.cursor(pymysql.cursors.DictCursor) as cur:
+        with conn.cursor() as cur:
             cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
             cur.execute("SHOW STATUS LIKE 'binlog_snapshot_%'")
-            status = {row["Variable_name"].lower(): row["Value"] for row in cur.fetchall()}
+            status = {str(name).lower(): value for name, value in cur.fetchall()}
+        if "binlog_snapshot_file" not in status:
+            raise SettingsError(f"shard {shard.name}: the server reports no "
+                                "Binlog_snapshot_file status; consistent snapshots need "
+                                "MariaDB (docs/catalogue.md)")
+        position = json.dumps({"file": status["binlog_snapshot_file"],
+                               "pos": int(status["binlog_snapshot_position"])})
+        read = 0
+
+        def records(cur: pymysql.cursors.SSCursor) -> Iterator[segue.TrackRecord]:
+            nonlocal read
+            while batch := cur.fetchmany(1000):
+                read += len(batch)
+                yield from (segue.TrackRecord(*row) for row in batch)
+
+        with conn.cursor(pymysql.cursors.SSCursor) as cur:
             cur.execute(f"SELECT {', '.join(COLUMNS)} FROM {DATABASE}.tracks")  # noqa: S608
-            rows = [_record(row) for row in cur.fetchall()]
-            cur.execute("COMMIT")
+            node.replication.apply_replicated(shard.name, records(cur), [], position,
+                                              replace=True)
     finally:
         conn.close()
-    if "binlog_snapshot_file" not in status:
-        raise SettingsError(f"shard {shard.name}: the server reports no Binlog_snapshot_file "
-                            "status; consistent snapshots need MariaDB (docs/catalogue.md)")
-    position = json.dumps({"file": status["binlog_snapshot_file"],
-                           "pos": int(status["binlog_snapshot_position"])})
-    node.replication.apply_replicated(shard.name, rows, [], position, replace=True)
-    shard.rows_applied += len(rows)
+    shard.rows_applied += read
     shard.source_time = time.time()
 
 
@@ -147,8 +158,9 @@ def stream(shard: Shard, node: segue.NodeView, stop: threading.Event,
         # rebuilt after every DDL statement (below), so nothing stale survives one.
         freeze_schema=True,
     )
-    upserts: list[segue.TrackRecord] = []
-    deletes: list[str] = []
+    # A source transaction's rows, the last change of each track winning: a track deleted and
+    # written again in one transaction (REPLACE INTO) is there afterwards, not gone.
+    changes: dict[str, segue.TrackRecord | None] = {}
     ddl = False
     try:
         for event in reader:
@@ -157,26 +169,35 @@ def stream(shard: Shard, node: segue.NodeView, stop: threading.Event,
             if stop.is_set():
                 return
             if isinstance(event, HeartbeatLogEvent):
-                if not upserts and not deletes:
+                if not changes:
                     shard.source_time = time.time()
                 continue
             ours = getattr(event, "schema", None) == DATABASE
             if isinstance(event, WriteRowsEvent | UpdateRowsEvent) and ours \
                     and event.table == "tracks":
                 for row in event.rows:
-                    upserts.append(_record(row.get("after_values", row.get("values"))))
+                    record = _record(row.get("after_values", row.get("values")))
+                    renamed = row.get("before_values", {}).get("track_id", record.track_id)
+                    if renamed != record.track_id:  # an UPDATE of the key moves the row
+                        changes.pop(renamed, None)
+                        changes[renamed] = None
+                    changes.pop(record.track_id, None)  # keeps the order of the last change
+                    changes[record.track_id] = record
             elif isinstance(event, DeleteRowsEvent) and ours and event.table == "tracks":
-                deletes.extend(row["values"]["track_id"] for row in event.rows)
+                for row in event.rows:
+                    changes.pop(row["values"]["track_id"], None)
+                    changes[row["values"]["track_id"]] = None
             elif isinstance(event, XidEvent) or (ddl := (
                     isinstance(event, QueryEvent) and event.query.strip().upper() != "BEGIN")):
                 # A commit (XidEvent) or a statement of its own (DDL, which MariaDB logs with
                 # no XidEvent): the group ends here, with the position after it.
                 new_position = json.dumps({"file": reader.log_file, "pos": reader.log_pos})
-                node.replication.apply_replicated(shard.name, upserts, deletes, new_position)
-                shard.rows_applied += len(upserts) + len(deletes)
-                shard.source_time = float(event.timestamp) if (upserts or deletes) \
-                    else time.time()
-                upserts, deletes = [], []
+                node.replication.apply_replicated(
+                    shard.name, [r for r in changes.values() if r is not None],
+                    [track_id for track_id, r in changes.items() if r is None], new_position)
+                shard.rows_applied += len(changes)
+                shard.source_time = float(event.timestamp) if changes else time.time()
+                changes = {}
                 on_progress()
                 if ddl:
                     return  # the caller rebuilds the reader, which reads the new schema
