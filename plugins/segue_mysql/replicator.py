@@ -9,6 +9,7 @@ an old position); after any error the reader is rebuilt from the stored position
 from __future__ import annotations
 
 import json
+import select
 import ssl
 import threading
 import time
@@ -31,9 +32,6 @@ REQUIRED_SETTINGS = {
 }
 ERROR_BINLOG_PURGED = 1236
 # Catching up, source transactions are applied together until one of these is reached.
-# A transaction committed longer ago than this is caught up on, not live. Binlog timestamps
-# are whole seconds, so a live one may look up to 1 s old.
-LAGGING_S = 2.0
 BATCH_ROWS = 5000
 BATCH_S = 0.25
 
@@ -119,10 +117,10 @@ class _Pending(_Changes):
     """Whole source transactions not yet applied to the catalogue.
 
     Live, each source transaction is applied at its commit, so the catalogue lags by
-    milliseconds. Catching up (the transactions are older than LAGGING_S), several go into one
-    catalogue transaction, with the position after the last: a commit and an FTS flush per
-    source transaction were most of the catch-up time. The position moves with the rows, so a
-    restart still resumes exactly; an idle source's heartbeat applies what is left.
+    milliseconds. Catching up (more of the binlog is already waiting on the socket), several go
+    into one catalogue transaction, with the position after the last: a commit and an FTS
+    flush per source transaction were most of the catch-up time. The position moves with the
+    rows, so a restart still resumes exactly.
     """
 
     def __init__(self) -> None:
@@ -140,8 +138,8 @@ class _Pending(_Changes):
         self.transactions += 1
         self.position, self.timestamp = position, timestamp
 
-    def due(self) -> bool:
-        return (time.time() - self.timestamp < LAGGING_S or len(self.rows) >= BATCH_ROWS
+    def due(self, behind: bool) -> bool:
+        return (not behind or len(self.rows) >= BATCH_ROWS
                 or time.monotonic() - self.since >= BATCH_S)
 
     def apply(self, shard: Shard, node: segue.NodeView) -> None:
@@ -151,6 +149,19 @@ class _Pending(_Changes):
         shard.rows_applied += len(self.rows)
         shard.source_time = self.timestamp if self.rows else time.time()
         self.rows, self.transactions = {}, 0
+
+
+def _behind(reader: BinLogStreamReader) -> bool:
+    """Whether more of the binlog has already arrived (unread bytes on the reader's socket).
+
+    The socket is the library's private attribute: without it this says False, and every
+    source transaction is applied at its commit, as when live.
+    """
+    sock = getattr(getattr(reader, "_stream_connection", None), "_sock", None)
+    if sock is None:
+        return False
+    readable, _, _ = select.select([sock], [], [], 0)
+    return bool(readable)
 
 
 def snapshot(shard: Shard, node: segue.NodeView) -> None:
@@ -249,7 +260,7 @@ def stream(shard: Shard, node: segue.NodeView, stop: threading.Event,
                 pending.take(txn, json.dumps({"file": reader.log_file, "pos": reader.log_pos}),
                              float(event.timestamp))
                 txn = _Changes()
-                if ddl or pending.due():
+                if ddl or pending.due(_behind(reader)):
                     pending.apply(shard, node)
                     on_progress()
                 if ddl:
