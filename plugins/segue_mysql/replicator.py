@@ -22,6 +22,7 @@ from pymysqlreplication.event import HeartbeatLogEvent, QueryEvent, RotateEvent,
 from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 
 import segue
+from segue_mysql import rows
 from segue_mysql.schema import COLUMNS, DATABASE
 
 # Server settings without which row events lose changes or column names.
@@ -95,10 +96,6 @@ def check_settings(shard: Shard) -> None:
                         f"replication needs {variable}={wanted}")
     finally:
         conn.close()
-
-
-def _record(values: dict) -> segue.TrackRecord:
-    return segue.TrackRecord(*(values[c] for c in COLUMNS))
 
 
 class _Changes:
@@ -225,6 +222,7 @@ def stream(shard: Shard, node: segue.NodeView, stop: threading.Event,
         # rebuilt after every DDL statement (below), so nothing stale survives one.
         freeze_schema=True,
     )
+    decoders: dict[int, rows.RowDecoder | None] = {}  # by table id, for this reader only
     txn = _Changes()  # the source transaction being read
     pending = _Pending()  # whole source transactions read but not yet applied
     ddl = False
@@ -241,18 +239,17 @@ def stream(shard: Shard, node: segue.NodeView, stop: threading.Event,
                 else:
                     shard.source_time = time.time()
                 continue
-            ours = getattr(event, "schema", None) == DATABASE
-            if isinstance(event, WriteRowsEvent | UpdateRowsEvent) and ours \
-                    and event.table == "tracks":
-                for row in event.rows:
-                    record = _record(row.get("after_values", row.get("values")))
-                    renamed = row.get("before_values", {}).get("track_id", record.track_id)
-                    if renamed != record.track_id:  # an UPDATE of the key moves the row
-                        txn.change(renamed, None)
+            if isinstance(event, WriteRowsEvent | UpdateRowsEvent | DeleteRowsEvent) \
+                    and getattr(event, "schema", None) == DATABASE and event.table == "tracks":
+                # Images are tuples in COLUMNS order, which is TrackRecord's: [0] is track_id.
+                for before, after in rows.images(event, COLUMNS, decoders):
+                    if after is None:
+                        txn.change(before[0], None)  # type: ignore[index]
+                        continue
+                    record = segue.TrackRecord(*after)
+                    if before is not None and before[0] != record.track_id:
+                        txn.change(before[0], None)  # an UPDATE of the key moves the row
                     txn.change(record.track_id, record)
-            elif isinstance(event, DeleteRowsEvent) and ours and event.table == "tracks":
-                for row in event.rows:
-                    txn.change(row["values"]["track_id"], None)
             elif isinstance(event, XidEvent) or (ddl := (
                     isinstance(event, QueryEvent) and event.query.strip().upper() != "BEGIN")):
                 # A commit (XidEvent) or a statement of its own (DDL, which MariaDB logs with
