@@ -199,11 +199,6 @@ def test_segued_is_segue_run(tmp_path: Path) -> None:
     assert "nope.toml" in result.stderr
 
 
-def test_every_command_has_help() -> None:
-    for command in (["init"], ["keys", "new"], ["pack"], ["token"], ["run"], ["check-config"]):
-        assert segue(*command, "--help").stdout.startswith("usage: segue")
-
-
 def test_conventions_config_from_the_environment_debug_anywhere_help_and_version(
         tmp_path: Path) -> None:
     node = Node.init(tmp_path / "n")

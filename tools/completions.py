@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 from pathlib import Path
 
 from segue.cli import segue_parser, segued_parser
@@ -102,17 +101,15 @@ def script(tree: list[Command]) -> str:
     return "\n".join(lines) + "\n" + FUNCTION
 
 
-def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print(__doc__.splitlines()[0], file=sys.stderr)
-        return 2
-    out = Path(argv[0])
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "segue"
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Write OUTDIR/segue, the bash completion of "
+                                                 "segue and segued.")
+    parser.add_argument("outdir", type=Path, metavar="OUTDIR")
+    path = parser.parse_args().outdir / "segue"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(script(commands(segue_parser()) + commands(segued_parser())))
     print(path)
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    main()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -174,11 +173,10 @@ def page(parser: argparse.ArgumentParser, date: str) -> str:
     return text + SEE_ALSO[name].lstrip("\n")
 
 
-def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print(__doc__.splitlines()[0], file=sys.stderr)
-        return 2
-    out = Path(argv[0])
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Write OUTDIR/segue.1 and OUTDIR/segued.1.")
+    parser.add_argument("outdir", type=Path, metavar="OUTDIR")
+    out = parser.parse_args().outdir
     out.mkdir(parents=True, exist_ok=True)
     when = int(os.environ.get("SOURCE_DATE_EPOCH") or time.time())
     date = time.strftime("%Y-%m-%d", time.gmtime(when))
@@ -186,8 +184,7 @@ def main(argv: list[str]) -> int:
         path = out / f"{parser.prog}.1"
         path.write_text(page(parser, date), encoding="utf-8")
         print(path)
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    main()
