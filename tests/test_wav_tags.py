@@ -74,3 +74,10 @@ def test_damaged_info_tags_fall_back_to_the_file_name_with_a_warning(fresh_node:
     with urllib.request.urlopen(fresh_node.url(doc["track_id"], fresh_node.token()),
                                 timeout=10) as r:
         assert r.read() == bytes(data)
+
+
+def test_a_tag_with_control_characters_keeps_the_output_one_line_of_three_fields(
+        fresh_node: Node, tmp_path: Path) -> None:
+    source = tagged_wav(tmp_path / "tabs.wav", title="Side A\tTrack 1\nLive")
+    out = segue("pack", "--config", fresh_node.conf, source).stdout
+    assert out.count("\n") == 1 and out.split("\t")[1:] == ["Side A Track 1 Live", f"{source}\n"]
