@@ -9,8 +9,10 @@ LISTEN ?= 127.0.0.1:8480
 DEMO   ?= demo
 
 # command-or-file:debian-package pairs the tests and the demo need (libsystemd-dev, pkg-config
-# and gcc build systemd-python; chromium and its chromedriver run the web player's tests).
+# and gcc build systemd-python; chromium and its chromedriver run the web player's tests; man
+# renders the generated manual pages).
 SYSTEM_COMMANDS := ffmpeg:ffmpeg ffprobe:ffmpeg curl:curl gcc:gcc pkg-config:pkg-config prlimit:util-linux \
+	man:man-db \
 	/usr/include/systemd/sd-daemon.h:libsystemd-dev smbd:samba smbpasswd:samba \
 	haproxy:haproxy mariadbd:mariadb-server mariadb-install-db:mariadb-server serf:serf \
 	nats-server:nats-server \

@@ -10,15 +10,17 @@ found.
 Targets: the request head and the sans-I/O connection, Range, player tokens (JWT), sealed
 chunks, the configuration, session commands and session states from other nodes (the
 transport messages), Serf user events as the gossip plugin decodes them and the Serf RPC
-framing. Manifests have their own in tests/test_hardening.py.
+framing, and a WAV's RIFF INFO tags. Manifests have their own in tests/test_hardening.py.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import json
 import os
+import struct
 from pathlib import Path
 
 import msgpack
@@ -30,6 +32,7 @@ from segue import config
 from segue.http import ranges
 from segue.http.connection import CLOSED, END_OF_REQUEST, NEED_DATA, Data, ServerConnection
 from segue.http.wire import ProtocolError, RequestHead
+from segue.riff_info import FIELDS, RiffInfoError, read_info
 from segue.seal.chunks import ChunkCipher
 from segue.seal.errors import ChunkAuthenticationError
 from segue.seal.keys import key_id
@@ -235,3 +238,28 @@ def test_the_serf_rpc_codec_takes_any_bytes(data: bytes, piece: int) -> None:
                 pass
     except SerfProtocolError:
         return
+
+
+def _chunk(chunk_id: bytes, body: bytes) -> bytes:
+    return struct.pack("<4sI", chunk_id, len(body)) + body + b"\0" * (len(body) & 1)
+
+
+# A WAV as ffmpeg tags it: fmt, LIST/INFO (odd sizes padded), then the audio.
+_INFO = b"INFO" + _chunk(b"IART", "Zoë\0".encode()) + _chunk(b"INAM", "Déjà vu\0".encode()) \
+    + _chunk(b"IPRD", b"Album\0") + _chunk(b"ISFT", b"Lavf59.27.100\0")
+_WAV_BODY = b"WAVE" + _chunk(b"fmt ", struct.pack("<HHIIHH", 1, 1, 44100, 88200, 2, 16)) \
+    + _chunk(b"LIST", _INFO) + _chunk(b"data", bytes(64))
+_WAV = b"RIFF" + struct.pack("<I", len(_WAV_BODY)) + _WAV_BODY
+
+
+@FUZZ
+@given(st.one_of(mutated(_WAV), st.binary(max_size=1024)))
+def test_any_wav_has_info_tags_or_riff_info_error(data: bytes) -> None:
+    try:
+        tags = read_info(io.BytesIO(data), len(data))
+    except RiffInfoError:
+        return
+    assert set(tags) <= set(FIELDS.values()) and all(isinstance(v, str) and v for v in
+                                                      tags.values())
+    if data == _WAV:
+        assert tags == {"title": "Déjà vu", "artist": "Zoë", "album": "Album"}

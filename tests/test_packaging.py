@@ -33,6 +33,7 @@ from pathlib import Path
 import pytest
 
 from conftest import require
+from test_cli_docs import complete, rendered
 from test_life import NotifySocket
 
 REPO = Path(__file__).resolve().parent.parent
@@ -124,6 +125,23 @@ def test_package_is_lintian_clean_and_ships_no_secret(deb: Path, tmp_path: Path)
             with path.open("rb") as f:
                 head = f.read(64)
             assert not (head.startswith(b"-----BEGIN") and b"PRIVATE" in head), path
+
+
+def test_package_ships_man_pages_and_bash_completion(deb: Path, tmp_path: Path) -> None:
+    """Generated at build time from the packaged commands (tests/test_cli_docs.py checks the
+    generators): here, that the package installs them where man and bash-completion look."""
+    root = tmp_path / "root"
+    run("dpkg-deb", "--extract", deb, root)
+    man = root / "usr/share/man/man1"
+    segue_page = rendered(man / "segue.1.gz", tmp_path)
+    for command in ("segue tracks remove", "segue keys rewrap", "segue catalogue publish"):
+        assert f"\n   {command}\n" in segue_page
+    assert f"segue {VERSION}" in segue_page
+    assert "--workers N" in rendered(man / "segued.1.gz", tmp_path)
+    completions = root / "usr/share/bash-completion/completions"
+    assert (completions / "segued").resolve() == (completions / "segue").resolve()
+    assert complete(completions / "segue", "segue tr") == ["tracks"]
+    assert complete(completions / "segued", "segued --w") == ["--workers"]
 
 
 def unit_service_section(path: Path) -> dict[str, list[str]]:

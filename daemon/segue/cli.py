@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from segue import __version__
+from segue.cli_help import commands, finish
 from segue.config import DEFAULT_LISTEN, ConfigError, Settings, format_address, load, parse_listen
 from segue.storage.errors import StoreError
 
@@ -33,7 +34,8 @@ class UsageError(Exception):
     """A command-line mistake: exit 2 with this message."""
 
 
-def _parser() -> argparse.ArgumentParser:
+def segue_parser() -> argparse.ArgumentParser:
+    """The `segue` command's arguments, every subcommand's, their help and examples."""
     parser = argparse.ArgumentParser(
         prog="segue", description="Segue edge node: pack, seal and serve encrypted music tracks."
     )
@@ -42,8 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("init", help="make a self-contained node in DIR")
-    p.add_argument("dir", type=Path, metavar="DIR")
-    p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT")
+    p.add_argument("dir", type=Path, metavar="DIR", help="the node's folder (made if missing)")
+    p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
+                   help=f"the address segued.toml has it listen on (default: {DEFAULT_LISTEN})")
     p.add_argument("--role", choices=["all", "edge"], default="all",
                    help="all: pack, issue tokens and serve (the default); edge: serve only, "
                         "with no packager or token private key")
@@ -58,13 +61,19 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("keys", help="manage key files")
     keys_sub = p.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     k = keys_sub.add_parser("new", help="write a new key pair (PATH mode 0600, PATH.pub)")
-    k.add_argument("role", choices=["edge", "packager", "auth"])
-    k.add_argument("--type", required=True, choices=["x25519", "rsa", "p256", "ed25519"])
-    k.add_argument("--out", required=True, type=Path, metavar="PATH")
+    k.add_argument("role", choices=["edge", "packager", "auth"],
+                   help="edge: content keys are wrapped for it; packager: signs manifests; "
+                        "auth: signs player tokens")
+    k.add_argument("--type", required=True, choices=["x25519", "rsa", "p256", "ed25519"],
+                   help="edge: x25519, rsa (3072-bit) or p256; packager: ed25519 or p256; "
+                        "auth: ed25519, p256 or rsa")
+    k.add_argument("--out", required=True, type=Path, metavar="PATH",
+                   help="the private key's file; the public key goes to PATH.pub")
     k.add_argument("--force", action="store_true", help="overwrite existing files")
     k = keys_sub.add_parser("show", help="what a key file holds: private or public, type, key "
                             "id (as manifests and tokens name it), the roles it can have")
-    k.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    k.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                   help="a private or public (.pub) key file")
     k.add_argument("--json", action="store_true", help="one JSON object per key")
     k = keys_sub.add_parser("rewrap", help="wrap every track's content key for exactly "
                             "[packer] recipients (edit them first); chunks are not touched; "
@@ -108,16 +117,16 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--limit", type=int, metavar="N", help="at most N tracks (default: all)")
     t = tracks_sub.add_parser("show", help="one track: catalogue row, packing, shares")
     _add_config(t)
-    t.add_argument("track", metavar="ID")
+    t.add_argument("track", metavar="ID", help="the track's id")
     t.add_argument("--json", action="store_true", help="print JSON")
     t = tracks_sub.add_parser("remove", help="remove a track from the central catalogue, the "
                               "local catalogue and every share (run again to finish)")
     _add_config(t)
-    t.add_argument("track", metavar="ID")
+    t.add_argument("track", metavar="ID", help="the track's id")
 
     p = sub.add_parser("token", help="print a signed player token")
     _add_config(p)
-    p.add_argument("--user", required=True)
+    p.add_argument("--user", required=True, help="whom the token is for (its sub claim)")
     p.add_argument("--ttl", type=int, metavar="SECONDS",
                    help="lifetime in seconds (default: auth.default_ttl_s)")
     p.add_argument("--tracks", metavar="ID,...", help="only these tracks (default: all)")
@@ -139,6 +148,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     _debug_everywhere(parser)
+    finish(parser)
     return parser
 
 
@@ -161,12 +171,9 @@ def _debug_everywhere(parser: argparse.ArgumentParser) -> None:
     """Accept --debug after any (sub)command too (`segue pack --debug ...`): people add it to
     the command that failed, at its end. SUPPRESS keeps a subcommand from resetting the
     top-level flag when it is not given there."""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for command in action.choices.values():
-                command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                                     help="show tracebacks on errors")
-                _debug_everywhere(command)
+    for command in commands(parser)[1:]:
+        command.parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                    help="show tracebacks on errors")
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -177,7 +184,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `segue`; with no command, its help."""
-    parser = _parser()
+    parser = segue_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
@@ -186,10 +193,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def segued_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="segued", description="Run the Segue edge daemon.")
+    """The `segued` command's arguments: `segue run`'s."""
+    parser = argparse.ArgumentParser(
+        prog="segued", description="Run the Segue edge daemon. segued is `segue run`; systemd "
+                                   "runs it as the unit segued.service.")
     parser.add_argument("--version", action="version", version=f"segued {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     _add_run_args(parser)
+    finish(parser)
     return parser
 
 

@@ -1,4 +1,5 @@
-"""What an audio file is: its format, MIME type, duration and tags (read with mutagen)."""
+"""What an audio file is: its format, MIME type, duration and tags (read with mutagen, and a
+WAV's RIFF INFO tags with riff_info)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import hashlib
 from pathlib import Path
 
 import mutagen
+import structlog
 from mutagen.aac import AAC
 from mutagen.flac import FLAC
 from mutagen.mp3 import MP3
@@ -14,7 +16,10 @@ from mutagen.oggopus import OggOpus
 from mutagen.oggvorbis import OggVorbis
 from mutagen.wave import WAVE
 
+from segue.riff_info import RiffInfoError, read_info
 from segue.seal.manifest import TrackMeta
+
+log = structlog.get_logger("segue.media")
 
 SUPPORTED = "MP3, FLAC, Ogg/Opus, Ogg/Vorbis, WAV, AAC (ADTS) and M4A"
 _MIME = {
@@ -68,13 +73,34 @@ def probe(path: Path) -> TrackMeta:
     mime = _MIME.get(type(audio)) if audio is not None else None
     if audio is None or mime is None:
         raise MediaError(f"{path}: not an audio format segue packs ({SUPPORTED})")
+    tags = {"title": _tag(audio, "title", "TIT2", "\xa9nam"),
+            "artist": _tag(audio, "artist", "TPE1", "\xa9ART"),
+            "album": _tag(audio, "album", "TALB", "\xa9alb")}
+    if isinstance(audio, WAVE) and not all(tags.values()):
+        # An ID3 chunk's tags come first; RIFF INFO fills what it lacks.
+        tags = {**{k: _printable(v) for k, v in _riff_info(path).items()},
+                **{k: v for k, v in tags.items() if v}}
     return TrackMeta(
-        title=_tag(audio, "title", "TIT2", "\xa9nam") or path.stem,
-        artist=_tag(audio, "artist", "TPE1", "\xa9ART"),
-        album=_tag(audio, "album", "TALB", "\xa9alb"),
+        title=tags.get("title") or path.stem,
+        artist=tags.get("artist", ""),
+        album=tags.get("album", ""),
         duration_s=round(float(getattr(audio.info, "length", 0.0) or 0.0), 3),
         mime=mime,
     )
+
+
+def _riff_info(path: Path) -> dict[str, str]:
+    """A WAV's INFO tags; {} with a warning when they are malformed (the track is still
+    packed, named after its file)."""
+    try:
+        with open(path, "rb") as f:
+            return read_info(f, path.stat().st_size)
+    except RiffInfoError as e:
+        log.warning("WAV INFO tags unreadable; packed without them", file=str(path),
+                    error=str(e))
+    except OSError as e:
+        raise MediaError(f"{path}: cannot read: {e.strerror}") from None
+    return {}
 
 
 def _tag(audio: mutagen.FileType, vorbis: str, id3: str, mp4: str) -> str:
@@ -93,7 +119,13 @@ def _tag(audio: mutagen.FileType, vorbis: str, id3: str, mp4: str) -> str:
             value = value.text
         if isinstance(value, list | tuple):
             value = value[0] if value else ""
-        text = str(value).strip()
+        text = _printable(str(value))
         if text:
             return text
     return ""
+
+
+def _printable(text: str) -> str:
+    """`text` with control characters as spaces, so a tag never splits the tab-separated lines
+    of `segue pack` and `segue tracks list`."""
+    return "".join(" " if ord(c) < 0x20 or ord(c) == 0x7F else c for c in text).strip()
