@@ -25,7 +25,7 @@ from pathlib import Path
 
 import msgpack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from segue import config
@@ -42,6 +42,8 @@ from segue.sessions.commands import CommandError
 from segue.sessions.state import SessionState, StateError
 from segue_gossip import payload
 from segue_gossip.serf_codec import SerfCodec, SerfProtocolError
+from segue_mysql import rows
+from segue_mysql.schema import COLUMNS
 
 FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "200")), deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -263,3 +265,40 @@ def test_any_wav_has_info_tags_or_riff_info_error(data: bytes) -> None:
                                                       tags.values())
     if data == _WAV:
         assert tags == {"title": "Déjà vu", "artist": "Zoë", "album": "Album"}
+
+
+class _Column:
+    """A table-map column as mysql-replication describes one."""
+
+    def __init__(self, name: str, type_: int, **meta: object) -> None:
+        self.name, self.type, self.unsigned, self.character_set_name = name, type_, False, "utf8mb4"
+        self.__dict__.update(meta)
+
+
+# The tracks table's columns as its table map gives them (VARCHAR 15, LONGLONG 8, DOUBLE 5,
+# LONG 3, TIMESTAMP2 17), and two rows of an update as the binlog writes them.
+_TRACK_COLUMNS = [_Column("track_id", 15, max_length=256), _Column("keyspace_id", 8, unsigned=True),
+                  *(_Column(c, 15, max_length=2048) for c in ("title", "artist", "album")),
+                  _Column("duration_s", 5), _Column("mime", 15, max_length=256),
+                  _Column("bytes", 8), _Column("chunks", 3), _Column("manifest_version", 3),
+                  _Column("updated_at", 17, fsp=6)]
+_TRACK_ROW = (b"\x00\x00" + b"\x04\x00t001" + bytes(8) + b"\x05\x00Title\x00\x00\x05\x00Album"
+              + struct.pack("<d", 12.5) + b"\x0a\x00audio/mpeg"
+              + struct.pack("<qii", 10**6, 4, 1) + bytes(7))
+
+
+@FUZZ
+@given(st.one_of(mutated(_TRACK_ROW * 4), st.binary(max_size=512)), st.integers(1, 2))
+@example(_TRACK_ROW * 4, 2)
+def test_any_rows_event_body_is_images_or_rows_error(data: bytes, per_row: int) -> None:
+    decoder = rows.RowDecoder.plan(_TRACK_COLUMNS, COLUMNS)
+    assert decoder is not None
+    try:
+        images = decoder.images(data, per_row)
+    except rows.RowsError:
+        return
+    assert all(len(row) == per_row and all(len(image) == len(COLUMNS) for image in row)
+               for row in images)
+    if data == _TRACK_ROW * 4:
+        assert len(images) == 4 // per_row
+        assert images[0][0] == ("t001", "Title", "", "Album", 12.5, "audio/mpeg", 10**6, 4)
