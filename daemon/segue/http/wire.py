@@ -22,13 +22,14 @@ never the bytes (a token may ride in any line).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 REASONS = {
-    200: "OK", 206: "Partial Content", 400: "Bad Request", 401: "Unauthorized",
-    403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
-    413: "Content Too Large", 416: "Range Not Satisfiable", 429: "Too Many Requests",
-    431: "Request Header Fields Too Large",
+    200: "OK", 206: "Partial Content", 304: "Not Modified", 400: "Bad Request",
+    401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+    408: "Request Timeout", 413: "Content Too Large", 416: "Range Not Satisfiable",
+    429: "Too Many Requests", 431: "Request Header Fields Too Large",
     500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
     505: "HTTP Version Not Supported",
 }
@@ -148,14 +149,17 @@ def has_body(status: int) -> bool:
     return status >= 200 and status not in (204, 304)
 
 
-def response_head(status: int, headers: list[tuple[str, str]]) -> bytes:
+def response_head(status: int, headers: Sequence[tuple[str, str]], preamble: str = "") -> bytes:
     """Status line and header fields, ending with the blank line.
 
-    Raises ValueError for a header that would break the message: a name that is not a token,
-    a value with a line break or another control character (response splitting), or text
-    that is not Latin-1.
+    `preamble` is header lines the server itself wrote (Server, Date), already known to be
+    sound, CRLF between them: put in as they are. Raises ValueError for a header that would
+    break the message: a name that is not a token, a value with a line break or another
+    control character (response splitting), or text that is not Latin-1.
     """
     lines = [f"HTTP/1.1 {status} {REASONS.get(status, '')}"]
+    if preamble:
+        lines.append(preamble)
     for name, value in headers:
         if not _TOKEN_TEXT.match(name) or _BAD_VALUE_TEXT.search(value):
             raise ValueError(f"header {name!r} cannot be sent: not a token, or a control "
