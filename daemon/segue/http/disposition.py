@@ -25,9 +25,8 @@ EXTENSIONS: dict[str, tuple[str, ...]] = {
     "audio/mp4": ("m4a", "mp4"),
     "audio/aac": ("aac",),
 }
-#: Characters a file name must not carry: path separators, and what a quoted-string or a
-#: header cannot hold as it is.
-_UNSAFE = re.compile(r'[/\\"\x00-\x1f\x7f]')
+#: Characters a file name must not carry (path separators) or a quoted-string cannot hold.
+_UNSAFE = frozenset('/\\"')
 _SPACES = re.compile(r"\s+")
 #: RFC 8187 attr-char beyond letters and digits: everything else is percent-encoded.
 _ATTR_CHARS = "!#$&+-.^_`|~"
@@ -52,12 +51,25 @@ def content_disposition(title: str, mime: str, fallback: str) -> str:
     `fallback` (the track id) names a track whose title leaves nothing printable. Remembered:
     every play of a track asks for the same header.
     """
-    stem = _SPACES.sub(" ", _UNSAFE.sub(" ", title)).strip()[:MAX_TITLE_CHARS].strip()
-    stem = "".join(c for c in stem if unicodedata.category(c)[0] != "C") or fallback
+    # Dots and spaces go from the ends: no hidden file, nothing Windows trims.
+    kept = "".join(map(_file_name_char, title))
+    stem = _SPACES.sub(" ", kept)[:MAX_TITLE_CHARS].strip(" .") or fallback
     # "Café" becomes "Cafe"; a title with no Latin letter at all, the fallback.
     ascii_stem = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode()
-    ascii_stem = _SPACES.sub(" ", ascii_stem.replace("%", " ")).strip() or fallback
+    ascii_stem = _SPACES.sub(" ", ascii_stem.replace("%", " ")).strip(" .") or fallback
     ext = extension(mime)
     suffix = "" if ext is None else f".{ext}"
     return (f'inline; filename="{ascii_stem}{suffix}"; '
             f"filename*=UTF-8''{quote(stem + suffix, safe=_ATTR_CHARS)}")
+
+
+def _file_name_char(c: str) -> str:
+    """`c` as a file name may hold it: line breaks and other controls part words (a space);
+    invisible formatting, such as a right-to-left override that shows "3pm.exe" as
+    "exe.mp3", goes."""
+    if c in _UNSAFE:
+        return " "
+    category = unicodedata.category(c)
+    if category == "Cc":
+        return " "
+    return "" if category[0] == "C" else c
