@@ -195,7 +195,6 @@ class EdgeRoutes:
         if validators.not_modified(request.headers, served.etag, served.last_modified):
             return Response(304, list(served.validators), fields=fields)
         size = manifest.size
-        headers = list(served.headers)
         chosen = ranges.select(
             request.headers.get("range") if request.method == "GET" else None,
             size,
@@ -210,6 +209,7 @@ class EdgeRoutes:
                              ("Accept-Ranges", "bytes"), *served.validators)
             response.fields = fields
             return response
+        headers = []  # beside the representation's own (rendered once: see representation.py)
         if chosen is None:
             status, span = 200, ranges.ByteRange(0, size - 1)
         else:
@@ -218,7 +218,8 @@ class EdgeRoutes:
             fields["range"] = f"{chosen.first}-{chosen.last}"
         length = span.length if size else 0
         if request.method == "HEAD" or length == 0:
-            return Response(status, headers, length=length, fields=fields)
+            return Response(status, headers, length=length, fields=fields,
+                            rendered_headers=served.rendered)
         chunks = opened.chunk_range(span.first, span.last)
         try:
             first = await self.library.chunk(opened, chunks[0])
@@ -229,7 +230,8 @@ class EdgeRoutes:
             self.metrics.time_to_first_byte.observe(time.perf_counter() - started)
             await self._send_span(opened, span, chunks, first, send)
 
-        return Response(status, headers, writer=write, length=length, fields=fields)
+        return Response(status, headers, writer=write, length=length, fields=fields,
+                        rendered_headers=served.rendered)
 
     async def _send_span(
         self, opened: OpenedTrack, span: ranges.ByteRange, chunks: range, first: Chunk, send: Send

@@ -98,18 +98,22 @@ def closing_head(status: int, headers: Sequence[tuple[str, str]], length: int,
     """The head of a connection's last answer outside the request cycle (a malformed or
     stalled request, a refused connection), whose body of `length` bytes goes with it."""
     return _compose_head(status, headers, ("Content-Length", str(length)), close=True,
-                         date=date)
+                         date=date, rendered="")
 
 
 def _compose_head(status: int, headers: Sequence[tuple[str, str]],
-                  frame: tuple[str, str] | None, *, close: bool, date: str | None) -> bytes:
+                  frame: tuple[str, str] | None, *, close: bool, date: str | None,
+                  rendered: str) -> bytes:
     fields = list(headers)
     if frame is not None:
         fields.append(frame)
     if close:
         fields.append(("Connection", "close"))
+    preamble = _server_fields(date)
+    if rendered:
+        preamble = f"{preamble}\r\n{rendered}"
     # ValueError for a header that cannot be sent
-    return response_head(status, fields, _server_fields(date))
+    return response_head(status, fields, preamble)
 
 
 @functools.lru_cache(maxsize=2)
@@ -273,7 +277,7 @@ class ServerConnection:
 
     def start_response(self, status: int, headers: Sequence[tuple[str, str]], method: str,
                        length: int | None, *, body: bytes | None = None,
-                       date: str | None = None) -> bytes:
+                       date: str | None = None, rendered: str = "") -> bytes:
         """The head of the answer to the request read whole; raises ValueError when the
         response cannot be framed as given, and then nothing changed: another response (a 500)
         can take its place.
@@ -285,7 +289,8 @@ class ServerConnection:
         and which sends no body. The connection writes the framing headers itself (a
         handler's would contradict it), `Server: segue`, `Date: date` (the owner reads the
         clock: segue.http.dates.now()), and `Connection: close` when this answer is the
-        connection's last.
+        connection's last. `rendered` are header lines checked already (wire.header_lines),
+        sent before `headers`; they must hold no framing header.
         """
         if self._receiving is not _Receiving.DONE or self._sending is not _Sending.IDLE:
             raise RuntimeError("a response answers one request read whole, once")
@@ -305,7 +310,8 @@ class ServerConnection:
         keep_alive = self._keep_alive and chosen is not Framing.CLOSE
         frame = (("Content-Length", str(length)) if chosen is Framing.LENGTH
                  else ("Transfer-Encoding", "chunked") if chosen is Framing.CHUNKED else None)
-        head = _compose_head(status, headers, frame, close=not keep_alive, date=date)
+        head = _compose_head(status, headers, frame, close=not keep_alive, date=date,
+                             rendered=rendered)
         self._keep_alive = keep_alive
         self._continue_owed = False
         self._framing = Framing.NONE if method == "HEAD" else chosen

@@ -1,7 +1,8 @@
 """What a track's answers say about it, besides its bytes: type, file name, validators.
 
-Worked out once per track version and kept (every play of a track sends the same fields), so
-a request copies a tuple rather than formatting dates and encoding titles.
+Worked out once per track version and kept, checked and written as header lines: every play
+of a track sends the same fields, so a request neither formats dates, encodes titles nor
+checks header values again.
 
 The validators are chosen so that every node serving a track says the same, and a player or a
 cache in front of the fleet may revalidate against any node:
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 
 from segue.http import dates
 from segue.http.disposition import content_disposition
+from segue.http.wire import header_lines
 from segue.seal.manifest import Manifest
 
 
@@ -35,14 +37,14 @@ from segue.seal.manifest import Manifest
 class Representation:
     """One track version's validators and fields.
 
-    `validators` go with every answer about it (304 and 416 included), `headers` are those of
-    a 200 or 206, Content-Type first.
+    `validators` go with every answer about it (304 and 416 included); `rendered` are the
+    header lines of a 200 or 206 (wire.header_lines: Response.rendered_headers).
     """
 
     etag: str
     last_modified: int | None
     validators: tuple[tuple[str, str], ...]
-    headers: tuple[tuple[str, str], ...]
+    rendered: str
 
 
 def of(manifest: Manifest) -> Representation:
@@ -58,10 +60,10 @@ def _representation(track_id: str, mime: str, title: str, created: int) -> Repre
     validators: tuple[tuple[str, str], ...] = (("ETag", etag), ("Cache-Control", "private"))
     if last_modified is not None:
         validators += (("Last-Modified", dates.imf_fixdate(last_modified)),)
-    headers = (
+    rendered = header_lines((
         ("Content-Type", mime),
         ("Content-Disposition", content_disposition(title, mime, track_id)),
         ("Accept-Ranges", "bytes"),
         *validators,
-    )
-    return Representation(etag, last_modified, validators, headers)
+    ))
+    return Representation(etag, last_modified, validators, rendered)

@@ -274,7 +274,8 @@ class _Connection:
         """The response's head; ValueError when the response cannot be framed as it is."""
         return self.http.start_response(
             response.status, response.headers, method, response.length,
-            body=response.body if response.writer is None else None, date=dates.now())
+            body=response.body if response.writer is None else None, date=dates.now(),
+            rendered=response.rendered_headers)
 
     async def _send(self, parts: tuple[BodyPart, ...]) -> None:
         """Send every byte of `parts`, in order, within [http] send_timeout_s.

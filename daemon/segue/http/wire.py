@@ -152,21 +152,36 @@ def has_body(status: int) -> bool:
 def response_head(status: int, headers: Sequence[tuple[str, str]], preamble: str = "") -> bytes:
     """Status line and header fields, ending with the blank line.
 
-    `preamble` is header lines the server itself wrote (Server, Date), already known to be
-    sound, CRLF between them: put in as they are. Raises ValueError for a header that would
-    break the message: a name that is not a token, a value with a line break or another
-    control character (response splitting), or text that is not Latin-1.
+    `preamble` is header lines already checked (by header_lines, or written by the server
+    itself: Server, Date), CRLF between them, put in as they are. Raises ValueError for a
+    header that would break the message (see header_lines).
     """
-    lines = [f"HTTP/1.1 {status} {REASONS.get(status, '')}"]
-    if preamble:
-        lines.append(preamble)
+    status_line = f"HTTP/1.1 {status} {REASONS.get(status, '')}"
+    lines = [status_line, preamble] if preamble else [status_line]
+    if headers:
+        lines.append(header_lines(headers))
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode("latin-1")
+
+
+def header_lines(headers: Sequence[tuple[str, str]]) -> str:
+    """`Name: value` lines, CRLF between them, for a response head.
+
+    Raises ValueError for a header that would break the message: a name that is not a token,
+    a value with a line break or another control character (response splitting), or text
+    that is not Latin-1. Fields sent again and again (a track's) are checked and written once
+    and kept: see segue.http.representation.
+    """
+    lines = []
     for name, value in headers:
         if not _TOKEN_TEXT.match(name) or _BAD_VALUE_TEXT.search(value):
             raise ValueError(f"header {name!r} cannot be sent: not a token, or a control "
                              f"character in its value")
         lines.append(f"{name}: {value}")
-    lines.append("\r\n")
-    try:
-        return "\r\n".join(lines).encode("latin-1")
-    except UnicodeEncodeError:
-        raise ValueError("a response header is not Latin-1 text") from None
+    text = "\r\n".join(lines)
+    if not text.isascii():
+        try:
+            text.encode("latin-1")
+        except UnicodeEncodeError:
+            raise ValueError("a response header is not Latin-1 text") from None
+    return text
