@@ -285,10 +285,8 @@ def test_the_log_names_the_client_behind_trusted_proxies_only(fresh_node: Node,
     assert client("/nowhere/2", "203.0.113.7") == "127.0.0.1"
     node.conf.write_text(conf.replace(
         "[http]\n", '[http]\ntrusted_proxies = ["127.0.0.1", "10.0.0.0/8", "2001:db8::/32"]\n'))
-    since = log_size(node)
     node.proc.send_signal(signal.SIGHUP)
-    while not any(e.get("event") == "configuration reloaded" for e in node.log_events(since)):
-        time.sleep(0.05)
+    node.wait_for_event("configuration reloaded")
     assert client("/nowhere/3", "203.0.113.7") == "203.0.113.7"
     # Walking from the right: the first address that is no trusted proxy. What that client
     # claimed before it (198.51.100.1) is not believed.
