@@ -20,7 +20,16 @@ from segue import __version__
 from segue.catalogue import Catalogue
 from segue.http import disposition, ranges, representation, validators
 from segue.http.auth import Authorizer, refusal
-from segue.http.messages import FileSpan, Request, Response, Send, error, json_response, text
+from segue.http.messages import (
+    FileSpan,
+    PreparedResponse,
+    Request,
+    Response,
+    Send,
+    error,
+    json_response,
+    text,
+)
 from segue.http.router import Endpoint
 from segue.lifecycle import Lifecycle, NodeState
 from segue.log import user_hash
@@ -218,8 +227,8 @@ class EdgeRoutes:
             fields["range"] = f"{chosen.first}-{chosen.last}"
         length = span.length if size else 0
         if request.method == "HEAD" or length == 0:
-            return Response(status, headers, length=length, fields=fields,
-                            rendered_headers=served.rendered)
+            return PreparedResponse(status, headers, length=length, fields=fields,
+                                    rendered_headers=served.rendered)
         chunks = opened.chunk_range(span.first, span.last)
         try:
             first = await self.library.chunk(opened, chunks[0])
@@ -230,8 +239,8 @@ class EdgeRoutes:
             self.metrics.time_to_first_byte.observe(time.perf_counter() - started)
             await self._send_span(opened, span, chunks, first, send)
 
-        return Response(status, headers, writer=write, length=length, fields=fields,
-                        rendered_headers=served.rendered)
+        return PreparedResponse(status, headers, writer=write, length=length, fields=fields,
+                                rendered_headers=served.rendered)
 
     async def _send_span(
         self, opened: OpenedTrack, span: ranges.ByteRange, chunks: range, first: Chunk, send: Send

@@ -87,9 +87,7 @@ class Response:
     `length` is the Content-Length of a streamed body; a writer with no length streams a body
     of unknown size (chunked; to an HTTP/1.0 client, until the connection closes), as Server-
     Sent Events need. For HEAD, `length` alone states the size a GET would get. `fields` are
-    extra fields for the request's log line (track, range, user). `rendered_headers` are header
-    lines already checked and written by segue.http.wire.header_lines (a track's, the same at
-    every play), sent before `headers`.
+    extra fields for the request's log line (track, range, user).
     """
 
     status: int
@@ -98,6 +96,16 @@ class Response:
     writer: BodyWriter | None = None
     length: int | None = None
     fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PreparedResponse(Response):
+    """A Response with header lines checked and written beforehand by
+    segue.http.wire.header_lines (a track's: the same at every play), sent before `headers`.
+
+    The core's own, not the plugin API's: plugins return Response.
+    """
+
     rendered_headers: str = ""
 
 

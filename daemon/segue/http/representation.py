@@ -38,7 +38,7 @@ class Representation:
     """One track version's validators and fields.
 
     `validators` go with every answer about it (304 and 416 included); `rendered` are the
-    header lines of a 200 or 206 (wire.header_lines: Response.rendered_headers).
+    header lines of a 200 or 206 (wire.header_lines: PreparedResponse.rendered_headers).
     """
 
     etag: str

@@ -34,7 +34,7 @@ from segue.http.connection import (
     ServerConnection,
     closing_head,
 )
-from segue.http.messages import FileSpan, Request, Response, error
+from segue.http.messages import FileSpan, PreparedResponse, Request, Response, error
 from segue.http.wire import ProtocolError, RequestHead
 from segue.lifecycle import Lifecycle, NodeState
 from segue.log import info_enabled
@@ -275,7 +275,7 @@ class _Connection:
         return self.http.start_response(
             response.status, response.headers, method, response.length,
             body=response.body if response.writer is None else None, date=dates.now(),
-            rendered=response.rendered_headers)
+            rendered=response.rendered_headers if isinstance(response, PreparedResponse) else "")
 
     async def _send(self, parts: tuple[BodyPart, ...]) -> None:
         """Send every byte of `parts`, in order, within [http] send_timeout_s.
