@@ -1,5 +1,6 @@
-"""The pure rules behind a track's header fields: HTTP dates, file names from titles,
-conditional requests, and which X-Forwarded-For address is the client."""
+"""The pure rules behind the HTTP conventions: HTTP dates, file names from titles,
+conditional requests, which X-Forwarded-For address is the client, and the word that says
+why a token was refused."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import ipaddress
 import re
 import urllib.parse
 
+import jwt
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -16,6 +18,8 @@ from segue.http.client_address import ClientAddresses
 from segue.http.disposition import MAX_TITLE_CHARS, content_disposition, fits
 from segue.http.ranges import select
 from segue.http.validators import not_modified
+from segue.seal import keys
+from segue.seal.tokens import TokenError, TokenVerifier
 
 NOV_6_1994 = 784111777  # RFC 9110's example date
 
@@ -89,3 +93,21 @@ def test_the_client_is_the_first_untrusted_address_from_the_right() -> None:
     assert clients.client("", "192.0.2.1") == ""  # a peer already gone
     clients.trust([])
     assert clients.client("10.0.0.2", "192.0.2.1") == "10.0.0.2"
+
+
+@pytest.mark.parametrize(("claims", "reason"), [
+    ({"iss": "someone-else"}, "issuer"),
+    ({"nbf": 4102444800}, "not_yet_valid"),  # 2100
+    ({"exp": "soon"}, "malformed"),
+    ({"tracks": 7}, "malformed"),
+])
+def test_a_refused_token_says_why_in_one_word(claims: dict, reason: str) -> None:
+    key = keys.generate("ed25519")
+    verifier = TokenVerifier({keys.key_id(key.public_key()): key.public_key()},
+                             audience="segue", issuer="segue-auth")
+    token = jwt.encode({"sub": "kim", "exp": 4102444800, "aud": "segue", "iss": "segue-auth",
+                        **claims}, key, algorithm="EdDSA",
+                       headers={"kid": keys.key_id(key.public_key())})
+    with pytest.raises(TokenError) as refused:
+        verifier.verify(token)
+    assert refused.value.reason == reason
