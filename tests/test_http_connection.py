@@ -348,7 +348,7 @@ SETTINGS = HttpSettings(
     listen=Listen("127.0.0.1", 0), max_header_bytes=16384, max_body_bytes=1024,
     header_timeout_s=10.0, idle_timeout_s=60.0, send_timeout_s=60.0, max_connections=10,
     max_connections_per_client=0,
-    workers=1, tls_certificate=None, tls_key=None, cors_origins=())
+    workers=1, tls_certificate=None, tls_key=None, cors_origins=(), trusted_proxies=())
 
 Handler = Callable[[Request], Awaitable[Response]]
 

@@ -14,6 +14,7 @@ import re
 import socket
 import tomllib
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -63,7 +64,8 @@ def parse_listen(text: str) -> Listen:
 
 
 # section -> key -> (type, default). A default of None means "not set".
-# Types: "str", "int", "float", "bool", "strs", "path", "paths", "listen", "shares", "origins".
+# Types: "str", "int", "float", "bool", "strs", "path", "paths", "listen", "shares", "origins",
+# "networks".
 SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
     "node": {
         "id": ("str", None),
@@ -82,6 +84,7 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "tls_certificate": ("path", None),
         "tls_key": ("path", None),
         "cors_origins": ("origins", []),
+        "trusted_proxies": ("networks", []),
     },
     "seal": {
         "edge_keys": ("paths", []),
@@ -180,6 +183,7 @@ class HttpSettings:
     tls_certificate: Path | None
     tls_key: Path | None
     cors_origins: tuple[str, ...]
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...]
 
 
 @dataclass(frozen=True)
@@ -445,6 +449,24 @@ def _origin_form(text: str) -> str | None:
     return f"{parts.scheme}://{host}" + ("" if port in (None, default) else f":{port}")
 
 
+def _networks(value: Any) -> tuple[IPv4Network | IPv6Network, ...]:
+    """[http] trusted_proxies: addresses or CIDR networks, IPv4 or IPv6."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f'expected a list of addresses or networks such as ["10.0.0.0/8", '
+                         f'"127.0.0.1"], got {value!r}')
+    networks = []
+    for text in value:
+        try:
+            networks.append(ip_network(text))
+        except ValueError as e:
+            try:
+                fix = f"; write {str(ip_network(text, strict=False))!r}"
+            except ValueError:
+                fix = ""
+            raise ValueError(f"{text!r} is not an IP address or network ({e}){fix}") from None
+    return tuple(networks)
+
+
 CREDENTIAL_PREFIX = "credential:"
 
 
@@ -514,6 +536,8 @@ def _coerce(section: str, key: str, kind: str, value: Any, base: Path) -> Any:
         return _shares(value, base)
     if kind == "origins":
         return _origins(value)
+    if kind == "networks":
+        return _networks(value)
     if kind == "listen":
         if not isinstance(value, str):
             raise ValueError(f"expected HOST:PORT, got {value!r}")

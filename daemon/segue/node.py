@@ -40,6 +40,7 @@ from segue.configured_keys import load_edge_keys, load_token_verifier
 from segue.health import Health, worst
 from segue.http import player_files
 from segue.http.app import EdgeRoutes
+from segue.http.client_address import ClientAddresses
 from segue.http.cors import Cors
 from segue.http.router import Endpoint, Router
 from segue.http.server import serve
@@ -94,6 +95,7 @@ class Node:
         self._addresses: list[tuple[str, int]] = []
         self._stop = trio.Event()
         self._cors: Cors | None = None  # made with the router, once the plugins' routes are in
+        self._clients = ClientAddresses(settings.http.trusted_proxies)
 
     # --- NodeView ---
     @property
@@ -165,7 +167,8 @@ class Node:
                 lifespan.start_soon(self._watchdog)
                 async with trio.open_nursery() as connections:
                     listeners = await connections.start(
-                        functools.partial(serve, join=self.side.join), self._cors.handle,
+                        functools.partial(serve, clients=self._clients, join=self.side.join),
+                        self._cors.handle,
                         self.lifecycle, self.metrics, self.settings.http, self.tls)
                     self._addresses = [listener.socket.getsockname()[:2] for listener in listeners]
                     port = self._addresses[0][1]
@@ -351,6 +354,7 @@ class Node:
         self.serving.library.set_keys(keys)
         if self._cors is not None:
             self._cors.allow(new.http.cors_origins)
+        self._clients.trust(new.http.trusted_proxies)
         self.side.reload()
         await self.host.reloaded(self)
         log.info("configuration reloaded", config=str(new.path))

@@ -18,9 +18,18 @@ import trio
 
 from segue import __version__
 from segue.catalogue import Catalogue
-from segue.http import ranges
-from segue.http.auth import Authorizer
-from segue.http.messages import FileSpan, Request, Response, Send, error, json_response, text
+from segue.http import disposition, ranges, representation, validators
+from segue.http.auth import Authorizer, refusal
+from segue.http.messages import (
+    FileSpan,
+    PreparedResponse,
+    Request,
+    Response,
+    Send,
+    error,
+    json_response,
+    text,
+)
 from segue.http.router import Endpoint
 from segue.lifecycle import Lifecycle, NodeState
 from segue.log import user_hash
@@ -167,12 +176,15 @@ class EdgeRoutes:
         try:
             found = tickets.verify(self.ticket_key, ticket, tickets.track_scope(track_id))
         except tickets.TicketError as e:
-            return error(401, str(e), ("WWW-Authenticate", 'Bearer realm="segue"'))
+            return refusal(401, str(e), e.reason, credential="ticket", track=track_id)
         return Grant(found.user, frozenset({track_id}), found.expires)
 
     async def track(self, request: Request, track_id: str) -> Response:
-        """The track's plaintext, whole or one byte range."""
+        """The track's plaintext, whole or one byte range, or 304 when the player's copy is
+        current. The id may carry the extension of the track's type (/v1/tracks/ID.mp3, what
+        some players and download tools want to see); another extension is 404."""
         started = time.perf_counter()
+        track_id, dot, ext = track_id.partition(".")
         if not is_track_id(track_id):
             return _bad_track_id()
         grant = self._track_grant(request, track_id)
@@ -186,26 +198,27 @@ class EdgeRoutes:
         except TrackUnavailable:
             return error(503, f"track {track_id} cannot be read now", ("Retry-After", "5"))
         manifest = opened.manifest
+        if dot and not disposition.fits(manifest.meta.mime, ext):
+            return _wrong_extension(track_id, manifest.meta.mime)
+        served = representation.of(manifest)
+        if validators.not_modified(request.headers, served.etag, served.last_modified):
+            return Response(304, list(served.validators), fields=fields)
         size = manifest.size
-        etag = f'"{track_id}"'
-        headers = [
-            ("Content-Type", manifest.meta.mime),
-            ("Accept-Ranges", "bytes"),
-            ("ETag", etag),
-            ("Cache-Control", "private"),
-        ]
         chosen = ranges.select(
             request.headers.get("range") if request.method == "GET" else None,
             size,
             if_range=request.headers.get("if-range"),
-            etag=etag,
+            etag=served.etag,
+            last_modified=served.last_modified,
         )
         if isinstance(chosen, ranges.Unsatisfiable):
             fields["range"] = request.headers.get("range", "")
             response = error(416, f"track {track_id} has {size} bytes",
-                             ("Content-Range", chosen.content_range(size)), *headers[1:])
+                             ("Content-Range", chosen.content_range(size)),
+                             ("Accept-Ranges", "bytes"), *served.validators)
             response.fields = fields
             return response
+        headers = []  # beside the representation's own (rendered once: see representation.py)
         if chosen is None:
             status, span = 200, ranges.ByteRange(0, size - 1)
         else:
@@ -214,7 +227,8 @@ class EdgeRoutes:
             fields["range"] = f"{chosen.first}-{chosen.last}"
         length = span.length if size else 0
         if request.method == "HEAD" or length == 0:
-            return Response(status, headers, length=length, fields=fields)
+            return PreparedResponse(status, headers, length=length, fields=fields,
+                                    rendered_headers=served.rendered)
         chunks = opened.chunk_range(span.first, span.last)
         try:
             first = await self.library.chunk(opened, chunks[0])
@@ -225,7 +239,8 @@ class EdgeRoutes:
             self.metrics.time_to_first_byte.observe(time.perf_counter() - started)
             await self._send_span(opened, span, chunks, first, send)
 
-        return Response(status, headers, writer=write, length=length, fields=fields)
+        return PreparedResponse(status, headers, writer=write, length=length, fields=fields,
+                                rendered_headers=served.rendered)
 
     async def _send_span(
         self, opened: OpenedTrack, span: ranges.ByteRange, chunks: range, first: Chunk, send: Send
@@ -285,3 +300,11 @@ def _whole_number(text: str | None, default: int, low: int, high: int) -> int | 
 
 def _bad_track_id() -> Response:
     return error(400, "track ids are 8 to 64 lowercase letters and digits")
+
+
+def _wrong_extension(track_id: str, mime: str) -> Response:
+    """404: /v1/tracks/ID.EXT names no track when EXT is not the extension of its type."""
+    ext = disposition.extension(mime)
+    url = f"/v1/tracks/{track_id}"
+    where = f"{url}.{ext} or {url}" if ext else url
+    return error(404, f"track {track_id} is {mime}: its URL is {where}")

@@ -15,6 +15,7 @@ response to this one has ended and `next_cycle()` starts the next.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -92,20 +93,33 @@ def framing(status: int, length: int | None, version: bytes) -> Framing:
     return Framing.CHUNKED if version == b"1.1" else Framing.CLOSE
 
 
-def closing_head(status: int, headers: Sequence[tuple[str, str]], length: int) -> bytes:
+def closing_head(status: int, headers: Sequence[tuple[str, str]], length: int,
+                 date: str | None = None) -> bytes:
     """The head of a connection's last answer outside the request cycle (a malformed or
     stalled request, a refused connection), whose body of `length` bytes goes with it."""
-    return _compose_head(status, headers, ("Content-Length", str(length)), close=True)
+    return _compose_head(status, headers, ("Content-Length", str(length)), close=True,
+                         date=date, rendered="")
 
 
 def _compose_head(status: int, headers: Sequence[tuple[str, str]],
-                  frame: tuple[str, str] | None, *, close: bool) -> bytes:
-    fields = [("Server", "segue"), *headers]
+                  frame: tuple[str, str] | None, *, close: bool, date: str | None,
+                  rendered: str) -> bytes:
+    fields = list(headers)
     if frame is not None:
         fields.append(frame)
     if close:
         fields.append(("Connection", "close"))
-    return response_head(status, fields)  # ValueError for a header that cannot be sent
+    preamble = _server_fields(date)
+    if rendered:
+        preamble = f"{preamble}\r\n{rendered}"
+    # ValueError for a header that cannot be sent
+    return response_head(status, fields, preamble)
+
+
+@functools.lru_cache(maxsize=2)
+def _server_fields(date: str | None) -> str:
+    """The fields every response starts with, written once per second (the date's)."""
+    return "Server: segue" if date is None else f"Server: segue\r\nDate: {date}"
 
 
 class _Receiving(enum.Enum):
@@ -262,7 +276,8 @@ class ServerConnection:
         self._keep_alive = False
 
     def start_response(self, status: int, headers: Sequence[tuple[str, str]], method: str,
-                       length: int | None, *, body: bytes | None = None) -> bytes:
+                       length: int | None, *, body: bytes | None = None,
+                       date: str | None = None, rendered: str = "") -> bytes:
         """The head of the answer to the request read whole; raises ValueError when the
         response cannot be framed as given, and then nothing changed: another response (a 500)
         can take its place.
@@ -272,8 +287,10 @@ class ServerConnection:
         owner sends right after with send_body (None when it streams one): then `length`, if
         given, must be its size, except for HEAD, whose head states the size a GET would get
         and which sends no body. The connection writes the framing headers itself (a
-        handler's would contradict it), `Server: segue`, and `Connection: close` when this
-        answer is the connection's last.
+        handler's would contradict it), `Server: segue`, `Date: date` (the owner reads the
+        clock: segue.http.dates.now()), and `Connection: close` when this answer is the
+        connection's last. `rendered` are header lines checked already (wire.header_lines),
+        sent before `headers`; they must hold no framing header.
         """
         if self._receiving is not _Receiving.DONE or self._sending is not _Sending.IDLE:
             raise RuntimeError("a response answers one request read whole, once")
@@ -293,7 +310,8 @@ class ServerConnection:
         keep_alive = self._keep_alive and chosen is not Framing.CLOSE
         frame = (("Content-Length", str(length)) if chosen is Framing.LENGTH
                  else ("Transfer-Encoding", "chunked") if chosen is Framing.CHUNKED else None)
-        head = _compose_head(status, headers, frame, close=not keep_alive)
+        head = _compose_head(status, headers, frame, close=not keep_alive, date=date,
+                             rendered=rendered)
         self._keep_alive = keep_alive
         self._continue_owed = False
         self._framing = Framing.NONE if method == "HEAD" else chosen

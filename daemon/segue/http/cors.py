@@ -18,8 +18,10 @@ from segue.http.router import Router
 
 ANY = "*"
 API_PREFIX = "/v1/"
-ALLOWED_HEADERS = "Authorization, Content-Type, Range, If-Range, Last-Event-ID"
-EXPOSED_HEADERS = "Content-Range, Accept-Ranges, Content-Length, ETag, Retry-After"
+ALLOWED_HEADERS = ("Authorization, Content-Type, Range, If-Range, If-None-Match, "
+                   "If-Modified-Since, Last-Event-ID")
+EXPOSED_HEADERS = ("Content-Range, Accept-Ranges, Content-Length, ETag, Content-Disposition, "
+                   "Retry-After")
 PREFLIGHT_MAX_AGE_S = 600
 
 

@@ -98,6 +98,17 @@ class Response:
     fields: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class PreparedResponse(Response):
+    """A Response with header lines checked and written beforehand by
+    segue.http.wire.header_lines (a track's: the same at every play), sent before `headers`.
+
+    The core's own, not the plugin API's: plugins return Response.
+    """
+
+    rendered_headers: str = ""
+
+
 def text(status: int, message: str, *headers: tuple[str, str]) -> Response:
     """A plain-text response (health checks, errors)."""
     return Response(

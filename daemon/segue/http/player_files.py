@@ -18,6 +18,7 @@ from importlib import resources
 
 from segue.http.messages import Request, Response, error
 from segue.http.router import Endpoint
+from segue.http.validators import none_match
 
 CONTENT_SECURITY_POLICY = "; ".join([
     "default-src 'none'",
@@ -93,13 +94,7 @@ class PlayerFiles:
         if found is None:
             return error(404, "no such file")
         headers = [("ETag", found.etag), ("Cache-Control", "no-cache"), *_SAFETY]
-        if _matches(request.headers.get("if-none-match", ""), found.etag):
+        if none_match(request.headers.get("if-none-match", ""), found.etag):
             return Response(304, headers)
         return Response(200, [("Content-Type", found.content_type), *headers], found.body)
 
-
-def _matches(if_none_match: str, etag: str) -> bool:
-    """Whether an If-None-Match list names `etag` (weakly, as RFC 9110 13.1.2 compares for
-    this header), or is "*"."""
-    tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
-    return "*" in tags or etag in tags

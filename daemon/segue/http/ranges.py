@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from segue.http import dates
+
 _SPEC = re.compile(r"^(\d{1,19})?-(\d{1,19})?$")
 
 
@@ -39,19 +41,24 @@ class Unsatisfiable:
 FULL = None
 
 
-def if_range_matches(if_range: str | None, etag: str) -> bool:
-    """True when there is no If-Range, or it names our current strong ETag exactly."""
+def if_range_matches(if_range: str | None, etag: str, last_modified: int | None = None) -> bool:
+    """True when there is no If-Range, or it names the current representation exactly: its
+    strong ETag, or its Last-Modified date (RFC 9110 13.1.5; a date at least a second before
+    the response's Date is a strong validator, which a packed track's always is)."""
     if if_range is None:
         return True
     value = if_range.strip()
-    return not value.startswith("W/") and value == etag
+    if value.startswith(('"', "W/")):
+        return value == etag  # a weak tag never equals a strong one
+    return last_modified is not None and dates.parse(value) == last_modified
 
 
 def select(
-    range_header: str | None, size: int, *, if_range: str | None = None, etag: str = ""
+    range_header: str | None, size: int, *, if_range: str | None = None, etag: str = "",
+    last_modified: int | None = None,
 ) -> ByteRange | Unsatisfiable | None:
     """What to send for a GET of `size` bytes: a ByteRange, Unsatisfiable, or None (all)."""
-    if range_header is None or not if_range_matches(if_range, etag):
+    if range_header is None or not if_range_matches(if_range, etag, last_modified):
         return FULL
     unit, sep, specs = range_header.partition("=")
     if not sep or unit.strip().lower() != "bytes":

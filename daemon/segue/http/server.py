@@ -23,6 +23,8 @@ from typing import Protocol
 import structlog
 import trio
 
+from segue.http import dates
+from segue.http.client_address import ClientAddresses
 from segue.http.connection import (
     END_OF_REQUEST,
     NEED_DATA,
@@ -32,7 +34,7 @@ from segue.http.connection import (
     ServerConnection,
     closing_head,
 )
-from segue.http.messages import FileSpan, Request, Response, error
+from segue.http.messages import FileSpan, PreparedResponse, Request, Response, error
 from segue.http.wire import ProtocolError, RequestHead
 from segue.lifecycle import Lifecycle, NodeState
 from segue.log import info_enabled
@@ -101,8 +103,10 @@ class _Connection:
     """One client connection: the reads, writes and deadlines around a ServerConnection."""
 
     def __init__(self, stream: Stream, handler: Handler, lifecycle: Lifecycle, metrics: Metrics,
-                 settings: HttpSettings) -> None:
+                 settings: HttpSettings, clients: ClientAddresses, peer: str) -> None:
         self.stream = stream
+        self.clients = clients
+        self.peer = peer  # the peer's IP address, for the log lines
         self.handler = handler
         self.lifecycle = lifecycle
         self.metrics = metrics
@@ -130,7 +134,7 @@ class _Connection:
         except ProtocolError as e:
             self.metrics.bad_requests.inc()
             # The message names the rule broken, never the bytes (which may hold a token).
-            log.info("malformed request", status=e.status, error=str(e))
+            log.info("malformed request", status=e.status, error=str(e), client=self.peer)
             await self.send_and_close(error(e.status, f"malformed HTTP request: {e}"))
         except _ClosedByPeer:
             return
@@ -256,6 +260,7 @@ class _Connection:
         """The request line (at info: a node at warning writes none, and builds none)."""
         log.info(
             "request",
+            client=self.clients.client(self.peer, request.headers.get("x-forwarded-for")),
             method=request.method,
             path=request.path,
             status=response.status,
@@ -269,7 +274,8 @@ class _Connection:
         """The response's head; ValueError when the response cannot be framed as it is."""
         return self.http.start_response(
             response.status, response.headers, method, response.length,
-            body=response.body if response.writer is None else None)
+            body=response.body if response.writer is None else None, date=dates.now(),
+            rendered=response.rendered_headers if isinstance(response, PreparedResponse) else "")
 
     async def _send(self, parts: tuple[BodyPart, ...]) -> None:
         """Send every byte of `parts`, in order, within [http] send_timeout_s.
@@ -367,7 +373,7 @@ class _Connection:
         The connection may not have seen a whole request (a timed-out or refused connection,
         a malformed head), so nothing here depends on one.
         """
-        head = closing_head(response.status, response.headers, len(response.body))
+        head = closing_head(response.status, response.headers, len(response.body), dates.now())
         try:
             await self._send((head, response.body))
             await self._linger()
@@ -508,10 +514,15 @@ async def _shared_port_listeners(settings: HttpSettings,
 
 
 async def serve_connection(stream: Stream, handler: Handler, lifecycle: Lifecycle,
-                           metrics: Metrics, settings: HttpSettings) -> None:
-    """Serve one accepted connection until it closes; never raises for what it meets."""
+                           metrics: Metrics, settings: HttpSettings, *,
+                           clients: ClientAddresses | None = None, peer: str = "") -> None:
+    """Serve one accepted connection until it closes; never raises for what it meets.
+
+    `peer` is the client's IP address, and `clients` which proxies may say another (for the
+    log lines)."""
     try:
-        await _Connection(stream, handler, lifecycle, metrics, settings).serve()
+        await _Connection(stream, handler, lifecycle, metrics, settings,
+                          clients or ClientAddresses(), peer).serve()
     except Exception:
         # One connection's bug must never take the listener, and every other player, down
         # with it.
@@ -525,14 +536,16 @@ async def serve(
     settings: HttpSettings,
     tls: ssl.SSLContext | None = None,
     *,
+    clients: ClientAddresses | None = None,
     join: bool = False,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on settings.listen (with TLS when `tls` is given) and serve until cancelled.
 
     `handler` answers each request; `lifecycle` says whether the node is draining and counts
-    requests and streams; `join`: a serving worker, binding the port its node's main process
-    holds.
+    requests and streams; `clients` tells the client's address for the log behind trusted
+    proxies (none: the peer's); `join`: a serving worker, binding the port its node's main
+    process holds.
 
     task_status gets the TCP listeners, whose sockets say where the node listens.
     """
@@ -549,6 +562,7 @@ async def serve(
     # address: leave it 0 there.
     per_client: dict[str, int] = {}
     client_cap = settings.max_connections_per_client
+    clients = clients or ClientAddresses()
 
     async def accepted(stream: Stream) -> None:
         nonlocal active
@@ -560,14 +574,15 @@ async def serve(
         else:
             refusal = ""
         if refusal:
-            refused = _Connection(stream, handler, lifecycle, metrics, settings)
+            refused = _Connection(stream, handler, lifecycle, metrics, settings, clients, peer)
             await refused.send_and_close(error(503, refusal))
             await stream.aclose()
             return
         active += 1
         per_client[peer] = per_client.get(peer, 0) + 1
         try:
-            await serve_connection(stream, handler, lifecycle, metrics, settings)
+            await serve_connection(stream, handler, lifecycle, metrics, settings, clients=clients,
+                                   peer=peer)
         finally:
             active -= 1
             per_client[peer] -= 1

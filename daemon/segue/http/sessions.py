@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import trio
 
-from segue.http.auth import Authorizer
+from segue.http.auth import TRACK_NOT_GRANTED, Authorizer, refusal
 from segue.http.messages import Request, Response, Send, error, json_response
 from segue.http.router import Endpoint
 from segue.lifecycle import Lifecycle
@@ -97,6 +97,8 @@ class SessionRoutes:
         try:
             view = await self.sessions.command(grant.user, doc, grant.allows)
         except CommandError as e:
+            if e.status == 403:  # a track the token does not grant
+                return refusal(403, str(e), TRACK_NOT_GRANTED)
             return error(e.status, str(e))
         except RateLimited:
             return error(429, "too many commands: slow down", ("Retry-After", "1"))
@@ -117,7 +119,7 @@ class SessionRoutes:
         try:
             return tickets.verify(self.ticket_key, ticket).user
         except tickets.TicketError as e:
-            return error(401, str(e), ("WWW-Authenticate", 'Bearer realm="segue"'))
+            return refusal(401, str(e), e.reason, credential="ticket")
 
     async def events(self, request: Request) -> Response:
         user = self._events_grant(request)

@@ -22,13 +22,14 @@ never the bytes (a token may ride in any line).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 REASONS = {
-    200: "OK", 206: "Partial Content", 400: "Bad Request", 401: "Unauthorized",
-    403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
-    413: "Content Too Large", 416: "Range Not Satisfiable", 429: "Too Many Requests",
-    431: "Request Header Fields Too Large",
+    200: "OK", 206: "Partial Content", 304: "Not Modified", 400: "Bad Request",
+    401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+    408: "Request Timeout", 413: "Content Too Large", 416: "Range Not Satisfiable",
+    429: "Too Many Requests", 431: "Request Header Fields Too Large",
     500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
     505: "HTTP Version Not Supported",
 }
@@ -148,21 +149,39 @@ def has_body(status: int) -> bool:
     return status >= 200 and status not in (204, 304)
 
 
-def response_head(status: int, headers: list[tuple[str, str]]) -> bytes:
+def response_head(status: int, headers: Sequence[tuple[str, str]], preamble: str = "") -> bytes:
     """Status line and header fields, ending with the blank line.
+
+    `preamble` is header lines already checked (by header_lines, or written by the server
+    itself: Server, Date), CRLF between them, put in as they are. Raises ValueError for a
+    header that would break the message (see header_lines).
+    """
+    status_line = f"HTTP/1.1 {status} {REASONS.get(status, '')}"
+    lines = [status_line, preamble] if preamble else [status_line]
+    if headers:
+        lines.append(header_lines(headers))
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode("latin-1")
+
+
+def header_lines(headers: Sequence[tuple[str, str]]) -> str:
+    """`Name: value` lines, CRLF between them, for a response head.
 
     Raises ValueError for a header that would break the message: a name that is not a token,
     a value with a line break or another control character (response splitting), or text
-    that is not Latin-1.
+    that is not Latin-1. Fields sent again and again (a track's) are checked and written once
+    and kept: see segue.http.representation.
     """
-    lines = [f"HTTP/1.1 {status} {REASONS.get(status, '')}"]
+    lines = []
     for name, value in headers:
         if not _TOKEN_TEXT.match(name) or _BAD_VALUE_TEXT.search(value):
             raise ValueError(f"header {name!r} cannot be sent: not a token, or a control "
                              f"character in its value")
         lines.append(f"{name}: {value}")
-    lines.append("\r\n")
-    try:
-        return "\r\n".join(lines).encode("latin-1")
-    except UnicodeEncodeError:
-        raise ValueError("a response header is not Latin-1 text") from None
+    text = "\r\n".join(lines)
+    if not text.isascii():
+        try:
+            text.encode("latin-1")
+        except UnicodeEncodeError:
+            raise ValueError("a response header is not Latin-1 text") from None
+    return text

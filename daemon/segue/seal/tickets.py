@@ -34,7 +34,12 @@ SESSION_EVENTS = "session-events"
 
 
 class TicketError(Exception):
-    """The ticket is malformed, forged, for something else, or expired."""
+    """The ticket is malformed, forged, for something else, or expired: `reason` says which
+    in one word (malformed, bad_signature, wrong_scope, expired), as a TokenError's does."""
+
+    def __init__(self, message: str, reason: str = "malformed") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -77,17 +82,18 @@ def verify(key: bytes, ticket: str, scope: str = SESSION_EVENTS,
         given = _unb64(mac)
         expected = hmac.new(key, body.encode(), hashlib.sha256).digest()
         if not hmac.compare_digest(given, expected):
-            raise TicketError("the ticket's signature does not verify")
+            raise TicketError("the ticket's signature does not verify", "bad_signature")
         doc = json.loads(_unb64(body))
     except (ValueError, UnicodeError) as e:
         raise TicketError("malformed ticket") from e
     if not isinstance(doc, dict) or not isinstance(doc.get("u"), str):
         raise TicketError("malformed ticket")
     if doc.get("s") != scope:
-        raise TicketError(f"not a ticket for this: ask for a {scope.partition(':')[0]} ticket")
+        raise TicketError(f"not a ticket for this: ask for a {scope.partition(':')[0]} ticket",
+                          "wrong_scope")
     expires = doc.get("x")
     if type(expires) is not int or expires < (time.time() if now is None else now) * 1000:
-        raise TicketError("the ticket has expired: get a new one")
+        raise TicketError("the ticket has expired: get a new one", "expired")
     return Ticket(str(doc["u"]), expires / 1000)
 
 

@@ -28,11 +28,22 @@ ALL_TRACKS = "*"
 
 
 class TokenError(Exception):
-    """A token was missing, malformed, expired or forged. The message never holds the token."""
+    """A token was missing, malformed, expired or forged. The message never holds the token.
+
+    `reason` says which, in one word a log can be searched by: malformed, expired,
+    bad_signature, unknown_key, audience, issuer, not_yet_valid or scope_required.
+    """
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class TokenScopeError(TokenError):
     """A genuine token that does not say which tracks it grants, where that is required."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "scope_required")
 
 
 def algorithm_for(key: PrivateKeyTypes | PublicKeyTypes) -> str:
@@ -171,7 +182,7 @@ class TokenVerifier:
         if grant is not None:
             if current > grant.expires + self._leeway:
                 del self._cache[digest]
-                raise TokenError("token expired")
+                raise TokenError("token expired", "expired")
             self._cache.move_to_end(digest)
             return grant
         grant = self._decode(token, current)
@@ -184,13 +195,13 @@ class TokenVerifier:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
-            raise TokenError("token is not a JWT") from None
+            raise TokenError("token is not a JWT", "malformed") from None
         if not isinstance(header.get("kid", ""), str) or not isinstance(header.get("alg"), str):
-            raise TokenError("token header is malformed")
+            raise TokenError("token header is malformed", "malformed")
         kid = header.get("kid")
         candidates = [self._keys[kid]] if kid in self._keys else list(self._keys.values())
         alg = header.get("alg")
-        last_error = "no trusted key matches the token"
+        refusal = TokenError("no trusted key matches the token", "unknown_key")
         for public in candidates:
             try:
                 if algorithm_for(public) != alg:
@@ -208,14 +219,16 @@ class TokenVerifier:
                     options={"require": ["exp", "sub"], "verify_iat": False},
                 )
             except jwt.ExpiredSignatureError:
-                raise TokenError("token expired") from None
+                raise TokenError("token expired", "expired") from None
             except jwt.InvalidSignatureError:
-                last_error = "token signature does not verify"
+                # With a kid no trusted key has, every key was tried: the signer is unknown.
+                if kid is None or kid in self._keys:
+                    refusal = TokenError("token signature does not verify", "bad_signature")
                 continue
             except jwt.InvalidTokenError as e:
-                raise TokenError(f"token refused: {e}") from None
+                raise TokenError(f"token refused: {e}", _reason(e)) from None
             return _grant(claims)
-        raise TokenError(last_error)
+        raise refusal
 
 
 def _grant(claims: Mapping[str, object]) -> Grant:
@@ -225,9 +238,20 @@ def _grant(claims: Mapping[str, object]) -> Grant:
     elif isinstance(tracks, list) and all(isinstance(t, str) for t in tracks):
         allowed = frozenset(tracks)
     else:
-        raise TokenError('token claim "tracks" must be "*" or a list of track ids')
+        raise TokenError('token claim "tracks" must be "*" or a list of track ids', "malformed")
     exp = claims["exp"]
     if not isinstance(exp, int | float):
-        raise TokenError('token claim "exp" is not a number')
+        raise TokenError('token claim "exp" is not a number', "malformed")
     return Grant(user=str(claims["sub"]), tracks=allowed, expires=float(exp),
                  scoped="tracks" in claims)
+
+
+def _reason(e: jwt.InvalidTokenError) -> str:
+    """The reason word of a refusal PyJWT raised (see TokenError)."""
+    if isinstance(e, jwt.InvalidAudienceError):
+        return "audience"
+    if isinstance(e, jwt.InvalidIssuerError):
+        return "issuer"
+    if isinstance(e, jwt.ImmatureSignatureError):
+        return "not_yet_valid"
+    return "malformed"  # a claim missing or of the wrong type, a header PyJWT refuses
