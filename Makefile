@@ -8,16 +8,10 @@ BIN    := $(VENV)/bin
 LISTEN ?= 127.0.0.1:8480
 DEMO   ?= demo
 
-# command-or-file:debian-package pairs the tests and the demo need (libsystemd-dev, pkg-config
-# and gcc build systemd-python; chromium and its chromedriver run the web player's tests; man
-# renders the generated manual pages).
-SYSTEM_COMMANDS := ffmpeg:ffmpeg ffprobe:ffmpeg curl:curl gcc:gcc pkg-config:pkg-config prlimit:util-linux \
-	man:man-db \
-	/usr/include/systemd/sd-daemon.h:libsystemd-dev smbd:samba smbpasswd:samba \
-	haproxy:haproxy mariadbd:mariadb-server mariadb-install-db:mariadb-server serf:serf \
-	nats-server:nats-server \
-	chromium:chromium chromedriver:chromium-driver \
-	$(DEB_COMMANDS)
+# command-or-file:debian-package pairs. The demo needs ffmpeg, and gcc, pkg-config and
+# libsystemd-dev to build systemd-python into the virtualenv; nothing else.
+RUN_COMMANDS := ffmpeg:ffmpeg ffprobe:ffmpeg gcc:gcc pkg-config:pkg-config \
+	/usr/include/systemd/sd-daemon.h:libsystemd-dev
 # What `make deb` builds with (packaging/debian/control's Build-Depends) and what
 # tests/test_packaging.py checks and installs the package with.
 DEB_COMMANDS := dpkg-buildpackage:dpkg-dev dpkg-parsechangelog:dpkg-dev dh:debhelper \
@@ -26,14 +20,24 @@ DEB_COMMANDS := dpkg-buildpackage:dpkg-dev dpkg-parsechangelog:dpkg-dev dh:debhe
 	/usr/include/python3.11/Python.h:python3.11-dev lintian:lintian \
 	systemd-analyze:systemd systemd-sysusers:systemd systemd-tmpfiles:systemd \
 	runuser:util-linux
+# The tests start the real servers (Samba, HAProxy, MariaDB, Serf, NATS), drive Chromium with
+# its chromedriver for the web player, render the manual pages and build the package.
+SYSTEM_COMMANDS := $(RUN_COMMANDS) curl:curl prlimit:util-linux man:man-db \
+	smbd:samba smbpasswd:samba haproxy:haproxy \
+	mariadbd:mariadb-server mariadb-install-db:mariadb-server serf:serf \
+	nats-server:nats-server chromium:chromium chromedriver:chromium-driver \
+	$(DEB_COMMANDS)
 BENCH_COMMANDS  := nginx:nginx-light wrk:wrk taskset:util-linux nft:nftables
 
-.PHONY: run test lint typecheck bench bench-setup setup system-deps bench-deps clean deb deb-deps lock fuzz
+.PHONY: run test lint typecheck bench bench-setup setup system-deps run-deps bench-deps clean deb deb-deps lock fuzz
 
 setup: system-deps $(VENV)/.installed
 
 system-deps:
 	@tools/ensure-commands $(SYSTEM_COMMANDS)
+
+run-deps:
+	@tools/ensure-commands $(RUN_COMMANDS)
 
 bench-deps:
 	@tools/ensure-commands $(BENCH_COMMANDS)
@@ -46,7 +50,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	@touch $@
 
-run: setup
+run: run-deps $(VENV)/.installed
 	@tools/demo $(BIN) $(DEMO) $(LISTEN)
 
 lint: $(VENV)/.installed
@@ -61,7 +65,7 @@ test: setup lint
 	$(BIN)/python -m pytest $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 # `make fuzz` feeds every fuzz target of tests/test_fuzz.py FUZZ_EXAMPLES inputs: a long run,
-# about 250 inputs a second per target here, so 7 targets x 1,000,000 is about 8 hours. It keeps
+# about 250 inputs a second per target here, so 11 targets x 1,000,000 is about 12 hours. It keeps
 # hypothesis's database of interesting inputs in .hypothesis/ as the corpus for the next run.
 # `make test` runs a short round of the same targets.
 FUZZ_EXAMPLES ?= 1000000
