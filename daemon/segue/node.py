@@ -264,7 +264,7 @@ class Node:
         for share in shares.shares:
             self.metrics.share_up.labels(share.name).set(1 if share.healthy else 0)
         for plugin in self.host.plugins:
-            self.metrics.plugin_health.labels(plugin.name).set(plugin.health.gauge)
+            self.metrics.set_plugin_status(plugin.name, plugin.status)
         if self.lifecycle.state == NodeState.READY:
             self.notifier.status(self._status_line())
 

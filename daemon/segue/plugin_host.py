@@ -74,6 +74,12 @@ class Plugin:
         return Health(self.health.status, f"plugin {self.name} {self.health.status}",
                       f"{self.name}: {self.health.described}")
 
+    @property
+    def status(self) -> str:
+        """ok, degraded or failing; "inactive" for an installed plugin without its table,
+        which is not "ok": it is doing nothing."""
+        return self.health.status if self.active else "inactive"
+
     def to_json(self, hooks: list[str], status: Any = None) -> dict[str, Any]:
         doc = {
             "name": self.name,
@@ -81,9 +87,8 @@ class Plugin:
             "distribution": self.distribution,
             "hooks": hooks,
             "active": self.active,
-            # An installed plugin without its table is not "ok": it is doing nothing.
             "health": (self.node_health.to_json() if self.active
-                       else {"status": "inactive", "reason": ""}),
+                       else {"status": self.status, "reason": ""}),
         }
         if status is not None:
             doc["status"] = status
