@@ -10,6 +10,7 @@ whose first chunk is bad is refused with a 503 rather than cut off.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +19,7 @@ import trio
 
 from segue import __version__
 from segue.catalogue import Catalogue
-from segue.http import ranges
+from segue.http import ranges, served
 from segue.http.auth import Authorizer
 from segue.http.messages import FileSpan, Request, Response, Send, error, json_response, text
 from segue.http.router import Endpoint
@@ -48,7 +49,8 @@ class EdgeRoutes:
     def __init__(self, *, node_id: str, lifecycle: Lifecycle, catalogue: Catalogue,
                  library: Library, auth: Authorizer, metrics: Metrics,
                  limiter: trio.CapacityLimiter, ticket_key: bytes,
-                 plugins: Callable[[], list[dict[str, Any]]] = list) -> None:
+                 plugins: Callable[[], list[dict[str, Any]]] = list,
+                 on_served: served.Reporter | None = None) -> None:
         self.node_id = node_id
         self.lifecycle = lifecycle
         self.catalogue = catalogue
@@ -58,6 +60,7 @@ class EdgeRoutes:
         self.limiter = limiter
         self.ticket_key = ticket_key
         self.plugins = plugins
+        self.on_served = on_served  # None: no plugin reports plays, nothing to count
 
     def endpoints(self) -> list[Endpoint]:
         """The table the router dispatches on."""
@@ -223,7 +226,12 @@ class EdgeRoutes:
 
         async def write(send: Send) -> None:
             self.metrics.time_to_first_byte.observe(time.perf_counter() - started)
-            await self._send_span(opened, span, chunks, first, send)
+            body = functools.partial(self._send_span, opened, span, chunks, first)
+            if self.on_served is None:
+                await body(send)
+            else:
+                await served.reporting(body, send, whole=length == size, report=functools.partial(
+                    self.on_served, track_id, grant.user))
 
         return Response(status, headers, writer=write, length=length, fields=fields)
 
