@@ -280,7 +280,7 @@ def segue_track_served(track_id: str, user_hash: str, bytes_sent: int,
 
     Called: in the node's main process after each body of ``GET /v1/tracks/{id}`` ends,
     whichever process served it (``[http] workers`` forward theirs); not for HEAD, errors
-    answered before the body (401, 404, 416, 503) or empty bodies. Each plugin has its own
+    answered without a body (401, 403, 404, 416, 503) or empty ranges. Each plugin has its own
     queue (4,096 events) and its own task: the stream never waits for a plugin, an event that
     finds the queue full is dropped and counted
     (``segue_plugin_events_dropped_total{hook="segue_track_served",plugin=NAME}``), and a slow
@@ -292,7 +292,8 @@ def segue_track_served(track_id: str, user_hash: str, bytes_sent: int,
         user_hash_salt_file`` is the same file, so plays count per listener across the fleet,
         and (with a salt) nobody who receives the reports can find a user by hashing guessed
         ids.
-    :param bytes_sent: body bytes handed to the player's connection.
+    :param bytes_sent: body bytes handed to the player's connection, a write (at most a chunk)
+        at a time: the write a leaving player cut short is not counted.
     :param outcome: ``"complete"`` (the whole track was sent), ``"partial"`` (a range, less than
         the whole track, was sent to its end: a seek, or a player fetching in pieces),
         ``"aborted"`` (the player went away or stopped reading, or the node stopped) or
