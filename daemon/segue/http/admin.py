@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 from segue.http.router import Endpoint
 
+
 class AdminListenError(OSError):
     """The admin listener's address cannot be bound (not the players' address: the message
     for the sysadmin names the other key)."""
