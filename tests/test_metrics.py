@@ -7,15 +7,13 @@ import json
 import os
 import platform
 import re
-import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import segue
 from conftest import SEGUE, Node, with_plugins
+from conftest import fetch as get
 from conftest import segue as run_segue
 
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
@@ -49,14 +47,6 @@ class Scrape:
 
     def named(self, prefix: str) -> set[str]:
         return {name for name in self.types if name.startswith(prefix)}
-
-
-def get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
 
 
 def scrape(base: str) -> Scrape:
@@ -245,15 +235,11 @@ def test_with_workers_the_admin_listener_counts_every_process(tmp_path: Path,
         node.stop()
 
 
-def test_segued_names_an_admin_address_already_taken(tmp_path: Path) -> None:
+def test_segued_names_an_admin_address_already_taken(tmp_path: Path, taken_port: int) -> None:
     node = Node.init(tmp_path / "edge")
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        add_to(node, "http", f'admin_listen = "127.0.0.1:{port}"\n')
-        done = subprocess.run([*SEGUE, "run", "--config", str(node.conf)], capture_output=True,
-                              text=True, timeout=60)
+    add_to(node, "http", f'admin_listen = "127.0.0.1:{taken_port}"\n')
+    done = subprocess.run([*SEGUE, "run", "--config", str(node.conf)], capture_output=True,
+                          text=True, timeout=60)
     assert done.returncode == 1
-    assert (f"cannot listen on 127.0.0.1:{port} ([http] admin_listen in {node.conf})"
+    assert (f"cannot listen on 127.0.0.1:{taken_port} ([http] admin_listen in {node.conf})"
             in done.stderr), done.stderr

@@ -3,13 +3,11 @@ track stream (the example plugin counts plays and shows them), and node.settings
 
 from __future__ import annotations
 
-import http.client
 import json
 import re
 import socket
 import struct
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,24 +16,12 @@ from typing import Any
 import pytest
 
 from conftest import MP3, Node, make_tone, with_plugins
+from conftest import fetch as get
 from segue.storage import layout
 
 CHUNK = 256 * 1024
 WAV = ["-c:a", "pcm_s16le"]
 SALT = "a fleet-wide salt for user hashes\n"
-
-
-def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-    """Status and whatever body arrived (a body cut short is returned as far as it came)."""
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}),
-                                    timeout=20) as r:
-            try:
-                return r.status, r.read()
-            except http.client.IncompleteRead as e:
-                return r.status, e.partial
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
 
 
 def wait_for(what: Callable[[], Any], timeout: float = 10) -> Any:
