@@ -50,7 +50,7 @@ from typing import Any
 import pymysql
 
 from common import BenchError, log, machine, run_in_temp_dir, stop
-from segue.catalogue import Catalogue, TrackRecord
+from segue.catalogue import Catalogue, ReplicationView, TrackRecord
 from segue_mysql import replicator
 from segue_mysql.schema import DATABASE, TRACKS_DDL, keyspace_id
 
@@ -257,6 +257,11 @@ class LocalNode:
     """All that replicator.snapshot and replicator.stream need of a node."""
 
     catalogue: Catalogue
+
+    @property
+    def replication(self) -> ReplicationView:
+        """What the plugin writes through (`node.replication`, plugin API 2)."""
+        return ReplicationView(self.catalogue)
 
 
 def make_shard(port: int) -> replicator.Shard:

@@ -139,6 +139,40 @@ def test_snapshot_then_changes_on_both_shards(fresh_node: Node, shards) -> None:
     assert search(fresh_node, "snapshot song 15") == []
 
 
+def test_a_track_deleted_and_written_again_in_one_transaction_is_there(fresh_node: Node,
+                                                                        shards) -> None:
+    for n in range(6):
+        upsert(shards, n, f"First Take {n}")
+    configure(fresh_node, shards)
+    fresh_node.start()
+    wait_equal(fresh_node, shards)
+    tid = track_id(0)
+    conn = shards[shard_of(tid)].connect("segue_catalogue")
+    try:
+        with conn.cursor() as cur:  # one source transaction: delete, then write it again
+            cur.execute("BEGIN")
+            cur.execute("DELETE FROM tracks WHERE track_id = %s", (tid,))
+            cur.execute(
+                "INSERT INTO tracks (track_id, keyspace_id, title, mime, bytes, chunks) "
+                "VALUES (%s, %s, 'Second Take', 'audio/mpeg', 1000, 1)", (tid, keyspace_id(tid)))
+            cur.execute("COMMIT")
+        with conn.cursor() as cur:  # REPLACE INTO logs a delete and a write, or an update
+            cur.execute(
+                "REPLACE INTO tracks (track_id, keyspace_id, title, mime, bytes, chunks) "
+                "VALUES (%s, %s, 'Replaced Take', 'audio/mpeg', 1000, 1)",
+                (track_id(1), keyspace_id(track_id(1))))
+    finally:
+        conn.close()
+    # An UPDATE of the key itself moves the row.
+    moved = track_id(2)
+    shards[shard_of(moved)].execute(
+        "UPDATE tracks SET track_id = %s WHERE track_id = %s", moved[:-1] + "x", moved)
+    wait_equal(fresh_node, shards)
+    assert search(fresh_node, "second take") == ["Second Take"]
+    assert search(fresh_node, "replaced take") == ["Replaced Take"]
+    assert moved not in {tid for tid, _ in local_rows(fresh_node)}
+
+
 def test_a_node_killed_mid_stream_resumes_exactly(fresh_node: Node, shards) -> None:
     configure(fresh_node, shards)
     fresh_node.start()

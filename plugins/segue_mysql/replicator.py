@@ -12,7 +12,7 @@ import json
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pymysql
@@ -30,6 +30,12 @@ REQUIRED_SETTINGS = {
     "binlog_row_metadata": "FULL",
 }
 ERROR_BINLOG_PURGED = 1236
+# Catching up, source transactions are applied together until one of these is reached.
+# A transaction committed longer ago than this is caught up on, not live. Binlog timestamps
+# are whole seconds, so a live one may look up to 1 s old.
+LAGGING_S = 2.0
+BATCH_ROWS = 5000
+BATCH_S = 0.25
 
 
 class SettingsError(Exception):
@@ -97,31 +103,92 @@ def _record(values: dict) -> segue.TrackRecord:
     return segue.TrackRecord(*(values[c] for c in COLUMNS))
 
 
+class _Changes:
+    """Rows changed in the binlog, the last change of each track winning: a track deleted and
+    written again (REPLACE INTO) is there afterwards, not gone."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, segue.TrackRecord | None] = {}  # None: deleted
+
+    def change(self, track_id: str, record: segue.TrackRecord | None) -> None:
+        self.rows.pop(track_id, None)  # the order is that of each track's last change
+        self.rows[track_id] = record
+
+
+class _Pending(_Changes):
+    """Whole source transactions not yet applied to the catalogue.
+
+    Live, each source transaction is applied at its commit, so the catalogue lags by
+    milliseconds. Catching up (the transactions are older than LAGGING_S), several go into one
+    catalogue transaction, with the position after the last: a commit and an FTS flush per
+    source transaction were most of the catch-up time. The position moves with the rows, so a
+    restart still resumes exactly; an idle source's heartbeat applies what is left.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.transactions = 0
+        self.position = ""
+        self.timestamp = 0.0  # the source's time of the last commit taken
+        self.since = 0.0  # time.monotonic() of the first transaction taken
+
+    def take(self, txn: _Changes, position: str, timestamp: float) -> None:
+        if not self.transactions:
+            self.since = time.monotonic()
+        for track_id, record in txn.rows.items():
+            self.change(track_id, record)
+        self.transactions += 1
+        self.position, self.timestamp = position, timestamp
+
+    def due(self) -> bool:
+        return (time.time() - self.timestamp < LAGGING_S or len(self.rows) >= BATCH_ROWS
+                or time.monotonic() - self.since >= BATCH_S)
+
+    def apply(self, shard: Shard, node: segue.NodeView) -> None:
+        node.replication.apply_replicated(
+            shard.name, [r for r in self.rows.values() if r is not None],
+            [track_id for track_id, r in self.rows.items() if r is None], self.position)
+        shard.rows_applied += len(self.rows)
+        shard.source_time = self.timestamp if self.rows else time.time()
+        self.rows, self.transactions = {}, 0
+
+
 def snapshot(shard: Shard, node: segue.NodeView) -> None:
     """All of the shard's tracks and the binlog position they correspond to, applied at once.
 
     MariaDB reports the binlog position of a consistent snapshot (binlog_snapshot_file and
-    _position) inside the snapshot's own transaction, with no global lock.
+    _position) inside the snapshot's own transaction, with no global lock. The rows stream
+    from an unbuffered cursor straight into the catalogue's transaction: a shard of a million
+    tracks is never held in memory.
     """
     conn = shard.connect()
     try:
-        with conn.cursor(pymysql.cursors.DictCursor) as cur:
+        with conn.cursor() as cur:
             cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
             cur.execute("SHOW STATUS LIKE 'binlog_snapshot_%'")
-            status = {row["Variable_name"].lower(): row["Value"] for row in cur.fetchall()}
+            status = {str(name).lower(): value for name, value in cur.fetchall()}
+        if "binlog_snapshot_file" not in status:
+            raise SettingsError(f"shard {shard.name}: the server reports no "
+                                "Binlog_snapshot_file status; consistent snapshots need "
+                                "MariaDB (docs/catalogue.md)")
+        position = json.dumps({"file": status["binlog_snapshot_file"],
+                               "pos": int(status["binlog_snapshot_position"])})
+        read = 0
+
+        def records(cur: pymysql.cursors.SSCursor) -> Iterator[segue.TrackRecord]:
+            nonlocal read
+            while batch := cur.fetchmany(1000):
+                read += len(batch)
+                yield from (segue.TrackRecord(*row) for row in batch)
+
+        with conn.cursor(pymysql.cursors.SSCursor) as cur:
             cur.execute(f"SELECT {', '.join(COLUMNS)} FROM {DATABASE}.tracks")  # noqa: S608
-            rows = [_record(row) for row in cur.fetchall()]
-            cur.execute("COMMIT")
+            node.replication.apply_replicated(shard.name, records(cur), [], position,
+                                              replace=True)
     finally:
         conn.close()
-    if "binlog_snapshot_file" not in status:
-        raise SettingsError(f"shard {shard.name}: the server reports no Binlog_snapshot_file "
-                            "status; consistent snapshots need MariaDB (docs/catalogue.md)")
-    position = json.dumps({"file": status["binlog_snapshot_file"],
-                           "pos": int(status["binlog_snapshot_position"])})
-    node.replication.apply_replicated(shard.name, rows, [], position, replace=True)
-    shard.rows_applied += len(rows)
+    shard.rows_applied += read
     shard.source_time = time.time()
 
 
@@ -147,8 +214,8 @@ def stream(shard: Shard, node: segue.NodeView, stop: threading.Event,
         # rebuilt after every DDL statement (below), so nothing stale survives one.
         freeze_schema=True,
     )
-    upserts: list[segue.TrackRecord] = []
-    deletes: list[str] = []
+    txn = _Changes()  # the source transaction being read
+    pending = _Pending()  # whole source transactions read but not yet applied
     ddl = False
     try:
         for event in reader:
@@ -156,28 +223,35 @@ def stream(shard: Shard, node: segue.NodeView, stop: threading.Event,
             shard.last_error = ""
             if stop.is_set():
                 return
-            if isinstance(event, HeartbeatLogEvent):
-                if not upserts and not deletes:
+            if isinstance(event, HeartbeatLogEvent):  # the source is idle: nothing to wait for
+                if pending.transactions:
+                    pending.apply(shard, node)
+                    on_progress()
+                else:
                     shard.source_time = time.time()
                 continue
             ours = getattr(event, "schema", None) == DATABASE
             if isinstance(event, WriteRowsEvent | UpdateRowsEvent) and ours \
                     and event.table == "tracks":
                 for row in event.rows:
-                    upserts.append(_record(row.get("after_values", row.get("values"))))
+                    record = _record(row.get("after_values", row.get("values")))
+                    renamed = row.get("before_values", {}).get("track_id", record.track_id)
+                    if renamed != record.track_id:  # an UPDATE of the key moves the row
+                        txn.change(renamed, None)
+                    txn.change(record.track_id, record)
             elif isinstance(event, DeleteRowsEvent) and ours and event.table == "tracks":
-                deletes.extend(row["values"]["track_id"] for row in event.rows)
+                for row in event.rows:
+                    txn.change(row["values"]["track_id"], None)
             elif isinstance(event, XidEvent) or (ddl := (
                     isinstance(event, QueryEvent) and event.query.strip().upper() != "BEGIN")):
                 # A commit (XidEvent) or a statement of its own (DDL, which MariaDB logs with
                 # no XidEvent): the group ends here, with the position after it.
-                new_position = json.dumps({"file": reader.log_file, "pos": reader.log_pos})
-                node.replication.apply_replicated(shard.name, upserts, deletes, new_position)
-                shard.rows_applied += len(upserts) + len(deletes)
-                shard.source_time = float(event.timestamp) if (upserts or deletes) \
-                    else time.time()
-                upserts, deletes = [], []
-                on_progress()
+                pending.take(txn, json.dumps({"file": reader.log_file, "pos": reader.log_pos}),
+                             float(event.timestamp))
+                txn = _Changes()
+                if ddl or pending.due():
+                    pending.apply(shard, node)
+                    on_progress()
                 if ddl:
                     return  # the caller rebuilds the reader, which reads the new schema
     except pymysql.err.OperationalError as e:
