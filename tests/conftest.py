@@ -3,13 +3,16 @@ and segued nodes started as real processes on loopback."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -195,6 +198,28 @@ def fresh_node(tmp_path: Path) -> Iterator[Node]:
 def track_of(node: Node, suffix: str) -> str:
     """The id of the packed track whose source file ends with `suffix`."""
     return next(t for t, p in node.tracks.items() if p.name.endswith(suffix))
+
+
+def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    """GET `url`: the status and whatever body arrived (a body cut short, as far as it came)."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}),
+                                    timeout=20) as r:
+            try:
+                return r.status, r.read()
+            except http.client.IncompleteRead as e:
+                return r.status, e.partial
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A loopback port another socket listens on, for as long as the test runs."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        yield taken.getsockname()[1]
 
 
 EXAMPLE_PLUGIN = Path(__file__).parent / "example_plugin"

@@ -117,6 +117,7 @@ def test_a_pause_on_node_a_reaches_an_event_stream_on_node_c_within_1_s(fleet) -
     assert a.status()["status"] == {"agent": "up",
                                     "members": {"alive": 3, "leaving": 0, "left": 0, "failed": 0}}
     assert a.metric("segue_gossip_members", status="alive") == 3
+    assert a.metric("segue_gossip_agent_up") == 1  # health gauges: 1 when up
     assert command(a.node, token, type="play", device="laptop", track=track)[0] == 200
     phone = EventStream(f"{c.node.base}/v1/session/events?device=phone",
                         {"Authorization": f"Bearer {token}"})

@@ -426,8 +426,9 @@ def connected(handler: Handler, test: Callable[[Client, Lifecycle], Awaitable[No
 
 
 def answered(metrics: Metrics, status: int) -> tuple[float, float]:
-    """(responses, body bytes) counted under `status`."""
-    label = {"status": str(status)}
+    """(responses, body bytes) counted under `status` (and route "none": these handlers are
+    called without a router, which is what names the route)."""
+    label = {"route": "none", "status": str(status)}
     return (metrics.registry.get_sample_value("segue_http_requests_total", label) or 0,
             metrics.registry.get_sample_value("segue_http_response_bytes_total", label) or 0)
 

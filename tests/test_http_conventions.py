@@ -230,9 +230,10 @@ def test_a_title_cannot_inject_header_fields(titled: tuple[Node, float, float],
     assert field(fields, "Set-Cookie") is None
     assert disposition(fields) == ("Say Hi Set-Cookie: stolen=1.mp3",
                                    "Say Hi Set-Cookie: stolen=1.mp3")
-    # The title itself is intact where JSON carries it.
+    # Where JSON carries it, the title is as `segue pack` keeps it: control characters are
+    # spaces there (a tag's line break would split pack's own output line).
     meta = json.loads(fetch(node.base, "GET", f"/v1/tracks/{nasty}/meta", bearer(node))[2])
-    assert meta["title"] == NASTY_TITLE
+    assert meta["title"] == NASTY_TITLE.replace("\r", " ").replace("\n", " ")
     _, fields, _ = fetch(node.base, "GET", f"/v1/tracks/{foreign}", bearer(node))
     assert disposition(fields) == ("Cafe.flac", f"{FOREIGN_TITLE}.flac")
     # What `curl -OJ` saves it as (curl reads the plain filename).

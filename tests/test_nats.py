@@ -138,6 +138,8 @@ def test_a_pause_on_node_a_reaches_an_event_stream_on_node_b_within_200_ms(fleet
     try:
         wait_until(lambda: status(b)["followed"] == 1, 5, "node B follows alice")
         assert status(a)["followed"] == 0  # nobody of alice's is on node A yet
+        # A health gauge is 1 when up, as everywhere on /metrics.
+        assert metric(a, "segue_nats_connected") == metric(b, "segue_nats_connected") == 1
         assert command(a, token, type="play", device="laptop", track=fleet.track)[0] == 200
         phone.wait_for(lambda v: v["playback"] and v["playback"]["playing"], timeout=5)
         latencies = []

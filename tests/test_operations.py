@@ -48,8 +48,9 @@ def test_metrics_cover_requests_bytes_streams_latency_failures_and_cache(node: N
         if line and not line.startswith("#"):
             name, _, value = line.rpartition(" ")
             samples[name] = float(value)
-    assert samples['segue_http_requests_total{status="200"}'] >= 2
-    assert samples['segue_http_response_bytes_total{status="200"}'] >= 2 * size
+    tracks = 'route="/v1/tracks/{track_id}",status="200"'
+    assert samples[f"segue_http_requests_total{{{tracks}}}"] >= 2
+    assert samples[f"segue_http_response_bytes_total{{{tracks}}}"] >= 2 * size
     assert "segue_streams_in_flight" in samples
     assert samples["segue_time_to_first_byte_seconds_count"] >= 2
     assert "segue_chunk_auth_failures_total" in samples

@@ -98,7 +98,7 @@ def test_routes_metrics_and_status_of_a_plugin(fresh_node: Node, plugin_path: st
         "example", "1.2.3", "segue-example")
     assert plugin["hooks"] == ALL_HOOKS
     assert plugin["health"] == {"status": "ok", "reason": ""}
-    assert plugin["status"] == {"hellos": 1}  # segue_status: the plugin's public facts
+    assert plugin["status"] == {"hellos": 1, "plays": {}}  # segue_status: public facts
     # `segue plugins` asks the node listening at the configured address for live health.
     fresh_node.conf.write_text(fresh_node.conf.read_text().replace(
         'listen = "127.0.0.1:0"', f'listen = "{fresh_node.base.removeprefix("http://")}"'))

@@ -150,7 +150,23 @@ class NodeView(Protocol):
         ...
 
     @property
-    def config_path(self) -> Path: ...
+    def config_path(self) -> Path:
+        """The configuration file the node runs with, as the command line named it (resolve a
+        relative path of your own table against its folder, as ``segue_configure`` does). The
+        same path ``segue_configure`` got. Read it, never write it: it is the sysadmin's (a
+        root-owned conffile when installed); the settings in force are ``settings``."""
+        ...
+
+    @property
+    def settings(self) -> Mapping[str, Mapping[str, Any]]:
+        """The node's settings in force (since API version 4): ``settings["http"]["listen"]``.
+
+        Every section of the configuration but ``[plugins]``, every key with its default filled
+        in and the command line's overrides applied; read-only (mappings that cannot be
+        changed, sequences as tuples), paths and addresses as strings. File paths only, never
+        what key or password files hold. A new object after each reload.
+        """
+        ...
 
     @property
     def replication(self) -> ReplicationSink:

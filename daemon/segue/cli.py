@@ -673,8 +673,14 @@ def listen_failure(error: OSError, settings: Settings) -> str | None:
     """What to check when the listening socket cannot be bound, or None for other errors."""
     import errno
 
-    listen = settings.http.listen
-    where = f"cannot listen on {listen} ([http] listen in {settings.path}, or --listen)"
+    from segue.http.admin import AdminListenError
+
+    if isinstance(error, AdminListenError) and settings.http.admin_listen is not None:
+        listen = settings.http.admin_listen
+        where = f"cannot listen on {listen} ([http] admin_listen in {settings.path})"
+    else:
+        listen = settings.http.listen
+        where = f"cannot listen on {listen} ([http] listen in {settings.path}, or --listen)"
     if error.errno == errno.EADDRINUSE:
         return (f"{where}: address already in use: another process listens on port "
                 f"{listen.port} (`ss -ltnp 'sport = :{listen.port}'` names it), perhaps "
@@ -750,7 +756,8 @@ def _live_health(settings: Settings) -> dict[str, dict[str, str]]:
     """Plugin health from the node running with this configuration, if one answers."""
     import urllib.request
 
-    listen = settings.http.listen
+    # /v1/status is on the admin listener when there is one, and there alone.
+    listen = settings.http.admin_listen or settings.http.listen
     host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(  # noqa: S104
         listen.host, listen.host)
     try:

@@ -85,6 +85,7 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "tls_key": ("path", None),
         "cors_origins": ("origins", []),
         "trusted_proxies": ("networks", []),
+        "admin_listen": ("listen", None),
     },
     "seal": {
         "edge_keys": ("paths", []),
@@ -184,6 +185,7 @@ class HttpSettings:
     tls_key: Path | None
     cors_origins: tuple[str, ...]
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...]
+    admin_listen: Listen | None = None
 
 
 @dataclass(frozen=True)
@@ -347,6 +349,7 @@ def from_mapping(raw: dict[str, Any], path: Path) -> Settings:
                 values[section, key] = (
                     default if default is None else _coerce(section, key, kind, default, base)
                 )
+    errors += _conflicts(values, path)
     if errors:
         raise ConfigError(errors)
 
@@ -370,6 +373,19 @@ def from_mapping(raw: dict[str, Any], path: Path) -> Settings:
         sessions=SessionSettings(**sect("sessions")),
         plugins=dict(raw.get("plugins", {})),
     )
+
+
+def _conflicts(values: dict[tuple[str, str], Any], path: Path) -> list[str]:
+    """Errors of keys that are valid alone and wrong together."""
+    listen, admin = values["http", "listen"], values["http", "admin_listen"]
+    if admin is None or admin.port == 0 or admin.port != listen.port:
+        return []
+    wildcards = ("", "0.0.0.0", "::")  # noqa: S104 - what a listen address may say
+    if admin.host == listen.host or admin.host in wildcards or listen.host in wildcards:
+        return [f"{path}: http.admin_listen: {admin} takes the port of http.listen "
+                f"({listen}); give the admin listener its own port (for example "
+                f"127.0.0.1:8481), or leave it out"]
+    return []
 
 
 _SHARE_KEYS = {"name", "url", "password_file", "encrypt", "require_signing"}

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 HealthStatus = Literal["ok", "degraded", "failing"]
-#: Worse is larger; also the value of the health gauges (0 ok, 1 degraded, 2 failing).
+#: Worse is larger.
 ORDER: dict[str, int] = {"ok": 0, "degraded": 1, "failing": 2}
 
 
@@ -42,11 +42,6 @@ class Health:
 
     def worse_than(self, other: Health) -> bool:
         return ORDER[self.status] > ORDER[other.status]
-
-    @property
-    def gauge(self) -> int:
-        """The value of a health gauge: 0 ok, 1 degraded, 2 failing."""
-        return ORDER[self.status]
 
     @property
     def described(self) -> str:

@@ -17,7 +17,8 @@ The order over a node's life::
     -> segue_ready -> segue_services -> segue_health (every health_interval_s)
     -> segue_reload (each SIGHUP) -> segue_drain (SIGTERM) -> segue_stop
 
-``segue_session_changed`` is called after every session change accepted on the node.
+``segue_session_changed`` is called after every session change accepted on the node, and
+``segue_track_served`` after every track stream (off the stream's path, from a queue).
 
 Three hooks serve commands rather than the running node: ``segue_catalogue_init`` (``segue
 catalogue init``), ``segue_track_packed`` (``segue pack``) and ``segue_track_removed``
@@ -37,7 +38,7 @@ from segue.api import Health, NodeView, Route, TrackRecord
 
 PROJECT = "segue"
 #: The version of this plugin API. Hooks say in which version they appeared.
-PLUGIN_API_VERSION = 3
+PLUGIN_API_VERSION = 4
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 #: The marker plugins use: ``@segue.hookimpl``.
@@ -72,7 +73,9 @@ def segue_configure(config: Mapping[str, Any], config_path: Path) -> None:
 def segue_metrics(registry: CollectorRegistry) -> None:
     """Register the plugin's Prometheus collectors.
 
-    Called: once at start-up, after ``segue_configure``.
+    Called: once at start-up, after ``segue_configure``, for a plugin whose ``[plugins.NAME]``
+    table the configuration has (since API version 4: an inactive plugin's gauges would read
+    0, a "down" on every node that does not use it).
 
     :param registry: the node's registry, served at ``/metrics``. Name metrics ``segue_NAME_*``.
 
@@ -264,6 +267,44 @@ def segue_session_presence(node: NodeView, user: str, present: bool) -> None:
     Raises: logged with the plugin's name; nothing else changes.
 
     Sync only. Since API version 3.
+    """
+
+
+# --- plays -------------------------------------------------------------------------------------
+
+
+@hookspec
+def segue_track_served(track_id: str, user_hash: str, bytes_sent: int,
+                       outcome: str) -> Awaitable[None] | None:
+    """A track's stream ended: report the play (to a royalties or statistics service, say).
+
+    Called: in the node's main process after each body of ``GET /v1/tracks/{id}`` ends,
+    whichever process served it (``[http] workers`` forward theirs); not for HEAD, errors
+    answered without a body (401, 403, 404, 416, 503) or empty ranges. Each plugin has its own
+    queue (4,096 events) and its own task: the stream never waits for a plugin, an event that
+    finds the queue full is dropped and counted
+    (``segue_plugin_events_dropped_total{hook="segue_track_served",plugin=NAME}``), and a slow
+    plugin delays only itself.
+
+    :param track_id: the track.
+    :param user_hash: the listener as 32 hex digits of a keyed hash (HMAC-SHA256) of the
+        token's ``sub``, never the user id: the same on every node whose ``[log]
+        user_hash_salt_file`` is the same file, so plays count per listener across the fleet,
+        and (with a salt) nobody who receives the reports can find a user by hashing guessed
+        ids.
+    :param bytes_sent: body bytes handed to the player's connection, a write (at most a chunk)
+        at a time: the write a leaving player cut short is not counted.
+    :param outcome: ``"complete"`` (the whole track was sent), ``"partial"`` (a range, less than
+        the whole track, was sent to its end: a seek, or a player fetching in pieces),
+        ``"aborted"`` (the player went away or stopped reading, or the node stopped) or
+        ``"error"`` (the node could not go on: no copy of a chunk could be read or verified).
+
+    Return: nothing. Raises or times out: counted
+    (``segue_plugin_hook_failures_total{hook,plugin}``) and logged with the plugin's name, at
+    most once a minute; the next event is delivered as usual.
+
+    May be async (awaited under hook_timeout_s, while the plugin's next events wait in its
+    queue). Since API version 4.
     """
 
 

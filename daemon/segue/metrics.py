@@ -9,17 +9,32 @@ node, not the one process the kernel happened to hand the connection to.
 from __future__ import annotations
 
 import os
+import platform
 from pathlib import Path
 from typing import Any
 
 import prometheus_client.values
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+from segue import __version__
+from segue.hookspecs import PLUGIN_API_VERSION
 
 SHARED_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+#: The route label of a request no route answered (404, a CORS preflight).
+NO_ROUTE = "none"
+#: What segue_plugin_health_status says a plugin is: one series each, 1 for the current one.
+PLUGIN_STATUSES = ("ok", "degraded", "failing", "inactive")
 
 
 def share_between_processes(directory: Path) -> None:
@@ -45,14 +60,25 @@ class Metrics:
     """The node's counters, gauges and histograms."""
 
     def __init__(self) -> None:
+        # A counter's `_created` series (when this process made it) doubles the page and tells
+        # a scrape nothing that process_start_time does not; multiprocess mode never has one.
+        # prometheus_client decides it for the whole process, which is this node's.
+        disable_created_metrics()
         self.registry = CollectorRegistry(auto_describe=True)
+        self.build_info = Gauge(
+            "segue_build_info", "Always 1; the labels say which Segue, Python and plugin API "
+            "version this node runs.", ["version", "python", "plugin_api"],
+            registry=self.registry, multiprocess_mode="livemax",
+        )
+        self.build_info.labels(__version__, platform.python_version(),
+                               str(PLUGIN_API_VERSION)).set(1)
         self.requests = Counter(
-            "segue_http_requests", "HTTP requests answered, by status.", ["status"],
-            registry=self.registry,
+            "segue_http_requests", "HTTP requests answered, by route (the path pattern that "
+            "answered) and status.", ["route", "status"], registry=self.registry,
         )
         self.response_bytes = Counter(
-            "segue_http_response_bytes", "Body bytes sent, by status.", ["status"],
-            registry=self.registry,
+            "segue_http_response_bytes", "Body bytes sent, by route and status.",
+            ["route", "status"], registry=self.registry,
         )
         # Labelled children looked up once: labels() takes a lock and builds a tuple on every
         # call, which the serving profile showed for each request.
@@ -77,9 +103,21 @@ class Metrics:
             registry=self.registry,
         )
 
+        # One series per plugin and status, 1 for the status it has: like every health gauge
+        # here, 1 is the good news on {status="ok"} (and alerts match {status!="ok"} == 1).
         self.plugin_health = Gauge(
-            "segue_plugin_health", "Each plugin's health: 0 ok, 1 degraded, 2 failing.",
-            ["plugin"], registry=self.registry, multiprocess_mode="livemax",
+            "segue_plugin_health_status", "1 for each plugin's health status now (ok, "
+            "degraded, failing, or inactive: no [plugins.NAME] table), 0 for the others.",
+            ["plugin", "status"], registry=self.registry, multiprocess_mode="livemax",
+        )
+        self.plugin_events_dropped = Counter(
+            "segue_plugin_events_dropped", "Events a plugin hook did not get because a "
+            "bounded queue was full (per plugin; plugin=\"\" while still in a worker).",
+            ["hook", "plugin"], registry=self.registry,
+        )
+        self.plugin_hook_failures = Counter(
+            "segue_plugin_hook_failures", "Calls of per-event hooks that raised or timed out.",
+            ["hook", "plugin"], registry=self.registry,
         )
         self.open_tracks = Counter(
             "segue_open_track_lookups",
@@ -153,11 +191,16 @@ class Metrics:
             found = self._children[key] = metric.labels(*labels)
         return found
 
-    def count_response(self, status: int, body_bytes: int) -> None:
-        """One answered request and the body bytes it sent, under its status."""
-        label = str(status)
-        self.child(self.requests, label).inc()
-        self.child(self.response_bytes, label).inc(body_bytes)
+    def count_response(self, route: str, status: int, body_bytes: int) -> None:
+        """One answered request and the body bytes it sent, under its route and status."""
+        labels = (route or NO_ROUTE, str(status))
+        self.child(self.requests, *labels).inc()
+        self.child(self.response_bytes, *labels).inc(body_bytes)
+
+    def set_plugin_status(self, plugin: str, status: str) -> None:
+        """segue_plugin_health_status: 1 on `status`, 0 on the plugin's other statuses."""
+        for each in PLUGIN_STATUSES:
+            self.child(self.plugin_health, plugin, each).set(1 if each == status else 0)
 
     def render(self) -> bytes:
         directory = os.environ.get(SHARED_DIR_ENV)

@@ -20,6 +20,7 @@ share probing in storage; this module only puts them in order.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gc
 import os
@@ -32,26 +33,29 @@ from typing import Any
 import structlog
 import trio
 
-from segue import __version__, config, wiring
+from segue import __version__, config, play_reports, wiring
 from segue.api import ReplicationSink, SessionsView
 from segue.catalogue import ReplicationView
 from segue.config import ConfigError, Settings, format_address
-from segue.configured_keys import load_edge_keys, load_token_verifier
+from segue.configured_keys import load_edge_keys, load_token_verifier, load_user_hash_salt
 from segue.health import Health, worst
-from segue.http import player_files
+from segue.http import admin, player_files
 from segue.http.app import EdgeRoutes
 from segue.http.client_address import ClientAddresses
 from segue.http.cors import Cors
 from segue.http.router import Endpoint, Router
+from segue.http.served import Reporter
 from segue.http.server import serve
 from segue.http.sessions import SessionRoutes, SessionsPort
 from segue.lifecycle import Lifecycle, NodeState
 from segue.metrics import Metrics
+from segue.play_reports import PlayReports
 from segue.plugin_host import PluginHost
 from segue.seal.manifest import is_track_id
 from segue.sessions import ipc
 from segue.sessions.ipc import RemoteSessions
 from segue.sessions.state import SessionState
+from segue.settings_view import settings_view
 from segue.storage.probe import probe_all, probe_shares
 from segue.systemd import Notifier, watchdog_interval
 from segue.workers import MainSide, WorkerSide
@@ -59,7 +63,8 @@ from segue.workers import MainSide, WorkerSide
 log = structlog.get_logger("segue.node")
 
 FULL_COLLECTION_EVERY = 100  # middle-generation collections per full one (CPython's default: 10)
-RESTART_KEYS = ("listen", "max_connections", "max_connections_per_client", "workers")
+RESTART_KEYS = ("listen", "max_connections", "max_connections_per_client", "workers",
+                "admin_listen")
 
 
 class Node:
@@ -71,7 +76,7 @@ class Node:
 
         `overrides` are the command line's settings (listen, workers) that a reload keeps.
         """
-        self.settings = settings
+        self._settings = settings
         self.overrides = dict(overrides or {})
         self.host = host
         self.notifier = Notifier()
@@ -79,9 +84,13 @@ class Node:
         self.lifecycle = Lifecycle(self.metrics.streams_in_flight)
         self.serving = wiring.build(settings, self.metrics)
         self.tls = wiring.tls_context(settings)
+        # Plugins that report plays hear of every track stream, from a queue of their own.
+        self._plays = (PlayReports(host, self.metrics, load_user_hash_salt(settings))
+                       if not worker and host.implemented(play_reports.HOOK) else None)
         self.side: MainSide | WorkerSide = (
-            WorkerSide(self._publish_health) if worker
-            else MainSide(settings.http.workers, settings.path))
+            WorkerSide(self._publish_health, self.metrics) if worker
+            else MainSide(settings.http.workers, settings.path,
+                          None if self._plays is None else self._plays.report))
         self._replication = ReplicationView(self.serving.catalogue)
         self.ticket_key = wiring.ticket_key(settings)
         # The main process owns the sessions; a worker reaches them through it.
@@ -93,14 +102,16 @@ class Node:
         self._sessions_port: SessionsPort | None = (
             self._sessions or RemoteSessions.from_environment(is_track_id))
         self._addresses: list[tuple[str, int]] = []
+        self._admin_addresses: list[tuple[str, int]] = []
         self._stop = trio.Event()
         self._cors: Cors | None = None  # made with the router, once the plugins' routes are in
         self._clients = ClientAddresses(settings.http.trusted_proxies)
+        self._settings_view: Mapping[str, Mapping[str, Any]] | None = None
 
     # --- NodeView ---
     @property
     def node_id(self) -> str:
-        return self.settings.node_id
+        return self._settings.node_id
 
     @property
     def version(self) -> str:
@@ -124,7 +135,13 @@ class Node:
 
     @property
     def config_path(self) -> Path:
-        return self.settings.path
+        return self._settings.path
+
+    @property
+    def settings(self) -> Mapping[str, Mapping[str, Any]]:
+        if self._settings_view is None:  # made once per configuration, at the first asking
+            self._settings_view = settings_view(self._settings)
+        return self._settings_view
 
     @property
     def replication(self) -> ReplicationSink:
@@ -141,7 +158,7 @@ class Node:
         return self._sessions
 
     def plugin_config(self, name: str) -> Mapping[str, Any]:
-        return self.settings.plugins.get(name, {})
+        return self._settings.plugins.get(name, {})
 
     # --- life ---
     async def run(self) -> None:
@@ -158,9 +175,11 @@ class Node:
         routes = await self.host.start(self, self.metrics.registry)
         if self._sessions is not None:
             await self._sessions.load()
-        router = Router([*self._edge_routes().endpoints(), *self._session_routes(),
+        public, monitoring = admin.split(self._edge_routes().endpoints(),
+                                         self._settings.http.admin_listen is not None)
+        router = Router([*public, *self._session_routes(),
                          *player_files.PlayerFiles(player_files.load()).endpoints()], routes)
-        self._cors = Cors(router, self.settings.http.cors_origins)
+        self._cors = Cors(router, self._settings.http.cors_origins)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async with trio.open_nursery() as lifespan:
                 lifespan.start_soon(self._handle_signals, signals, lifespan.cancel_scope)
@@ -169,12 +188,15 @@ class Node:
                     listeners = await connections.start(
                         functools.partial(serve, clients=self._clients, join=self.side.join),
                         self._cors.handle,
-                        self.lifecycle, self.metrics, self.settings.http, self.tls)
+                        self.lifecycle, self.metrics, self._settings.http, self.tls)
                     self._addresses = [listener.socket.getsockname()[:2] for listener in listeners]
                     port = self._addresses[0][1]
-                    if self._sessions is not None and self.settings.http.workers > 1:
+                    admin_at = self._settings.http.admin_listen
+                    if admin_at is not None and not self.side.join:  # the main process's alone
+                        await connections.start(self._serve_admin, admin_at, Router(monitoring))
+                    if self._sessions is not None and self._settings.http.workers > 1:
                         await connections.start(self._serve_sessions_to_workers)
-                    await connections.start(self.side.run, (self.settings.http.listen.host, port),
+                    await connections.start(self.side.run, (self._settings.http.listen.host, port),
                                             [route.path for route in routes], self._stop.set)
                     async with trio.open_nursery() as services:
                         await self._become_ready(services)
@@ -185,10 +207,24 @@ class Node:
                 lifespan.cancel_scope.cancel()
         log.info("stopped")
 
+    async def _serve_admin(self, address: config.Listen, router: Router,
+                           task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The admin listener ([http] admin_listen): plain HTTP, one process."""
+        settings = dataclasses.replace(self._settings.http, listen=address, workers=1)
+        async with trio.open_nursery() as nursery:
+            try:
+                listeners = await nursery.start(serve, router.handle, self.lifecycle,
+                                                self.metrics, settings)
+            except OSError as e:
+                raise admin.AdminListenError(e.errno, e.strerror) from e
+            self._admin_addresses = [listener.socket.getsockname()[:2]
+                                     for listener in listeners]
+            task_status.started()
+
     def _session_routes(self) -> list[Endpoint]:
         if self._sessions_port is None:
             return []
-        sessions = self.settings.sessions
+        sessions = self._settings.sessions
         return SessionRoutes(
             sessions=self._sessions_port, auth=self.serving.auth, ticket_key=self.ticket_key,
             lifecycle=self.lifecycle, metrics=self.metrics, heartbeat_s=sessions.heartbeat_s,
@@ -211,7 +247,14 @@ class Node:
                           catalogue=self.serving.catalogue, library=self.serving.library,
                           auth=self.serving.auth, metrics=self.metrics,
                           limiter=self.serving.limiter, ticket_key=self.ticket_key,
-                          plugins=self._describe_plugins)
+                          plugins=self._describe_plugins, on_served=self._served_reporter())
+
+    def _served_reporter(self) -> Reporter | None:
+        """Who hears of each track stream's end: the plugins' queues here, or (in a worker)
+        the pipe to the main process; None when no plugin implements segue_track_served."""
+        if isinstance(self.side, WorkerSide):
+            return self.side.served
+        return None if self._plays is None else self._plays.report
 
     def _describe_plugins(self) -> list[dict[str, Any]]:
         """The plugins as /v1/status shows them: a worker repeats its main process's words."""
@@ -231,25 +274,28 @@ class Node:
 
     async def _become_ready(self, services: trio.Nursery) -> None:
         await self.host.ready(self, services, self._publish_health)
+        if self._plays is not None:
+            services.start_soon(self._plays.run)
         if self._sessions is not None:
             services.start_soon(self._sessions.run)
         # A share without its store marker (a CIFS mount point left empty) must fail the
         # node's health before the first /healthz says ok.
-        await probe_all(self.serving.library.shares, self.settings.store.read_timeout_s)
+        await probe_all(self.serving.library.shares, self._settings.store.read_timeout_s)
         await self._check_health()
         services.start_soon(self._health_loop)
         services.start_soon(probe_shares, self.serving.library.shares,
-                            self.settings.store.read_timeout_s, self._publish_health)
+                            self._settings.store.read_timeout_s, self._publish_health)
         self.lifecycle.ready()
         _freeze_startup_objects()
         self.notifier.ready(self._status_line())
         log.info("listening", node_id=self.node_id,
                  addresses=[format_address(a) for a in self._addresses],
-                 config=str(self.settings.path), plugins=[p.name for p in self.host.plugins])
+                 admin_addresses=[format_address(a) for a in self._admin_addresses],
+                 config=str(self._settings.path), plugins=[p.name for p in self.host.plugins])
 
     async def _health_loop(self) -> None:
         while True:
-            await trio.sleep(self.settings.plugin_host.health_interval_s)
+            await trio.sleep(self._settings.plugin_host.health_interval_s)
             await self._check_health()
 
     async def _check_health(self) -> None:
@@ -267,7 +313,7 @@ class Node:
         for share in shares.shares:
             self.metrics.share_up.labels(share.name).set(1 if share.healthy else 0)
         for plugin in self.host.plugins:
-            self.metrics.plugin_health.labels(plugin.name).set(plugin.health.gauge)
+            self.metrics.set_plugin_status(plugin.name, plugin.status)
         if self.lifecycle.state == NodeState.READY:
             self.notifier.status(self._status_line())
 
@@ -298,7 +344,7 @@ class Node:
                                 reason="the node reloads only while it is ready")
             elif not self._stop.is_set():
                 log.info("draining", signal=signal.Signals(signum).name,
-                         deadline_s=self.settings.drain_timeout_s)
+                         deadline_s=self._settings.drain_timeout_s)
                 self._stop.set()
             else:
                 log.warning("stopping at once", signal=signal.Signals(signum).name)
@@ -310,7 +356,7 @@ class Node:
 
         Not shielded: the only thing that cancels it is a second SIGTERM, which means "now".
         """
-        deadline_s = self.settings.drain_timeout_s
+        deadline_s = self._settings.drain_timeout_s
         self.lifecycle.start_draining()
         self.notifier.status(self._status_line())
         with trio.move_on_after(deadline_s) as waited:
@@ -328,7 +374,7 @@ class Node:
     async def _reload(self) -> None:
         """SIGHUP: take a new configuration whole, or keep the old one whole."""
         self.notifier.reloading()
-        old = self.settings
+        old = self._settings
         try:
             new = await trio.to_thread.run_sync(
                 functools.partial(config.load, old.path, **self.overrides))
@@ -349,7 +395,8 @@ class Node:
         for key in RESTART_KEYS:
             if getattr(new.http, key) != getattr(old.http, key):
                 log.warning("setting needs a restart to take effect", key=f"http.{key}")
-        self.settings = new
+        self._settings = new
+        self._settings_view = None
         self.serving.auth.use(tokens)
         self.serving.library.set_keys(keys)
         if self._cors is not None:

@@ -74,6 +74,12 @@ class Plugin:
         return Health(self.health.status, f"plugin {self.name} {self.health.status}",
                       f"{self.name}: {self.health.described}")
 
+    @property
+    def status(self) -> str:
+        """ok, degraded or failing; "inactive" for an installed plugin without its table,
+        which is not "ok": it is doing nothing."""
+        return self.health.status if self.active else "inactive"
+
     def to_json(self, hooks: list[str], status: Any = None) -> dict[str, Any]:
         doc = {
             "name": self.name,
@@ -81,9 +87,8 @@ class Plugin:
             "distribution": self.distribution,
             "hooks": hooks,
             "active": self.active,
-            # An installed plugin without its table is not "ok": it is doing nothing.
             "health": (self.node_health.to_json() if self.active
-                       else {"status": "inactive", "reason": ""}),
+                       else {"status": self.status, "reason": ""}),
         }
         if status is not None:
             doc["status"] = status
@@ -239,9 +244,33 @@ class PluginHost:
         arguments on a hot path)."""
         return bool(getattr(self.pm.hook, hook).get_hookimpls())
 
+    def implementing(self, hook: str) -> list[Plugin]:
+        """The loaded plugins that implement `hook`, in load order."""
+        return [p for p in self.plugins if self._impl(p, hook) is not None]
+
     def call(self, hook: str, **kwargs: Any) -> list[Outcome]:
         """Call `hook` on every plugin, in load order; failures are returned, not raised."""
         return [self.call_one(p, hook, **kwargs) for p in list(self.plugins)]
+
+    async def call_awaited(self, plugin: Plugin, hook: str, timeout: float,
+                           **kwargs: Any) -> Outcome:
+        """One plugin's `hook`, its awaitable result (if any) awaited under `timeout`; a
+        failure or timeout comes back in the outcome."""
+        outcome = self.call_one(plugin, hook, **kwargs)
+        if outcome.error is None and inspect.isawaitable(outcome.value):
+            started = time.perf_counter()
+            try:
+                with trio.fail_after(timeout):
+                    outcome = Outcome(plugin, await outcome.value)
+            except trio.TooSlowError:
+                outcome = Outcome(plugin, error=TimeoutError(
+                    f"{hook} did not finish within {timeout:g} s"))
+            except Exception as e:
+                outcome = Outcome(plugin, error=e)
+            if self.trace:
+                log.info("hook awaited", plugin=plugin.name, hook=hook,
+                         duration_ms=round((time.perf_counter() - started) * 1000, 3))
+        return outcome
 
     async def call_async(self, hook: str, timeout: float, **kwargs: Any) -> list[Outcome]:
         """Call `hook` on every plugin concurrently, awaiting awaitable results under `timeout`.
@@ -252,20 +281,7 @@ class PluginHost:
         outcomes: dict[str, Outcome] = {}
 
         async def one(plugin: Plugin) -> None:
-            outcome = self.call_one(plugin, hook, **kwargs)
-            if outcome.error is None and inspect.isawaitable(outcome.value):
-                started = time.perf_counter()
-                try:
-                    with trio.fail_after(timeout):
-                        outcome = Outcome(plugin, await outcome.value)
-                except trio.TooSlowError:
-                    outcome = Outcome(plugin, error=TimeoutError(
-                        f"{hook} did not finish within {timeout:g} s"))
-                except Exception as e:
-                    outcome = Outcome(plugin, error=e)
-                if self.trace:
-                    log.info("hook awaited", plugin=plugin.name, hook=hook,
-                             duration_ms=round((time.perf_counter() - started) * 1000, 3))
+            outcome = await self.call_awaited(plugin, hook, timeout, **kwargs)
             if outcome.error is not None:
                 log.error("plugin hook failed", plugin=plugin.name, hook=hook,
                           error=f"{type(outcome.error).__name__}: {outcome.error}")
@@ -299,7 +315,10 @@ class PluginHost:
         Raises StartupError when a required plugin fails to start or to list its routes, and
         ConfigError for a route outside the plugins' space.
         """
-        for outcome in self.call("segue_metrics", registry=registry):
+        # Only for plugins with their table: an inactive plugin's gauges would read 0, and a
+        # "gossip agent up" of 0 on every node that runs no gossip is an alert for nothing.
+        for plugin in [p for p in self.plugins if p.active]:
+            outcome = self.call_one(plugin, "segue_metrics", registry=registry)
             if outcome.error is not None:
                 log.error("plugin metrics failed", plugin=outcome.plugin.name,
                           error=str(outcome.error))

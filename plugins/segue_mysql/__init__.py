@@ -29,7 +29,7 @@ from pathlib import Path
 
 import structlog
 import trio
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 
 import segue
 from segue_mysql import publish, replicator
@@ -73,7 +73,8 @@ class MySQLPlugin:
         self.ranges: list[KeyRange] = []
         self.heartbeat_s = 2.0
         self.lag: Gauge | None = None
-        self.rows: Gauge | None = None
+        self.rows: Counter | None = None
+        self._rows_counted: dict[str, int] = {}  # what self.rows has been told, per shard
         self._stop = threading.Event()
 
     @segue.hookimpl
@@ -127,13 +128,12 @@ class MySQLPlugin:
 
     @segue.hookimpl
     def segue_metrics(self, registry) -> None:
-        # livemax: with [http] workers only the main process sets these (see docs/plugins.md).
+        # livemax: with [http] workers only the main process sets it (see docs/plugins.md).
         self.lag = Gauge("segue_replication_lag_seconds",
                          "Seconds behind each catalogue shard.", ["shard"], registry=registry,
                          multiprocess_mode="livemax")
-        self.rows = Gauge("segue_replication_rows_applied",
-                          "Rows applied from each shard since the node started.", ["shard"],
-                          registry=registry, multiprocess_mode="livemax")
+        self.rows = Counter("segue_replication_rows_applied",
+                            "Rows applied from each shard.", ["shard"], registry=registry)
 
     @segue.hookimpl
     async def segue_startup(self, node) -> None:
@@ -188,7 +188,10 @@ class MySQLPlugin:
             if self.lag is not None:
                 self.lag.labels(shard.name).set(shard.lag_s)
             if self.rows is not None:
-                self.rows.labels(shard.name).set(shard.rows_applied)
+                # The replicator counts in its thread; the counter catches up here.
+                applied = shard.rows_applied
+                self.rows.labels(shard.name).inc(applied - self._rows_counted.get(shard.name, 0))
+                self._rows_counted[shard.name] = applied
         down = [s for s in self.shards if not s.connected]
         if down:
             return segue.Health("degraded", "; ".join(

@@ -10,6 +10,7 @@ whose first chunk is bad is refused with a 503 rather than cut off.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +19,7 @@ import trio
 
 from segue import __version__
 from segue.catalogue import Catalogue
-from segue.http import disposition, ranges, representation, validators
+from segue.http import disposition, ranges, representation, served, validators
 from segue.http.auth import Authorizer, refusal
 from segue.http.messages import (
     FileSpan,
@@ -57,7 +58,8 @@ class EdgeRoutes:
     def __init__(self, *, node_id: str, lifecycle: Lifecycle, catalogue: Catalogue,
                  library: Library, auth: Authorizer, metrics: Metrics,
                  limiter: trio.CapacityLimiter, ticket_key: bytes,
-                 plugins: Callable[[], list[dict[str, Any]]] = list) -> None:
+                 plugins: Callable[[], list[dict[str, Any]]] = list,
+                 on_served: served.Reporter | None = None) -> None:
         self.node_id = node_id
         self.lifecycle = lifecycle
         self.catalogue = catalogue
@@ -67,6 +69,7 @@ class EdgeRoutes:
         self.limiter = limiter
         self.ticket_key = ticket_key
         self.plugins = plugins
+        self.on_served = on_served  # None: no plugin reports plays, nothing to count
 
     def endpoints(self) -> list[Endpoint]:
         """The table the router dispatches on."""
@@ -200,22 +203,22 @@ class EdgeRoutes:
         manifest = opened.manifest
         if dot and not disposition.fits(manifest.meta.mime, ext):
             return _wrong_extension(track_id, manifest.meta.mime)
-        served = representation.of(manifest)
-        if validators.not_modified(request.headers, served.etag, served.last_modified):
-            return Response(304, list(served.validators), fields=fields)
+        shown = representation.of(manifest)
+        if validators.not_modified(request.headers, shown.etag, shown.last_modified):
+            return Response(304, list(shown.validators), fields=fields)
         size = manifest.size
         chosen = ranges.select(
             request.headers.get("range") if request.method == "GET" else None,
             size,
             if_range=request.headers.get("if-range"),
-            etag=served.etag,
-            last_modified=served.last_modified,
+            etag=shown.etag,
+            last_modified=shown.last_modified,
         )
         if isinstance(chosen, ranges.Unsatisfiable):
             fields["range"] = request.headers.get("range", "")
             response = error(416, f"track {track_id} has {size} bytes",
                              ("Content-Range", chosen.content_range(size)),
-                             ("Accept-Ranges", "bytes"), *served.validators)
+                             ("Accept-Ranges", "bytes"), *shown.validators)
             response.fields = fields
             return response
         headers = []  # beside the representation's own (rendered once: see representation.py)
@@ -228,7 +231,7 @@ class EdgeRoutes:
         length = span.length if size else 0
         if request.method == "HEAD" or length == 0:
             return PreparedResponse(status, headers, length=length, fields=fields,
-                                    rendered_headers=served.rendered)
+                                    rendered_headers=shown.rendered)
         chunks = opened.chunk_range(span.first, span.last)
         try:
             first = await self.library.chunk(opened, chunks[0])
@@ -237,10 +240,15 @@ class EdgeRoutes:
 
         async def write(send: Send) -> None:
             self.metrics.time_to_first_byte.observe(time.perf_counter() - started)
-            await self._send_span(opened, span, chunks, first, send)
+            body = functools.partial(self._send_span, opened, span, chunks, first)
+            if self.on_served is None:
+                await body(send)
+            else:
+                await served.reporting(body, send, whole=length == size, report=functools.partial(
+                    self.on_served, track_id, grant.user))
 
         return PreparedResponse(status, headers, writer=write, length=length, fields=fields,
-                                rendered_headers=served.rendered)
+                                rendered_headers=shown.rendered)
 
     async def _send_span(
         self, opened: OpenedTrack, span: ranges.ByteRange, chunks: range, first: Chunk, send: Send

@@ -87,7 +87,8 @@ class Response:
     `length` is the Content-Length of a streamed body; a writer with no length streams a body
     of unknown size (chunked; to an HTTP/1.0 client, until the connection closes), as Server-
     Sent Events need. For HEAD, `length` alone states the size a GET would get. `fields` are
-    extra fields for the request's log line (track, range, user).
+    extra fields for the request's log line (track, range, user). `route` is the pattern of
+    the route that answered (the router sets it; the metrics count requests under it).
     """
 
     status: int
@@ -96,6 +97,7 @@ class Response:
     writer: BodyWriter | None = None
     length: int | None = None
     fields: dict[str, Any] = field(default_factory=dict)
+    route: str = ""
 
 
 @dataclass

@@ -251,7 +251,7 @@ class _Connection:
             outcome = f"aborted: {type(e).__name__}"
             raise _ClosedByPeer() from None
         finally:
-            self.metrics.count_response(response.status, self.sent)
+            self.metrics.count_response(response.route, response.status, self.sent)
             if info_enabled():
                 self._log_request(request, response, started, outcome)
 

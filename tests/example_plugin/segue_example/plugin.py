@@ -6,13 +6,20 @@ Its [plugins.example] table:
     reason = ""                 # ...with this reason
     raise_in = []               # hooks that raise instead (startup, health, drain, ...)
     drain_wait_s = 0.0          # how long segue_drain waits, as a load balancer's would
+    routes = true               # false: add no route (a node with [http] workers > 1)
+
+Play reporting (segue_track_served) is what a real plugin would send to a statistics service;
+this one keeps the plays in memory and shows them: counts by outcome in its status on
+/v1/status, and every play at GET /example/plays.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections import Counter as Tally
 from pathlib import Path
+from types import MappingProxyType
 
 import trio
 from prometheus_client import Counter
@@ -20,10 +27,11 @@ from prometheus_client import Counter
 import segue
 from segue import Health, PluginConfigError, Request, Response, Route
 
-_KNOWN = {"record", "health", "reason", "raise_in", "drain_wait_s"}
+_KNOWN = {"record", "health", "reason", "raise_in", "drain_wait_s", "routes"}
 settings: dict = {}
 hello_count: Counter | None = None
 hellos = 0
+plays: list[dict] = []  # every segue_track_served, in order
 
 
 def _record(hook: str, node: segue.NodeView | None = None, **extra: object) -> None:
@@ -90,9 +98,36 @@ def segue_routes(node):
                                     "digest": node.sessions.digests().get(doc["user"])}
                                    ).encode())
 
+    async def played(request: Request) -> Response:
+        return Response(200, [("Content-Type", "application/json")], json.dumps(plays).encode())
+
+    async def node_settings(request: Request) -> Response:
+        # What a plugin may read of the node's configuration, and whether it could change it.
+        try:
+            node.settings["http"]["listen"] = "0.0.0.0:1"  # type: ignore[index]
+            writable = True
+        except TypeError:
+            writable = False
+        doc = {"settings": _plain(node.settings), "writable": writable,
+               "config_path": str(node.config_path)}
+        return Response(200, [("Content-Type", "application/json")], json.dumps(doc).encode())
+
     _record("segue_routes", node)
+    if not settings.get("routes", True):
+        return []
     return [Route("GET", "/example/hello", hello), Route("GET", "/example/block", block),
-            Route("POST", "/example/sessions/apply", apply_session)]
+            Route("POST", "/example/sessions/apply", apply_session),
+            Route("GET", "/example/plays", played),
+            Route("GET", "/example/settings", node_settings)]
+
+
+def _plain(value: object) -> object:
+    """node.settings as JSON: its read-only mappings as objects, its tuples as lists."""
+    if isinstance(value, MappingProxyType):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, tuple):
+        return [_plain(item) for item in value]
+    return value
 
 
 @segue.hookimpl
@@ -118,8 +153,8 @@ def segue_health(node) -> Health:
 
 @segue.hookimpl
 def segue_status() -> dict:
-    # Public facts only: a count, never who said hello.
-    return {"hellos": hellos}
+    # Public facts only: counts, never who said hello or who played what.
+    return {"hellos": hellos, "plays": dict(Tally(play["outcome"] for play in plays))}
 
 
 @segue.hookimpl
@@ -163,3 +198,10 @@ def segue_session_changed(node, user: str, delta) -> None:
 def segue_session_presence(node, user: str, present: bool) -> None:
     _record("segue_session_presence", node, user=user, present=present,
             here=sorted(node.sessions.local_listeners()))
+
+
+@segue.hookimpl
+def segue_track_served(track_id: str, user_hash: str, bytes_sent: int, outcome: str) -> None:
+    _record("segue_track_served", track_id=track_id, outcome=outcome)
+    plays.append({"track_id": track_id, "user_hash": user_hash, "bytes_sent": bytes_sent,
+                  "outcome": outcome})
