@@ -227,8 +227,9 @@ def test_play_here_moves_playback_at_the_same_position(one_node) -> None:
     _, moved = command(node, token, type="transfer", device="speaker", to="speaker")
     playback = moved["playback"]
     assert moved["active_device"] == "speaker" and playback["playing"]
-    # It starts a moment from now (at least 300 ms), where the phone will be by then.
-    assert playback["at_ms"] - moved["server_time_ms"] >= 300
+    # It starts a moment from now (300 ms after the command was applied; the answer's own time
+    # is read a little later, under load by some milliseconds), where the phone will be then.
+    assert 200 <= playback["at_ms"] - moved["server_time_ms"] <= 300
     assert abs(playback["position_ms"] - (5000 + playback["at_ms"] - moved["server_time_ms"])
                ) < 500
     names = {d["device_id"]: d["name"] for d in moved["devices"]}
