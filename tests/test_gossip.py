@@ -133,7 +133,9 @@ def test_a_pause_on_node_a_reaches_an_event_stream_on_node_c_within_1_s(fleet) -
         phone.close()
     assert a.metric("segue_gossip_events_sent_total", kind="delta") >= 2
     for edge in (b, c):
-        assert edge.metric("segue_gossip_events_received_total", outcome="applied") >= 2
+        # Both events merged: "unchanged" when an anti-entropy round brought the change first.
+        assert sum(edge.metric("segue_gossip_events_received_total", outcome=outcome)
+                   for outcome in ("applied", "unchanged")) >= 2
 
 
 def test_conflicting_commands_on_two_nodes_end_in_the_same_state(fleet) -> None:
