@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import select
 import signal
+import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from conftest import MP3, Node, make_tone, segue
+from conftest import MP3, SEGUE, Node, make_tone, segue
 
 
 def status_of(url: str) -> int:
@@ -17,6 +20,29 @@ def status_of(url: str) -> int:
             return r.status
     except urllib.error.HTTPError as e:
         return e.code
+
+
+def rewrap_on_a_terminal(conf: Path) -> tuple[list[str], str]:
+    """`segue keys rewrap` with stderr on a pseudo-terminal: (stdout's lines, what the
+    terminal showed)."""
+    controller, terminal = os.openpty()
+    try:
+        done = subprocess.run([*SEGUE, "keys", "rewrap", "--config", str(conf)],
+                              stdout=subprocess.PIPE, stderr=terminal, text=True, check=True,
+                              timeout=120)
+        os.close(terminal)
+        shown = b""
+        while select.select([controller], [], [], 0.5)[0]:
+            try:
+                piece = os.read(controller, 4096)
+            except OSError:  # the terminal's other end is closed: all is read
+                break
+            if not piece:
+                break
+            shown += piece
+    finally:
+        os.close(controller)
+    return done.stdout.splitlines(), shown.decode(errors="replace")
 
 
 def test_rewrap_adds_and_removes_a_recipient_on_every_track(fresh_node: Node,
@@ -30,7 +56,9 @@ def test_rewrap_adds_and_removes_a_recipient_on_every_track(fresh_node: Node,
     node.conf.write_text(conf.read_text().replace(
         'recipients = ["keys/edge-x25519.pem.pub", "keys/edge-rsa.pem.pub"]',
         'recipients = ["keys/edge-x25519.pem.pub", "keys/new.pem.pub"]'))
-    out = segue("keys", "rewrap", "--config", conf).stdout.splitlines()
+    out, bar = rewrap_on_a_terminal(conf)
+    assert "%" in bar and "[" in bar  # the progress bar, on stderr, as it is a terminal
+    assert "%" not in "\n".join(out)  # and never in the output a script reads
     assert sorted(out[:2]) == sorted(f"{t}\trewrapped: manifest version 2" for t in tracks)
     assert out[2] == "2 rewrapped, 0 already wrapped for the 2 recipients, 0 failed"
     # Run again (as after an interruption): nothing is left to do.

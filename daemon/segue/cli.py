@@ -366,16 +366,27 @@ def _keys_show(args: argparse.Namespace) -> int:
 
 def _keys_rewrap(args: argparse.Namespace) -> int:
     from segue.configured_keys import load_edge_keys
+    from segue.progress import Progress
     from segue.rewrapping import rewrap_all
 
     settings = _load(args)
     packer = _packer(settings)
     edge = load_edge_keys(settings)
     trusted = {**edge.trusted_packagers, **packer.trusted}
+    bar = Progress(1)  # a bar on stderr when it is a terminal: tracks looked at, of all
+
+    def report(track_id: str, what: str) -> None:
+        bar.clear()
+        print(f"{track_id}\t{what}", flush=True)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = max(total, 1)
+        bar.advance(done - bar.done)
+
     outcome = rewrap_all(
         packer.shares, trusted, edge.private, packer.recipients, packer.signer,
-        report=lambda track_id, what: print(f"{track_id}\t{what}", flush=True),
-        rewrapped=packer.catalogue.record_packed)
+        report=report, rewrapped=packer.catalogue.record_packed, progress=progress)
+    bar.clear()
     print(f"{len(outcome.rewrapped)} rewrapped, {len(outcome.current)} already wrapped for "
           f"the {len(packer.recipients)} recipients, {len(outcome.failed)} failed")
     return EXIT_FAILURE if outcome.failed else EXIT_OK

@@ -47,17 +47,20 @@ def rewrap_all(
     *,
     report: Callable[[str, str], None],
     rewrapped: Callable[[str, int], None],
+    progress: Callable[[int, int], None] = lambda done, total: None,
 ) -> Outcome:
     """Rewrap every track on the shares whose newest valid manifest is not wrapped for exactly
-    `recipients`; `report(track_id, what)` after each track that needed work, and
-    `rewrapped(track_id, version)` after its new version is on every share."""
+    `recipients`; `report(track_id, what)` after each track that needed work,
+    `rewrapped(track_id, version)` after its new version is on every share, and
+    `progress(done, total)` after every track looked at (most need nothing, and say nothing)."""
     wanted = {key_id(r) for r in recipients}
     signer_id = key_id(signer.public_key())
     outcome = Outcome()
     found: set[str] = set()
     for share in shares.shares:
         found.update(share.store.track_ids())
-    for track_id in sorted(found):
+    for done, track_id in enumerate(sorted(found)):
+        progress(done, len(found))
         newest = _newest(shares, trusted, track_id)
         if newest is None:
             outcome.failed.append(track_id)
