@@ -47,7 +47,7 @@ def events(server: MariaDB, decode) -> list:
     """Every rows event of the binlog so far, through `decode`."""
     reader = BinLogStreamReader(
         connection_settings={"host": "127.0.0.1", "port": server.port, "user": "root",
-                             "passwd": ""},
+                             "password": ""},
         server_id=99, blocking=False, resume_stream=False, freeze_schema=True,
         only_events=[WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent])
     try:

@@ -65,7 +65,7 @@ class Shard:
     def connection_settings(self) -> dict:
         """pymysql.connect's keywords for the binlog reader."""
         return {"host": self.host, "port": self.port, "user": self.user,
-                "passwd": self.password, "connect_timeout": 5,
+                "password": self.password, "connect_timeout": 5,
                 "read_timeout": max(3 * self.heartbeat_s, 5), **self._tls()}
 
     def connect(self) -> pymysql.Connection:
