@@ -18,6 +18,7 @@ import pytest
 from conftest import MP3, Node, make_tone, with_plugins
 from conftest import fetch as get
 from segue.storage import layout
+from test_sessions import call, command
 
 CHUNK = 256 * 1024
 WAV = ["-c:a", "pcm_s16le"]
@@ -168,18 +169,37 @@ def test_a_failing_plugin_is_named_and_counted_and_players_never_notice(
         status, body = get(node.url(track, token))
         assert status == 200 and len(body) == audio["mp3"].stat().st_size
 
-    def failures() -> float:
-        text = get(node.base + "/metrics")[1].decode()
-        found = re.search(r'^segue_plugin_hook_failures_total\{hook="segue_track_served",'
-                          r'plugin="example"\} (\S+)$', text, re.M)
-        return float(found.group(1)) if found else 0
-
-    wait_for(lambda: failures() == 3)
+    wait_for(lambda: hook_failures(node, "segue_track_served") == 3)
     logged = [e for e in node.log_events_named("plugin hook failed")
               if e["hook"] == "segue_track_served"]
     assert len(logged) == 1  # once a minute at most, however often it fails
     assert logged[0]["plugin"] == "example" and "told to fail" in logged[0]["error"]
     node.wait_healthy()  # the plugin's health is its own to report
+
+
+def test_a_failing_session_hook_is_named_and_counted_and_the_command_stands(
+        fresh_node: Node, plugin_path: str, audio: dict[str, Path]) -> None:
+    node = fresh_node
+    (track,) = node.pack(audio["mp3"])
+    configure(node, 'raise_in = ["segue_session_changed", "segue_session_presence"]')
+    node.start(env=plugin_env(plugin_path))
+    token = node.token()
+    for doc in ({"type": "play", "track": track}, {"type": "pause"}):
+        status, view = command(node, token, device="phone", **doc)
+        assert status == 200, view
+    assert call(node, token, "GET", "/v1/session")[1]["playback"]["playing"] is False
+    assert hook_failures(node, "segue_session_changed") >= 2
+    assert hook_failures(node, "segue_session_presence") == 1  # the phone's arrival
+    logged = {e["hook"]: e for e in node.log_events_named("plugin hook failed")}
+    assert logged["segue_session_changed"]["plugin"] == "example"
+    assert "told to fail" in logged["segue_session_presence"]["error"]
+
+
+def hook_failures(node: Node, hook: str) -> float:
+    text = get(node.base + "/metrics")[1].decode()
+    found = re.search(rf'^segue_plugin_hook_failures_total\{{hook="{hook}",'
+                      r'plugin="example"\} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0
 
 
 def test_nodes_that_share_the_salt_report_a_listener_alike(tmp_path: Path, plugin_path: str,

@@ -39,6 +39,7 @@ from segue.catalogue import ReplicationView
 from segue.config import ConfigError, Settings, format_address
 from segue.configured_keys import load_edge_keys, load_token_verifier, load_user_hash_salt
 from segue.health import Health, worst
+from segue.hook_failures import HookFailures
 from segue.http import admin, player_files
 from segue.http.app import EdgeRoutes
 from segue.http.client_address import ClientAddresses
@@ -50,7 +51,7 @@ from segue.http.sessions import SessionRoutes, SessionsPort
 from segue.lifecycle import Lifecycle, NodeState
 from segue.metrics import Metrics
 from segue.play_reports import PlayReports
-from segue.plugin_host import PluginHost
+from segue.plugin_host import Outcome, PluginHost
 from segue.seal.manifest import is_track_id
 from segue.sessions import ipc
 from segue.sessions.ipc import RemoteSessions
@@ -84,6 +85,7 @@ class Node:
         self.lifecycle = Lifecycle(self.metrics.streams_in_flight)
         self.serving = wiring.build(settings, self.metrics)
         self.tls = wiring.tls_context(settings)
+        self._hook_failures = HookFailures(self.metrics)  # of the session hooks
         # Plugins that report plays hear of every track stream, from a queue of their own.
         self._plays = (PlayReports(host, self.metrics, load_user_hash_salt(settings))
                        if not worker and host.implemented(play_reports.HOOK) else None)
@@ -233,14 +235,20 @@ class Node:
     def _session_changed(self, user: str, delta: SessionState) -> None:
         """A change accepted here: the transports carry it to the other nodes."""
         if self.host.implemented("segue_session_changed"):
-            self.host.call("segue_session_changed", node=self, user=user,
-                           delta=delta.to_json())
+            self._record_failures("segue_session_changed", self.host.call(
+                "segue_session_changed", node=self, user=user, delta=delta.to_json()))
 
     def _session_presence(self, user: str, present: bool) -> None:
         """A listener arrived on this node or left it: transports that follow some listeners
         only follow these."""
         if self.host.implemented("segue_session_presence"):
-            self.host.call("segue_session_presence", node=self, user=user, present=present)
+            self._record_failures("segue_session_presence", self.host.call(
+                "segue_session_presence", node=self, user=user, present=present))
+
+    def _record_failures(self, hook: str, outcomes: list[Outcome]) -> None:
+        for outcome in outcomes:
+            if outcome.error is not None:
+                self._hook_failures.record(outcome.plugin.name, hook, outcome.error)
 
     def _edge_routes(self) -> EdgeRoutes:
         return EdgeRoutes(node_id=self.node_id, lifecycle=self.lifecycle,

@@ -19,19 +19,15 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
-import math
 
-import structlog
 import trio
 
+from segue.hook_failures import HookFailures
 from segue.metrics import Metrics
 from segue.plugin_host import Plugin, PluginHost
 
-log = structlog.get_logger("segue.plugins")
-
 HOOK = "segue_track_served"
 QUEUE_EVENTS = 4096  # per plugin: about a minute of plays of a busy node, a few hundred KiB
-FAILURE_LOG_EVERY_S = 60.0
 _KEY_LABEL = b"segue/v1 plugin listener\x00"
 
 Event = tuple[str, str, int, str]  # track id, user, bytes sent, outcome
@@ -43,6 +39,7 @@ class PlayReports:
     def __init__(self, host: PluginHost, metrics: Metrics, salt: bytes) -> None:
         self._host = host
         self._metrics = metrics
+        self._failures = HookFailures(metrics)
         self._key = _KEY_LABEL + salt
         self._queues: list[tuple[Plugin, trio.MemorySendChannel[Event],
                                  trio.MemoryReceiveChannel[Event]]] = [
@@ -69,23 +66,13 @@ class PlayReports:
                 nursery.start_soon(self._deliver, plugin, events)
 
     async def _deliver(self, plugin: Plugin, events: trio.MemoryReceiveChannel[Event]) -> None:
-        failures = 0  # since the last line logged
-        quiet_until = -math.inf
         async for track_id, user, bytes_sent, outcome in events:
             result = await self._host.call_awaited(
                 plugin, HOOK, self._host.settings.plugin_host.hook_timeout_s,
                 track_id=track_id, user_hash=self.listener_hash(user), bytes_sent=bytes_sent,
                 outcome=outcome)
-            if result.error is None:
-                continue
-            self._metrics.child(self._metrics.plugin_hook_failures, HOOK, plugin.name).inc()
-            failures += 1
-            # Once a minute at most: a plugin that fails on every play must not flood the log.
-            if trio.current_time() >= quiet_until:
-                log.error("plugin hook failed", plugin=plugin.name, hook=HOOK, failures=failures,
-                          error=f"{type(result.error).__name__}: {result.error}")
-                failures = 0
-                quiet_until = trio.current_time() + FAILURE_LOG_EVERY_S
+            if result.error is not None:
+                self._failures.record(plugin.name, HOOK, result.error)
 
 
 @functools.lru_cache(maxsize=4096)
