@@ -266,9 +266,13 @@ def test_sighup_with_a_new_packager_key_serves_tracks_it_signed(fresh_node: Node
     n.conf.write_text(n.conf.read_text().replace(
         'trusted_packagers = ["keys/packager-ed25519.pem.pub"]',
         'trusted_packagers = ["keys/packager-ed25519.pem.pub", "keys/packager2.pem.pub"]'))
+    # A limit read at start-up changes too: the reload names it, not taking it silently.
+    n.conf.write_text(n.conf.read_text().replace("[http]", "[http]\nidle_timeout_s = 7", 1))
     n.proc.send_signal(signal.SIGHUP)
     n.wait_for_event("configuration reloaded")
     assert status_of(n.url(track, token))[0] == 200
+    assert [e["key"] for e in n.log_events_named("setting needs a restart to take effect")] \
+        == ["http.idle_timeout_s"]
 
 
 def test_request_log_lines_are_json_with_the_canonical_fields(node: Node) -> None:

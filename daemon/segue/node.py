@@ -64,8 +64,9 @@ from segue.workers import MainSide, WorkerSide
 log = structlog.get_logger("segue.node")
 
 FULL_COLLECTION_EVERY = 100  # middle-generation collections per full one (CPython's default: 10)
-RESTART_KEYS = ("listen", "max_connections", "max_connections_per_client", "workers",
-                "admin_listen")
+# The [http] keys a reload applies at once; every other one is read at start-up (the sockets,
+# the limits and timeouts the connections were made with, TLS) and needs a restart.
+RELOADED_HTTP_KEYS = ("cors_origins", "trusted_proxies")
 
 
 class Node:
@@ -400,9 +401,10 @@ class Node:
                           errors=[f"{type(e).__name__}: {e}"])
             self.notifier.ready(self._status_line())
             return
-        for key in RESTART_KEYS:
-            if getattr(new.http, key) != getattr(old.http, key):
-                log.warning("setting needs a restart to take effect", key=f"http.{key}")
+        for field in dataclasses.fields(new.http):
+            if field.name not in RELOADED_HTTP_KEYS \
+                    and getattr(new.http, field.name) != getattr(old.http, field.name):
+                log.warning("setting needs a restart to take effect", key=f"http.{field.name}")
         self._settings = new
         self._settings_view = None
         self.serving.auth.use(tokens)
