@@ -158,13 +158,19 @@ def test_plugins_read_the_node_settings_but_cannot_change_them(reporting) -> Non
         assert not any(line in text for line in body), key.name
 
 
+def started_failing(node: Node, plugin_path: str, audio: dict[str, Path],
+                    *hooks: str) -> tuple[Node, str, str]:
+    """`node` started with one track and the example plugin raising in `hooks`: the node,
+    the track and a token."""
+    (track,) = node.pack(audio["mp3"])
+    configure(node, f"raise_in = {json.dumps(list(hooks))}")
+    node.start(env=plugin_env(plugin_path))
+    return node, track, node.token()
+
+
 def test_a_failing_plugin_is_named_and_counted_and_players_never_notice(
         fresh_node: Node, plugin_path: str, audio: dict[str, Path]) -> None:
-    node = fresh_node
-    (track,) = node.pack(audio["mp3"])
-    configure(node, 'raise_in = ["segue_track_served"]')
-    node.start(env=plugin_env(plugin_path))
-    token = node.token()
+    node, track, token = started_failing(fresh_node, plugin_path, audio, "segue_track_served")
     for _ in range(3):
         status, body = get(node.url(track, token))
         assert status == 200 and len(body) == audio["mp3"].stat().st_size
@@ -179,11 +185,8 @@ def test_a_failing_plugin_is_named_and_counted_and_players_never_notice(
 
 def test_a_failing_session_hook_is_named_and_counted_and_the_command_stands(
         fresh_node: Node, plugin_path: str, audio: dict[str, Path]) -> None:
-    node = fresh_node
-    (track,) = node.pack(audio["mp3"])
-    configure(node, 'raise_in = ["segue_session_changed", "segue_session_presence"]')
-    node.start(env=plugin_env(plugin_path))
-    token = node.token()
+    node, track, token = started_failing(fresh_node, plugin_path, audio,
+                                         "segue_session_changed", "segue_session_presence")
     for doc in ({"type": "play", "track": track}, {"type": "pause"}):
         status, view = command(node, token, device="phone", **doc)
         assert status == 200, view
