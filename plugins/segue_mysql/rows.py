@@ -36,7 +36,9 @@ _NUMBERS = {  # (signed, unsigned) formats of the numeric types the catalogue ma
     FIELD_TYPE.LONG: ("<i", "<I"), FIELD_TYPE.LONGLONG: ("<q", "<Q"),
     FIELD_TYPE.FLOAT: ("<f", "<f"), FIELD_TYPE.DOUBLE: ("<d", "<d"),
 }
-_SKIP, _NUMBER, _TEXT = 0, 1, 2
+# What a step does with its column: skip a fixed size, skip a length-prefixed value, or read
+# a number or a text into the image.
+_SKIP, _SKIP_TEXT, _NUMBER, _TEXT = 0, 1, 2, 3
 
 
 class RowsError(Exception):
@@ -48,7 +50,8 @@ class RowDecoder:
 
     def __init__(self, steps: list[tuple[int, int, int, struct.Struct | None]],
                  wanted: int) -> None:
-        self._steps = steps  # (kind, size or length-prefix size, slot in the tuple, format)
+        # (kind, the size or the length prefix's size, the slot in the image, the format)
+        self._steps = steps
         self._wanted = wanted
         self._null_bytes = (len(steps) + 7) // 8
 
@@ -64,16 +67,18 @@ class RowDecoder:
             if kind is None:
                 return None
             fmt: struct.Struct | None = None
-            if slot >= 0:
-                if kind == _TEXT and column.character_set_name not in _TEXT_CHARSETS:
+            if slot < 0:
+                pass  # kept _SKIP or _SKIP_TEXT
+            elif kind == _SKIP_TEXT:
+                if column.character_set_name not in _TEXT_CHARSETS:
                     return None
-                if kind != _TEXT:
-                    formats = _NUMBERS.get(column.type)
-                    if formats is None:
-                        return None
-                    fmt, kind = struct.Struct(formats[bool(column.unsigned)]), _NUMBER
-            steps.append((kind if slot >= 0 else (_SKIP if kind != _TEXT else -size), size,
-                          slot, fmt))
+                kind = _TEXT
+            else:
+                formats = _NUMBERS.get(column.type)
+                if formats is None:
+                    return None
+                fmt, kind = struct.Struct(formats[bool(column.unsigned)]), _NUMBER
+            steps.append((kind, size, slot, fmt))
         return None if slots else cls(steps, len(wanted))
 
     def images(self, data: bytes, per_row: int) -> list[tuple[Image, ...]]:
@@ -104,10 +109,9 @@ class RowDecoder:
             elif kind == _NUMBER:
                 values[slot] = fmt.unpack_from(view, pos)[0]  # type: ignore[union-attr]
                 pos += size
-            else:  # text, kept (_TEXT) or skipped (negative: minus its prefix size)
-                prefix = size if kind == _TEXT else -kind
-                length = int.from_bytes(view[pos:pos + prefix], "little")
-                pos += prefix
+            else:  # a length-prefixed value, kept (_TEXT) or not (_SKIP_TEXT)
+                length = int.from_bytes(view[pos:pos + size], "little")
+                pos += size
                 if pos + length > end:
                     raise IndexError("a value runs past the event")
                 if kind == _TEXT:
@@ -119,16 +123,17 @@ class RowDecoder:
 
 
 def _layout(column: Any) -> tuple[int | None, int]:
-    """(kind, size): _SKIP with a fixed size, _TEXT with its length prefix's size, or None."""
+    """(kind, size): _SKIP with a fixed size, _SKIP_TEXT with its length prefix's size, or
+    (None, 0) for a type whose size is not read here."""
     kind = column.type
     if kind in _FIXED:
         return _SKIP, _FIXED[kind]
     if kind in _WITH_FSP:
         return _SKIP, _WITH_FSP[kind] + (column.fsp + 1) // 2
     if kind in (FIELD_TYPE.VARCHAR, FIELD_TYPE.VAR_STRING, FIELD_TYPE.STRING):
-        return _TEXT, 2 if column.max_length > 255 else 1
+        return _SKIP_TEXT, 2 if column.max_length > 255 else 1
     if kind == FIELD_TYPE.BLOB:
-        return _TEXT, column.length_size
+        return _SKIP_TEXT, column.length_size
     if kind in (FIELD_TYPE.ENUM, FIELD_TYPE.SET):
         return _SKIP, column.size
     if kind == FIELD_TYPE.BIT:
@@ -150,7 +155,7 @@ def images(event: RowsEvent, wanted: Sequence[str],
         yield from _library_images(event, wanted, before, after)
         return
     data = event.packet.read(event.event_size - event.packet.read_bytes)
-    for row in decoder.images(data, before + after):
+    for row in decoder.images(data, 2 if before and after else 1):
         yield (row[0] if before else None, row[-1] if after else None)
 
 
