@@ -243,12 +243,12 @@ def test_a_keyring_rotation_while_commands_flow_loses_nothing(fleet) -> None:
     worker = threading.Thread(target=flow)
     worker.start()
     try:
-        a.agent.cli("keys", "-install", new)
+        a.agent.keyring("install", new)
         time.sleep(0.5)
-        a.agent.cli("keys", "-use", new)
+        a.agent.keyring("use", new)
         time.sleep(0.5)
         for key in old:
-            a.agent.cli("keys", "-remove", key)
+            a.agent.keyring("remove", key)
         time.sleep(1.0)
     finally:
         stop.set()
