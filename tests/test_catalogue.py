@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,27 @@ def test_a_huge_match_set_is_answered_unranked_and_fast(tmp_path: Path) -> None:
     found = c.search("common", 20)
     assert len(found) == 20 and all("common" in r.title for r in found)
     assert [r.title for r in c.search("rare", 20)] == ["rare gem"]
+
+
+def test_a_catalogue_made_with_older_search_options_is_reindexed_and_keeps_its_tracks(
+        catalogue: Catalogue) -> None:
+    # What a catalogue from before the 4-letter prefix index holds: the same tables, the search
+    # index made with prefix='2 3'.
+    conn = sqlite3.connect(catalogue.path)
+    with conn:
+        conn.execute("DROP TABLE tracks_fts")
+        conn.execute("CREATE VIRTUAL TABLE tracks_fts USING fts5(title, artist, album, "
+                     "content='tracks', content_rowid='rowid', "
+                     "tokenize='unicode61 remove_diacritics 2', prefix='2 3')")
+        conn.execute("INSERT INTO tracks_fts(tracks_fts) VALUES ('rebuild')")
+    conn.close()
+    catalogue.close()
+    reopened = Catalogue.create(catalogue.path)
+    (made_with,) = sqlite3.connect(catalogue.path).execute(
+        "SELECT sql FROM sqlite_master WHERE name = 'tracks_fts'").fetchone()
+    assert "prefix='2 3 4'" in made_with
+    assert {r.title for r in reopened.search("mile", 10)} == {"Blue in Green", "So What"}
+    assert [r.title for r in reopened.search("thelonious blue", 10)] == ["Blue Monk"]
+    # The index follows changes as before.
+    reopened.put(record("e" * 32, "Milestones", "Miles Davis", "Milestones"))
+    assert "Milestones" in {r.title for r in reopened.search("mile", 10)}
