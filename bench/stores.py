@@ -8,8 +8,10 @@ This prints figures; it judges nothing. One run, on loopback, inside a temp dir:
   files read as a local path, each with [cache] bytes = 0 ("cold": every chunk is read and
   decrypted) and with the default cache ("warm", after one warm-up pass).
 * bare smbprotocol: the same sealed chunk files read with smbclient.open_file + readinto, one
-  file per chunk, over one pooled connection with signing required (as Segue's SmbStore does),
-  by the same number of threads. This is the rate SMB gives a Python client.
+  file per chunk, over one pooled connection with signing required (as Segue's SmbStore is
+  set up), by the same number of threads: the rate smbclient's file API gives a Python client.
+  Segue sends each file's open, read and close as one compound request instead; so does
+  "bare smbprotocol, compound", the rate of the fastest Python client that reads as Segue does.
 
 Each of --clients clients (threads) downloads the whole track --repeats times, one
 sequential GET per download on one keep-alive connection, like a player. MB/s is plaintext
@@ -71,9 +73,11 @@ SEGUES = {
     "local-cold": ("segue, local, cache 0", "local", 0),
     "local-warm": ("segue, local, cache warm", "local", None),
 }
-LABELS = {"bare": "bare smbprotocol", **{k: v[0] for k, v in SEGUES.items()}}
+BARE = {"bare": "bare smbprotocol", "bare-compound": "bare smbprotocol, compound"}
+LABELS = {**BARE, **{k: v[0] for k, v in SEGUES.items()}}
 RATIOS = (
     ("smb-cold", "bare", "segue SMB cold / bare smbprotocol (target >= 0.8)"),
+    ("smb-cold", "bare-compound", "segue SMB cold / bare smbprotocol, compound"),
     ("smb-warm", "bare", "segue SMB warm / bare smbprotocol"),
     ("local-cold", "local-warm", "segue local cold / local warm"),
 )
@@ -242,10 +246,12 @@ def download(port: int, path: str, auth: str, times: int, size: int,
     return total, failed
 
 
-def bare_reader(port: int, password: str, uncs: list[str], largest: int
+def bare_reader(port: int, password: str, uncs: list[str], largest: int, compound: bool
                 ) -> tuple[Callable[[int], int], Callable[[], None]]:
-    """(work, close): work reads every chunk file `repeats` times, as SmbStore would."""
+    """(work, close): work reads every chunk file `repeats` times: with a file object (open,
+    readinto until the end, close), or with `compound` as one compound request per file."""
     import smbclient
+    from smbclient._io import SMBFileTransaction, SMBRawIO
 
     cache: dict = {}
     smbclient.register_session("127.0.0.1", username=SMB_USER, password=password, port=port,
@@ -260,6 +266,14 @@ def bare_reader(port: int, password: str, uncs: list[str], largest: int
             for unc in uncs:
                 # share_access="r": the clients open the same chunk files at the same time,
                 # which the default (no sharing) refuses with STATUS_SHARING_VIOLATION.
+                if compound:
+                    raw = SMBRawIO(unc, mode="rb", share_access="r", port=port,
+                                   connection_cache=cache)
+                    transaction = SMBFileTransaction(raw)
+                    transaction += raw.fd.read(0, len(buf), send=False)
+                    transaction.commit()
+                    total += len(transaction.results[0])
+                    continue
                 with smbclient.open_file(unc, mode="rb", buffering=0, share_access="r",
                                          port=port, connection_cache=cache) as f:
                     filled = 0
@@ -353,10 +367,13 @@ def bench(args: argparse.Namespace, t: Path) -> dict[str, object]:
             sha = hashlib.sha256()
             if download(port, path, auth, 1, size, sha) != (size, 0) or sha.hexdigest() != want:
                 raise BenchError(f"{LABELS[name]} did not send the WAV's exact bytes")
-        read_all, close = bare_reader(smb_port, password, uncs, largest)
-        running.callback(close)
-        if read_all(1) != sealed:
-            raise BenchError("bare smbprotocol read fewer bytes than the chunk files hold")
+        readers = {}
+        for name in BARE:
+            readers[name], close = bare_reader(smb_port, password, uncs, largest,
+                                               compound=name == "bare-compound")
+            running.callback(close)
+            if readers[name](1) != sealed:
+                raise BenchError(f"{LABELS[name]} read fewer bytes than the chunk files hold")
 
         order = list(LABELS)
         timeout = max(300.0, 60.0 * args.repeats)
@@ -364,11 +381,11 @@ def bench(args: argparse.Namespace, t: Path) -> dict[str, object]:
             for name in order if i % 2 == 0 else order[::-1]:
                 log(f"round {i + 1}/{args.rounds}: {LABELS[name]}, {args.clients} clients x "
                     f"{args.repeats} whole track(s)")
-                if name == "bare":
+                if name in BARE:
                     wall, got, failed = timed_threads(
-                        args.clients, lambda: (read_all(args.repeats), 0), timeout)
+                        args.clients, lambda n=name: (readers[n](args.repeats), 0), timeout)
                     if got != sealed * args.clients * args.repeats:
-                        raise BenchError(f"bare smbprotocol read {got} bytes, expected "
+                        raise BenchError(f"{LABELS[name]} read {got} bytes, expected "
                                          f"{sealed * args.clients * args.repeats}")
                     got = size * args.clients * args.repeats  # the plaintext those hold
                 else:

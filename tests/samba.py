@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -91,6 +92,14 @@ class Smbd:
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError(f"smbd {self.name} did not listen on {self.port}")
+
+    def open_files(self) -> list[str]:
+        """The files clients hold open on this server now (`smbstatus -L`), as an operator
+        would look for handles a client leaks."""
+        smbstatus = require("smbstatus", "samba")
+        out = subprocess.run([smbstatus, "-s", str(self.conf), "-L", "--json"],
+                             capture_output=True, text=True, check=True, timeout=30).stdout
+        return sorted(json.loads(out).get("open_files", {}))
 
     def kill(self) -> None:
         """Kill smbd and every child at once, as a crash or a pulled cable would."""

@@ -291,6 +291,30 @@ def test_two_readers_of_one_smb_file_at_once(tmp_path: Path) -> None:
         server.stop()
 
 
+def test_an_smb_store_reads_files_of_every_size_and_holds_no_handle_after(
+        tmp_path: Path) -> None:
+    server = Smbd(tmp_path / "smb", "solo")
+    server.start()
+    try:
+        store = SmbStore(SmbUrl.parse(server.url), PASSWORD)
+        track = "0123456789abcdef"
+        sizes = [0, 1, CHUNK, CHUNK + 16, CHUNK + 17, CHUNK + 1000]
+        files = [os.urandom(size) for size in sizes]
+        for index, data in enumerate(files):
+            store.write_chunk(track, index, data)
+        assert server.open_files() == []
+        for _ in range(3):
+            for index, data in enumerate(files):
+                buf = bytearray(CHUNK + 17)
+                got = store.read_chunk_into(track, index, buf)
+                # A file larger than the buffer reads as exactly the buffer ("too large").
+                assert got == min(len(data), len(buf))
+                assert bytes(buf[:got]) == data[:got]
+        assert server.open_files() == []
+    finally:
+        server.stop()
+
+
 def test_a_hung_smb_server_costs_its_share_and_nothing_else(fresh_node: Node, smbds,
                                                             tmp_path: Path) -> None:
     """Issue 19: a share that stops answering (smbd stopped, connections open) is given up

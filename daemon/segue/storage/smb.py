@@ -22,7 +22,9 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 import smbclient
-from smbprotocol.exceptions import SMBException
+from smbclient._io import SMBFileTransaction, SMBRawIO
+from smbprotocol.exceptions import SMBException, SMBOSError
+from smbprotocol.header import NtStatus
 
 from segue.seal.errors import KeyFileError
 from segue.seal.keys import read_secret
@@ -152,12 +154,29 @@ class SmbStore:
 
     def _read_into(self, rel: PurePosixPath, what: str, buf: bytearray) -> int:
         """Read one file into `buf`. A file the server refuses while the share still answers
-        is a bad copy: the pooled connections are kept (layout.file_failure)."""
+        is a bad copy: the pooled connections are kept (layout.file_failure).
+
+        Open, read and close go to the server as one SMB2 compound request: one round trip
+        where a file object takes four (create, read, the read that finds the end, close).
+        A buffer larger than the server's largest read goes the long way.
+        """
         try:
-            with smbclient.open_file(self._unc(rel), mode="rb",
-                                     buffering=0, share_access=READ_SHARING,
-                                     **self._session()) as f:
-                return layout.fill(f, buf)
+            raw = SMBRawIO(self._unc(rel), mode="rb", share_access=READ_SHARING,
+                           **self._session())
+            if len(buf) > raw.fd.connection.max_read_size:
+                with raw:
+                    return layout.fill(raw, buf)
+            transaction = SMBFileTransaction(raw)
+            transaction += raw.fd.read(0, len(buf), send=False)
+            try:
+                transaction.commit()
+            except SMBOSError as e:
+                if e.ntstatus == NtStatus.STATUS_END_OF_FILE:  # an empty file
+                    return 0
+                raise
+            (data,) = transaction.results
+            buf[:len(data)] = data
+            return len(data)
         except (OSError, SMBException, ValueError) as e:
             if isinstance(e, OSError) and e.errno == errno.ENOENT:
                 raise NotInStoreError(f"{what} is not in {self.root}") from None
