@@ -774,7 +774,8 @@ def section_first_play(r: Report) -> list[str]:
 
 
 STORE_READERS = (("bare", "bare smbprotocol"),
-                 ("bare-compound", "bare smbprotocol, compound"), ("smb-cold", "Segue, SMB, cache 0"),
+                 ("bare-compound", "bare smbprotocol, compound"),
+                 ("smb-cold", "Segue, SMB, cache 0"),
                  ("smb-warm", "Segue, SMB, cache warm"), ("local-cold", "Segue, local, cache 0"),
                  ("local-warm", "Segue, local, cache warm"))
 
@@ -787,8 +788,8 @@ def section_stores(r: Report) -> list[str]:
              "files as a local path, with the cache off and warm; the peers read the same "
              "sealed chunk files straight from the share with smbprotocol (no HTTP, no "
              "decryption): through smbclient's file objects, and as one compound request "
-             "(open, read, close) per file as Segue does. MB/s of plaintext per second of wall time. "
-             "Source: `bench/stores.py`.", ""]
+             "(open, read, close) per file as Segue does. MB/s of plaintext per second of "
+             "wall time. Source: `bench/stores.py`.", ""]
     if doc is None:
         r.check("stores", "MB/s, Segue SMB cache 0 / bare smbprotocol", NA, ">= 0.8", NA)
         return lines + r.not_measured("stores") + analysis("stores")

@@ -32,7 +32,7 @@ _SEARCH_INDEX = """CREATE VIRTUAL TABLE IF NOT EXISTS tracks_fts USING fts5(
     tokenize='unicode61 remove_diacritics 2',
     prefix='2 3 4'
 )"""
-_SCHEMA = _SEARCH_INDEX + """;
+_SCHEMA = """
 CREATE TABLE IF NOT EXISTS tracks (
     track_id   TEXT PRIMARY KEY,
     title      TEXT NOT NULL,
@@ -198,6 +198,7 @@ class Catalogue:
         catalogue = cls(path)
         conn = catalogue._conn(create=True)
         with conn:
+            conn.execute(_SEARCH_INDEX)
             conn.executescript(_SCHEMA)
             columns = {row[1] for row in conn.execute("PRAGMA table_info(tracks)")}
             if "source" not in columns:  # catalogues made before replication existed
