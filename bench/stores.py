@@ -251,7 +251,7 @@ def bare_reader(port: int, password: str, uncs: list[str], largest: int, compoun
     """(work, close): work reads every chunk file `repeats` times: with a file object (open,
     readinto until the end, close), or with `compound` as one compound request per file."""
     import smbclient
-    from smbclient._io import SMBFileTransaction, SMBRawIO
+    from smbclient._io import SMBFileIO, SMBFileTransaction
 
     cache: dict = {}
     smbclient.register_session("127.0.0.1", username=SMB_USER, password=password, port=port,
@@ -267,7 +267,7 @@ def bare_reader(port: int, password: str, uncs: list[str], largest: int, compoun
                 # share_access="r": the clients open the same chunk files at the same time,
                 # which the default (no sharing) refuses with STATUS_SHARING_VIOLATION.
                 if compound:
-                    raw = SMBRawIO(unc, mode="rb", share_access="r", port=port,
+                    raw = SMBFileIO(unc, mode="rb", share_access="r", port=port,
                                    connection_cache=cache)
                     transaction = SMBFileTransaction(raw)
                     transaction += raw.fd.read(0, len(buf), send=False)

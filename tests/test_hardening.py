@@ -31,10 +31,9 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
-from smbprotocol.exceptions import SMBConnectionClosed, SMBOSError
-from smbprotocol.header import NtStatus
 
 from conftest import MP3, Node, make_tone, segue, with_plugins
+from samba import PASSWORD, Smbd
 from segue import config, wiring
 from segue.catalogue import Catalogue
 from segue.configured_keys import load_edge_keys
@@ -464,31 +463,32 @@ def test_the_public_health_names_what_is_down_and_the_log_says_why(
 
 
 def test_an_smb_file_the_server_refuses_keeps_the_share_and_its_connections(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """In-process: smbclient answering "access denied" for one file while the share answers."""
-    store = SmbStore(SmbUrl.parse("smb://svc@nas/media"), "secret")
-    resets: list[bool] = []
-    monkeypatch.setattr(store, "reset", lambda: resets.append(True))
-    monkeypatch.setattr(store, "_session", dict)
-
-    def denied(path: str, **kw: Any) -> Any:
-        raise SMBOSError(NtStatus.STATUS_ACCESS_DENIED, path)
-
-    monkeypatch.setattr(smbclient, "open_file", denied)
-    monkeypatch.setattr(smbclient, "stat", lambda path, **kw: None)
-    with pytest.raises(BadCopyError, match=f"cannot read chunk 0 of track {TRACK} on "
-                                           "smb://svc@nas/media: SMBOSError"):
-        store.read_chunk_into(TRACK, 0, bytearray(16))
-    assert not resets  # the pooled connections stay
-    # The same refusal while the share does not answer either: the share is at fault.
-
-    def closed(path: str, **kw: Any) -> Any:
-        raise SMBConnectionClosed("the connection is closed")
-
-    monkeypatch.setattr(smbclient, "stat", closed)
-    with pytest.raises(StoreError) as failure:
-        store.read_chunk_into(TRACK, 0, bytearray(16))
-    assert not isinstance(failure.value, BadCopyError) and resets
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real smbd refusing one file (a folder where a chunk should be: STATUS_FILE_IS_A_DIRECTORY)
+    while the share answers: that copy is bad, the share and its connections stay."""
+    server = Smbd(tmp_path / "smb", "solo")
+    server.start()
+    try:
+        store = SmbStore(SmbUrl.parse(server.url), PASSWORD)
+        store.write_chunk(TRACK, 1, b"a good chunk")
+        chunk = server.share_dir / "segue" / layout.chunk_path(TRACK, 0)
+        chunk.mkdir(parents=True)
+        resets: list[bool] = []
+        reset = store.reset
+        monkeypatch.setattr(store, "reset", lambda: (resets.append(True), reset()))
+        with pytest.raises(BadCopyError, match=f"cannot read chunk 0 of track {TRACK} on "
+                                               f"{server.url}: SMBOSError"):
+            store.read_chunk_into(TRACK, 0, bytearray(16))
+        assert not resets  # the pooled connections stay, and serve the next read
+        assert store.read_chunk_into(TRACK, 1, buf := bytearray(16)) == 12
+        assert bytes(buf[:12]) == b"a good chunk"
+        # The same file while the server is gone: the share is at fault.
+        server.kill()
+        with pytest.raises(StoreError) as failure:
+            store.read_chunk_into(TRACK, 0, bytearray(16))
+        assert not isinstance(failure.value, BadCopyError) and resets
+    finally:
+        server.stop()
 
 
 # --- Finding 9: store writers follow no links; SMB temporary names are unique ------------------

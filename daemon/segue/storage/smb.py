@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 import smbclient
-from smbclient._io import SMBFileTransaction, SMBRawIO
+from smbclient._io import SMBFileIO, SMBFileTransaction
 from smbprotocol.exceptions import SMBException, SMBOSError
 from smbprotocol.header import NtStatus
 
@@ -161,7 +161,7 @@ class SmbStore:
         A buffer larger than the server's largest read goes the long way.
         """
         try:
-            raw = SMBRawIO(self._unc(rel), mode="rb", share_access=READ_SHARING,
+            raw = SMBFileIO(self._unc(rel), mode="rb", share_access=READ_SHARING,
                            **self._session())
             if len(buf) > raw.fd.connection.max_read_size:
                 with raw:
