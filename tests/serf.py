@@ -76,19 +76,19 @@ class SerfAgent:
         assert result.returncode == 0, f"serf {' '.join(args)}: {result.stdout}{result.stderr}"
         return result.stdout
 
-    def keyring(self, action: str, key: str, attempts: int = 5) -> None:
-        """`serf keys -ACTION KEY` until every member reports success, as Serf's key-rotation
-        guide tells operators: the change goes out as a query, and a member that answers after
-        the query's timeout (a loaded host) is counted as failed although nothing is wrong. The
-        operations are idempotent, so running one again is safe."""
+    def keyring(self, action: str, *key: str, attempts: int = 5) -> str:
+        """`serf keys -ACTION [KEY]` until every member reports success, as Serf's key-rotation
+        guide tells operators; its output. Each goes out as a query, and a member that answers
+        after the query's timeout (a loaded host) is counted as failed although nothing is
+        wrong. The operations are idempotent, so running one again is safe."""
         for _ in range(attempts - 1):
-            result = self._run("keys", f"-{action}", key)
+            result = self._run("keys", f"-{action}", *key)
             if result.returncode == 0:
-                return
+                return result.stdout
             assert "nodes reported success" in result.stdout + result.stderr, (
                 f"serf keys -{action}: {result.stdout}{result.stderr}")
             time.sleep(1.0)
-        self.cli("keys", f"-{action}", key)
+        return self.cli("keys", f"-{action}", *key)
 
     def members(self) -> dict[str, str]:
         """name -> status, as this agent sees the cluster."""
@@ -97,7 +97,7 @@ class SerfAgent:
 
     def keys(self) -> list[str]:
         """The keyring keys the cluster holds (`serf keys -list`)."""
-        return re.findall(r"^(\S+=)\s+\[\d+/\d+\]", self.cli("keys", "-list"), re.M)
+        return re.findall(r"^(\S+=)\s+\[\d+/\d+\]", self.keyring("list"), re.M)
 
     def send_event(self, name: str, payload: bytes) -> None:
         """Fire a user event through this agent's RPC port with any payload (the `serf event`
