@@ -1,5 +1,5 @@
 """Sessions between edge nodes on NATS JetStream: a real three-server NATS cluster and two real
-segued nodes on loopback, each following only the listeners it serves.
+segued nodes on loopback, each keeping only the deltas of the listeners it serves.
 
 A listener's devices on two nodes must stay in step through a server's crash, the whole
 cluster's absence and a node's restart, with no change lost and none merged twice.
@@ -51,11 +51,15 @@ class Fleet:
                                      user_key_file=str(self.key_file), create=True,
                                      replicas=3, timeout_s=2.0))
             self.nodes.append(node)
-        self.tokens = {u: template.token(u) for u in ("alice", "bob")}
+        self.tokens = {u: template.token(u) for u in ("alice", "bob", "carol")}
+
+    def key(self, user: str) -> str:
+        """The listener's name on the bus (a keyed hash)."""
+        return hmac.new(self.key_file.read_bytes().strip(), user.encode(),
+                        hashlib.sha256).hexdigest()[:32]
 
     def subject(self, user: str) -> str:
-        key = hmac.new(self.key_file.read_bytes().strip(), user.encode(), hashlib.sha256)
-        return f"segue.sessions.{key.hexdigest()[:32]}"
+        return f"segue.sessions.{self.key(user)}"
 
 
 def metric(node: Node, name: str, **labels: str) -> float:
@@ -266,6 +270,38 @@ def test_a_restarted_node_resumes_where_it_got_to(fleet) -> None:
                    for o in ("applied", "unchanged", "own", "duplicate", "malformed"))
     assert received <= 2, received
     assert stored_changes(fleet, "alice") > 20
+
+
+def test_one_consumer_a_node_and_a_listener_arriving_gets_the_changes_that_went_by(
+        fleet) -> None:
+    a, b = fleet.nodes
+    carol = fleet.tokens["carol"]
+    # Carol listens on node A only: node B's consumer brings her changes and B drops them.
+    command(a, carol, type="play", device="laptop", track=fleet.track)
+    for position in range(1000, 6000, 1000):
+        assert command(a, carol, type="seek", device="laptop", position_ms=position)[0] == 200
+    wait_until(lambda: stored_changes(fleet, "carol") >= 6, 10, "carol's changes stored")
+    time.sleep(0.5)  # node A merges them into the bucket behind the publishing
+
+    async def forget(js) -> None:
+        # The bucket without carol, as if its writes had lagged: what B learns of her must
+        # come from the stream.
+        await (await js.key_value("segue_sessions")).purge(fleet.key("carol"))
+
+    bus(fleet.cluster, forget)
+    assert command(b, carol, type="ping", device="phone")[0] == 200
+    state = until_converged([a, b], carol, 10, "node B replays carol's changes")
+    assert json.loads(state[1])["position_ms"] == 5000
+
+    async def consumers(js) -> list[str]:
+        return [c.config.filter_subject for c in await js.consumers_info(STREAM)]
+
+    # Every listener's changes reach each node through one consumer of the whole stream, not
+    # one consumer per listener. (The servers remove a consumer left by a node restarted in
+    # an earlier test once nobody listens on its delivery subject, within seconds.)
+    assert status(b)["followed"] >= 2 and status(a)["followed"] >= 1
+    wait_until(lambda: bus(fleet.cluster, consumers) == ["segue.sessions.*"] * 2, 15,
+               "one consumer a node", explain=lambda: str(bus(fleet.cluster, consumers)))
 
 
 def test_a_malformed_message_on_the_subject_is_dropped_and_counted(fleet) -> None:

@@ -1,13 +1,14 @@
 """Segue's NATS plugin: listeners' playback sessions between edge nodes on NATS JetStream, for
 fleets too large for gossip (every change to every node).
 
-A node follows only the listeners it serves (``segue_session_presence``): for each, it reads
-the merged state from the key-value bucket, then follows the listener's delta subject with a
-consumer from the sequence the state covers (or the one it had merged before a
-restart, kept in `positions`). Each local change is published to the listener's subject with a
-message id (a retry is stored once), then merged into the bucket by compare-and-set. Listeners
-are named on the bus by a keyed hash (``user_key_file``), never in clear; the subject key maps
-back to a listener only on nodes that serve them.
+A node keeps the deltas of the listeners it serves (``segue_session_presence``), from one
+consumer of the whole stream; it drops the others' unread. When a listener arrives, it reads
+the merged state from the key-value bucket, then replays the listener's delta subject from the
+sequence the state covers (or the one it had merged before a restart, kept in `positions`).
+Each local change is published to the listener's subject with a message id (a retry is stored
+once), then merged into the bucket by compare-and-set. Listeners are named on the bus by a
+keyed hash (``user_key_file``), never in clear; the subject key maps back to a listener only on
+nodes that serve them.
 
 NATS away is ``degraded``, never fatal: sessions go on locally; listeners whose changes could
 not be published are published whole (their merged state, as one delta) once NATS is back,
@@ -39,7 +40,7 @@ from segue_nats.positions import Positions
 log = structlog.get_logger("segue_nats")
 
 PUBLISH_BATCH = 256  # changes handed to the NATS thread (and in flight) at once
-FOLLOWERS = 32  # listeners being followed (bucket read, consumer made) at once
+FOLLOWERS = 32  # listeners being followed (bucket read, subject replayed) at once
 PUBLISH_ATTEMPTS = 6  # one change, under one message id, before it is published whole
 POSITIONS_FLUSH_S = 1.0
 KV_FLUSH_S = 0.05
@@ -161,6 +162,7 @@ class NatsPlugin:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._flush_positions)
                 await self._connect()
+                await self._follow_stream()
                 nursery.start_soon(self._publish)
                 nursery.start_soon(self._store_states)
                 nursery.start_soon(self._follow_here)
@@ -216,6 +218,19 @@ class NatsPlugin:
             delay = min(delay * 2, 5.0)
 
     # --- following the listeners served here ----------------------------------------------------
+    async def _follow_stream(self) -> None:
+        """The node's consumer of every listener's deltas (again after a reconnection, from
+        where it got to); retried until it is made."""
+        assert self._bus is not None
+        while True:
+            try:
+                await self._call(self._bus.follow, self._delivered)
+                return
+            except Exception as e:
+                self.last_error = f"following the stream: {type(e).__name__}: {e}"
+                log.warning("NATS not ready", error=self.last_error)
+            await trio.sleep(1.0)
+
     async def _follow_here(self) -> None:
         """Follow exactly the listeners with a device here; all again after a reconnection."""
         assert self._bus is not None and self.metrics is not None
@@ -224,18 +239,19 @@ class NatsPlugin:
             await self._presence.wait()
             self._presence = trio.Event()
             if self._resync.is_set():
-                # The consumers may not have survived the outage: start each one again
-                # from where this node got to (what it merged already is skipped by sequence).
+                # The consumer may not have survived the outage: make it again from where it
+                # got to, and replay every listener from where this node got to (what it
+                # merged already is skipped by sequence).
                 self._resync = trio.Event()
                 log.info("following again after the reconnection", listeners=len(self._keys))
+                await self._follow_stream()
                 self._keys.clear()
             here = self.node.sessions.local_listeners()
             wanted = {self._key(u): u for u in here}
             for key in [k for k in self._keys if k not in wanted]:
                 del self._keys[key]
-                await self._quietly(self._bus.unfollow, key)
-            # Each follow is a bucket read and a consumer made by the servers, a few round
-            # trips: one at a time, 10,000 listeners took minutes.
+            # Each follow is a bucket read and a replay, a few round trips: one at a time,
+            # 10,000 listeners took minutes.
             limiter = trio.Semaphore(FOLLOWERS)
             async with trio.open_nursery() as nursery:
                 for key, user in wanted.items():
@@ -254,6 +270,9 @@ class NatsPlugin:
             limiter.release()
 
     async def _follow(self, key: str, user: str) -> bool:
+        """Start keeping `user`'s deltas: the bucket's state, then what the stream holds after
+        it. The key is kept BEFORE the replay starts, so a delta the consumer brings from then
+        on is merged, and one it dropped earlier is in the stream for the replay."""
         assert self._bus is not None and self._positions is not None
         try:
             found = await self._call(self._bus.read_state, key)
@@ -262,8 +281,8 @@ class NatsPlugin:
                 state, covers, _ = found
                 self.node.sessions.apply_remote(user, state)
             self._keys[key] = user
-            start = max(covers, self._positions.get(key)) + 1
-            await self._call(self._bus.follow, key, start, self._delivered)
+            after = max(covers, self._positions.get(key))
+            await self._call(self._bus.replay, key, after, self._replayed)
         except Exception as e:
             self._keys.pop(key, None)
             self.last_error = f"following a listener: {type(e).__name__}: {e}"
@@ -272,16 +291,24 @@ class NatsPlugin:
         return True
 
     def _delivered(self, key: str, seq: int, data: bytes) -> None:
-        """From the asyncio thread: a delta of a followed listener."""
+        """From the asyncio thread: a delta from the node's consumer."""
         assert self._bridge is not None
         self._bridge.to_trio(self._merge, key, seq, data)
 
-    def _merge(self, key: str, seq: int, data: bytes) -> None:
+    def _replayed(self, key: str, seq: int, data: bytes) -> None:
+        """From the asyncio thread: a delta of a listener being followed, replayed."""
+        assert self._bridge is not None
+        self._bridge.to_trio(self._merge, key, seq, data, True)
+
+    def _merge(self, key: str, seq: int, data: bytes, replayed: bool = False) -> None:
+        """Merge a delta of a listener served here; skip one merged already. A replayed one is
+        merged even when the consumer brought a later one first: deltas merge in any order,
+        and skipping it by sequence would lose it."""
         assert self.metrics is not None and self._positions is not None
         user = self._keys.get(key)
         if user is None:
-            return  # unfollowed meanwhile
-        if seq <= self._positions.get(key):
+            return  # not served here (or not any more)
+        if seq <= self._positions.get(key) and not replayed:
             self.metrics.received.labels("duplicate").inc()
             return
         self._positions.advance(key, seq)
@@ -416,9 +443,3 @@ class NatsPlugin:
             rows = self._positions.take_dirty()
             if rows:
                 await trio.to_thread.run_sync(self._positions.write, rows)
-
-    async def _quietly(self, make, *args) -> None:
-        try:
-            await self._call(make, *args)
-        except Exception as e:
-            log.warning("NATS call failed", error=f"{type(e).__name__}: {e}")

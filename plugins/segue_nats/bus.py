@@ -8,18 +8,20 @@ Layout on the bus, for listener L (K = the keyed hash of L, never L itself):
     bucket  segue_sessions (key-value), key K: {"state": L's merged state, "covers": S}, where
             every delta on L's subject up to sequence S is merged into the state.
 
-A node that gets L's first device reads the bucket, merges the state, then follows L's
-subject from max(S, the sequence it had merged before) + 1, so it starts at the latest state
-and replays only what the state may lack. Each call here is awaited by trio under a deadline.
+A node follows the whole stream with ONE consumer and keeps the deltas of the listeners it
+serves (the rest it drops unread). When L's first device arrives, the node reads the bucket,
+merges the state, and replays L's subject from max(S, the sequence it had merged before) + 1
+(`replay`, direct reads of the stream by subject), so it starts at the latest state and fetches
+only what the state may lack: deltas that went by on its consumer before L was served here.
+Each call here is awaited by trio under a deadline.
 
-Following: each followed listener has an ephemeral push consumer (memory, one replica, no
-acks) delivering to a subscription of its own (the servers bind a push consumer only to a
-subscription on its exact delivery subject). A consumer that skips a message (its delivery
-sequence jumps) or falls silent (no message and no idle heartbeat for two heartbeats: its
-server went away) is made again from the last stream sequence delivered, and one watchdog
-checks them all. This is what nats-py's ordered consumers do, but those also run two tasks
-per listener, one of them waking four times a second: at 5,000 listeners a node spent 0.7 of
-a core doing nothing.
+The consumer is an ephemeral push consumer (memory, one replica, no acks) delivering to a
+subscription of its own (the servers bind a push consumer only to a subscription on its exact
+delivery subject). If it skips a message (its delivery sequence jumps) or falls silent (no
+message and no idle heartbeat for two heartbeats: its server went away), it is made again
+from the last stream sequence delivered. One consumer a node, not one a listener: at 10,000
+listeners, 20,000 per-listener consumers kept 1.84 of 2 cores busy with no change at all
+(docs/performance.md), and making one was a few round trips per listener that arrived.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ from segue_nats.settings import NatsSettings
 DUPLICATE_WINDOW_S = 120.0
 CAS_ATTEMPTS = 8
 HEARTBEAT_S = 5.0  # each consumer's idle heartbeat; silent for two of them: made again
-WATCH_S = 1.0  # how often the consumers' silence is checked
+WATCH_S = 1.0  # how often the consumer's silence is checked
+NO_MESSAGE_FOUND = 10037  # JetStream's error code for a message get that found none
 
 OnMessage = Callable[[str, int, bytes], None]  # subject key, stream sequence, data
 
@@ -63,10 +66,10 @@ class MissingSetup(Exception):
 
 @dataclass
 class _Followed:
-    """One listener's consumer, as this node tracks it."""
+    """The node's consumer, as this node tracks it."""
 
     on_message: OnMessage
-    route: str  # the last token of its delivery subject: key.N, new for each consumer made
+    route: str  # the last token of its delivery subject, new for each consumer made
     stream_seq: int  # the last stream sequence delivered (start - 1 before any)
     delivered: int = 0  # the consumer's delivery sequence of that message
     heard: float = 0.0  # loop time of its last message or heartbeat
@@ -82,7 +85,7 @@ class Bus:
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
         self.kv: KeyValue | None = None
-        self._followed: dict[str, _Followed] = {}
+        self._consumer: _Followed | None = None  # the node's one consumer, once made
         self._routes = itertools.count(1)
         self._inbox = ""
         self._watchdog: asyncio.Task[None] | None = None
@@ -193,42 +196,55 @@ class Bus:
         return True
 
     # --- changes in ---------------------------------------------------------------------------
-    async def follow(self, key: str, start: int, on_message: OnMessage) -> None:
-        """Deliver `key`'s deltas from sequence `start` on, in order, until `unfollow`."""
-        await self.unfollow(key)
-        followed = _Followed(on_message, "", max(1, start) - 1)
-        self._followed[key] = followed
-        try:
-            await self._make_consumer(key, followed)
-        except BaseException:
-            self._followed.pop(key, None)
-            raise
+    async def follow(self, on_message: OnMessage) -> None:
+        """Deliver every listener's deltas, in stream order, from the sequence after the last
+        one delivered (the first time: after the stream's last message), until `close`."""
+        assert self.js is not None
+        if self._consumer is None:
+            info = await self.js.stream_info(self.settings.stream)
+            self._consumer = _Followed(on_message, "", info.state.last_seq)
+        else:
+            await self._delete_consumer(self._consumer)
+        await self._make_consumer(self._consumer)
 
-    async def unfollow(self, key: str) -> None:
-        followed = self._followed.pop(key, None)
-        if followed is not None:
-            await self._delete_consumer(followed)
+    async def replay(self, key: str, after: int, on_message: OnMessage) -> int:
+        """Hand `on_message` the deltas of `key` stored after sequence `after`, in order (at
+        most the stream keeps of one subject); how many."""
+        assert self.js is not None
+        seq, count = after + 1, 0
+        while count < self.settings.max_msgs_per_subject:
+            try:
+                msg = await self.js.get_msg(self.settings.stream, seq=seq,
+                                            subject=self.subject(key), next=True)
+            except StreamNotFoundError as e:
+                if e.err_code == NO_MESSAGE_FOUND:  # none at or after `seq`
+                    break
+                raise
+            found = int(msg.seq or seq)
+            on_message(key, found, msg.data or b"")
+            seq, count = found + 1, count + 1
+        return count
 
-    async def _make_consumer(self, key: str, followed: _Followed) -> None:
+    async def _make_consumer(self, followed: _Followed) -> None:
         """A consumer from the sequence after the last one delivered, to a delivery subject
-        of its own (what an earlier consumer of this listener still sends goes nowhere)."""
+        of its own (what an earlier consumer still sends goes nowhere)."""
         assert self.js is not None and self.nc is not None
-        route = f"{key}.{next(self._routes)}"
+        route = str(next(self._routes))
         followed.route = route
         followed.delivered = 0
         followed.consumer = None
         followed.heard = asyncio.get_running_loop().time()
 
         async def deliver(msg: Any) -> None:
-            if self._followed.get(key) is followed and followed.route == route:
-                await self._deliver(key, followed, msg)
+            if self._consumer is followed and followed.route == route:
+                await self._deliver(followed, msg)
 
         # nats-py subscribes again after a reconnection.
         followed.subscription = await self.nc.subscribe(f"{self._inbox}.{route}", cb=deliver)
         try:
             info = await self.js.add_consumer(self.settings.stream, ConsumerConfig(
                 deliver_subject=f"{self._inbox}.{route}",
-                filter_subject=self.subject(key), deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                filter_subject=self.subject("*"), deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
                 opt_start_seq=followed.stream_seq + 1, ack_policy=AckPolicy.NONE, max_deliver=1,
                 idle_heartbeat=HEARTBEAT_S, num_replicas=1, mem_storage=True))
         except BaseException:
@@ -246,23 +262,24 @@ class Bus:
             with contextlib.suppress(Exception):
                 await self.js.delete_consumer(self.settings.stream, followed.consumer)
 
-    async def _deliver(self, key: str, followed: _Followed, msg: Any) -> None:
+    async def _deliver(self, followed: _Followed, msg: Any) -> None:
         followed.heard = asyncio.get_running_loop().time()
         if not msg.data and msg.headers and msg.headers.get("Status") == "100":
             # An idle heartbeat names the last delivery sequence sent: one missed here?
             last = msg.headers.get("Nats-Last-Consumer")
             if last is not None and int(last) != followed.delivered:
-                await self._remake(key, followed)
+                await self._remake(followed)
             return
         sequence = msg.metadata.sequence
         if sequence.consumer != followed.delivered + 1:
-            await self._remake(key, followed)
+            await self._remake(followed)
             return
         followed.delivered = sequence.consumer
         followed.stream_seq = sequence.stream
-        followed.on_message(key, sequence.stream, msg.data)
+        # The message arrives under the subject it was published to: its last token is the key.
+        followed.on_message(msg.subject.rpartition(".")[2], sequence.stream, msg.data)
 
-    async def _remake(self, key: str, followed: _Followed) -> None:
+    async def _remake(self, followed: _Followed) -> None:
         """Replace a consumer that skipped a message or fell silent (in the background: the
         subscription's callback must not wait on the servers)."""
         if followed.remaking:
@@ -273,25 +290,21 @@ class Bus:
             try:
                 with contextlib.suppress(Exception):  # still silent: the watchdog tries again
                     await self._delete_consumer(followed)
-                    if self._followed.get(key) is followed:
-                        await self._make_consumer(key, followed)
+                    if self._consumer is followed:
+                        await self._make_consumer(followed)
             finally:
                 followed.remaking = False
 
         asyncio.get_running_loop().create_task(again())
 
     async def _watch(self) -> None:
-        """Make again the consumers silent for two heartbeats (their server went away)."""
+        """Make the consumer again when it is silent for two heartbeats (its server went
+        away)."""
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(WATCH_S)
             if not self.connected:
-                continue  # the plugin follows everyone again once NATS is back
-            silent_since = loop.time() - 2 * HEARTBEAT_S - WATCH_S
-            for key, followed in list(self._followed.items()):
-                if followed.heard < silent_since:
-                    await self._remake(key, followed)
-
-    @property
-    def followed(self) -> int:
-        return len(self._followed)
+                continue  # the plugin follows again once NATS is back
+            followed = self._consumer
+            if followed is not None and followed.heard < loop.time() - 2 * HEARTBEAT_S - WATCH_S:
+                await self._remake(followed)
