@@ -10,7 +10,8 @@ This prints figures; it judges nothing. On loopback:
   that a token works on both, with [plugins.nats], `[sessions] commands_per_s` high enough
   that the load is never rate limited and `device_timeout_s` longer than the run.
 * following, in --steps: listeners get a device on node B (one `ping` command each, over 32
-  keep-alive connections), so that B follows them: one ordered JetStream consumer each. At
+  keep-alive connections), so that B follows them (a bucket read and a replay each; the node
+  has one consumer of the whole stream whatever the number of listeners). At
   each step: the time from the first ping to B's `segue_nats_followed_listeners` reaching the
   step, B's RSS, the consumers on the servers, each server's RSS, and the CPU each process
   uses over 5 s with no load (what following costs by itself). Then every listener gets
