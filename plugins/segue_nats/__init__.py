@@ -291,9 +291,13 @@ class NatsPlugin:
         return True
 
     def _delivered(self, key: str, seq: int, data: bytes) -> None:
-        """From the asyncio thread: a delta from the node's consumer."""
+        """From the asyncio thread: a delta from the node's consumer. One of a listener not
+        served here is dropped on this thread, without a hop to trio (a dict lookup is safe
+        across threads; one dropped just before its listener is kept here is in the stream
+        for that listener's replay, which starts after the key is kept)."""
         assert self._bridge is not None
-        self._bridge.to_trio(self._merge, key, seq, data)
+        if key in self._keys:
+            self._bridge.to_trio(self._merge, key, seq, data)
 
     def _replayed(self, key: str, seq: int, data: bytes) -> None:
         """From the asyncio thread: a delta of a listener being followed, replayed."""
