@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -89,6 +92,43 @@ def test_every_worker_serves_players_on_the_one_port(three_workers: Node) -> Non
         with urllib.request.urlopen(node.base + "/metrics", timeout=10) as r:
             text = r.read().decode()
         assert re.search(r"^segue_time_to_first_byte_seconds_count 40\.0$", text, re.M), text
+
+
+def _stalled_player(url: str) -> socket.socket:
+    """A player that starts a track and then reads no more (a small receive buffer, so the
+    node's stream cannot finish into the socket buffers)."""
+    parts = urllib.parse.urlsplit(url)
+    player = socket.socket()
+    player.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    player.settimeout(10)
+    player.connect((parts.hostname, parts.port))
+    player.sendall(f"GET {parts.path}?{parts.query} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert player.recv(1024).startswith(b"HTTP/1.1 200")
+    return player
+
+
+def test_the_status_counts_the_streams_of_every_process(three_workers: Node) -> None:
+    node = three_workers
+    track_id, _ = next(iter(node.tracks.items()))
+    url = node.url(track_id, node.token())
+
+    def in_flight() -> int:
+        with urllib.request.urlopen(node.base + "/v1/status", timeout=10) as r:
+            return json.load(r)["streams_in_flight"]
+
+    # A connection each: the kernel spreads them over the processes.
+    players = [_stalled_player(url) for _ in range(6)]
+    try:
+        served_by = {e.get("worker", 0) for e in node.log_events_named("request")}
+        # Whichever process answers (a new connection each), it counts every process's.
+        assert [in_flight() for _ in range(12)] == [6] * 12
+        answered = {e.get("worker", 0) for e in node.log_events_named("request")
+                    if e.get("path") == "/v1/status"}
+        assert len(served_by | answered) >= 2
+    finally:
+        for player in players:
+            player.close()
+    _wait_for(lambda: in_flight() == 0)
 
 
 def test_a_dead_worker_is_started_again(three_workers: Node) -> None:

@@ -202,6 +202,21 @@ class Metrics:
         for each in PLUGIN_STATUSES:
             self.child(self.plugin_health, plugin, each).set(1 if each == status else 0)
 
+    @property
+    def shared(self) -> bool:
+        """Whether several serving processes share these metrics ([http] workers > 1)."""
+        return bool(os.environ.get(SHARED_DIR_ENV))
+
+    def node_streams_in_flight(self) -> int:
+        """Track bodies every serving process of the node is sending, added up from the
+        shared files (`shared` only). Blocks: call it in a thread."""
+        directory = os.environ[SHARED_DIR_ENV]
+        every_process = CollectorRegistry()
+        MultiProcessCollector(every_process, path=directory)
+        return int(sum(sample.value for family in every_process.collect()
+                       if family.name == "segue_streams_in_flight"
+                       for sample in family.samples))
+
     def render(self) -> bytes:
         directory = os.environ.get(SHARED_DIR_ENV)
         if not directory:

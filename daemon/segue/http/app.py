@@ -104,13 +104,20 @@ class EdgeRoutes:
         return Response(200, [("Content-Type", CONTENT_TYPE)], body)
 
     async def status(self, request: Request) -> Response:
+        streams = self.lifecycle.streams_in_flight
+        if self.metrics.shared:  # workers: the node's, the same whichever process answers
+            try:
+                streams = await in_thread(self.metrics.node_streams_in_flight,
+                                          limiter=self.limiter, timeout_s=METRICS_TIMEOUT_S)
+            except trio.TooSlowError:
+                return error(503, "the status did not render in time", ("Retry-After", "5"))
         return json_response(
             200,
             {
                 "node_id": self.node_id,
                 "version": __version__,
                 "state": self.lifecycle.state,
-                "streams_in_flight": self.lifecycle.streams_in_flight,
+                "streams_in_flight": streams,
                 "health": self.lifecycle.health.to_json(),
                 "plugins": self.plugins(),
             },
