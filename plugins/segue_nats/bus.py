@@ -86,6 +86,9 @@ class Bus:
         self.js: JetStreamContext | None = None
         self.kv: KeyValue | None = None
         self._consumer: _Followed | None = None  # the node's one consumer, once made
+        # One making or remaking of it at a time (a reconnection's and the watchdog's could
+        # overlap, and the first consumer made would be left delivering to nobody's use).
+        self._making = asyncio.Lock()
         self._routes = itertools.count(1)
         self._inbox = ""
         self._watchdog: asyncio.Task[None] | None = None
@@ -200,12 +203,13 @@ class Bus:
         """Deliver every listener's deltas, in stream order, from the sequence after the last
         one delivered (the first time: after the stream's last message), until `close`."""
         assert self.js is not None
-        if self._consumer is None:
-            info = await self.js.stream_info(self.settings.stream)
-            self._consumer = _Followed(on_message, "", info.state.last_seq)
-        else:
-            await self._delete_consumer(self._consumer)
-        await self._make_consumer(self._consumer)
+        async with self._making:
+            if self._consumer is None:
+                info = await self.js.stream_info(self.settings.stream)
+                self._consumer = _Followed(on_message, "", info.state.last_seq)
+            else:
+                await self._delete_consumer(self._consumer)
+            await self._make_consumer(self._consumer)
 
     async def replay(self, key: str, after: int, on_message: OnMessage) -> int:
         """Hand `on_message` the deltas of `key` stored after sequence `after`, in order (at
@@ -289,9 +293,10 @@ class Bus:
         async def again() -> None:
             try:
                 with contextlib.suppress(Exception):  # still silent: the watchdog tries again
-                    await self._delete_consumer(followed)
-                    if self._consumer is followed:
-                        await self._make_consumer(followed)
+                    async with self._making:
+                        await self._delete_consumer(followed)
+                        if self._consumer is followed:
+                            await self._make_consumer(followed)
             finally:
                 followed.remaking = False
 
