@@ -42,3 +42,28 @@ def test_a_listener_silent_for_ten_minutes_leaves_nothing_behind_but_its_session
         assert set(sessions._buckets) == {"alice"}
 
     trio.run(main)
+
+
+def test_a_remote_merge_says_whether_it_changed_the_session(tmp_path: Path) -> None:
+    def node(name: str) -> Sessions:
+        return Sessions(name, SessionStore(tmp_path / f"{name}.sqlite"), Metrics(),
+                        device_timeout_s=3600, commands_per_s=100, command_burst=100,
+                        duration_ms=no_length, is_track=lambda t: len(t) == 16)
+
+    here, there = node("n1"), node("n2")
+
+    async def main() -> None:
+        await there.command("alice", {"type": "ping", "device": "phone"})
+        await there.command("alice", {"type": "set_shuffle", "device": "phone",
+                                      "shuffle": True})
+
+    trio.run(main)
+    state = there.export("alice")
+    assert here.merge_remote("alice", state) == "applied"
+    assert here.export("alice") == state
+    assert here.merge_remote("alice", state) == "unchanged"  # a duplicate
+    assert here.apply_remote("alice", state)  # the older call, the same merge
+    assert here.merge_remote("alice", {"playback": "no"}) == "malformed"
+    assert not here.apply_remote("alice", {"playback": "no"})
+    assert here.merge_remote("", state) == "malformed"
+    assert here.export("alice") == state

@@ -100,6 +100,11 @@ class SessionsView(Protocol):
         when it is malformed (dropped and counted). Stamps too far ahead are clamped."""
         ...
 
+    def merge_remote(self, user: str, delta: Mapping[str, Any]) -> str:
+        """``apply_remote``, saying what the merge did (since API version 5): "applied" (the
+        session changed), "unchanged" (this node held it already) or "malformed"."""
+        ...
+
     def digests(self) -> dict[str, str]:
         """Each listener's state digest: two nodes hold the same state iff digests match."""
         ...

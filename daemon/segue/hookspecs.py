@@ -38,7 +38,7 @@ from segue.api import Health, NodeView, Route, TrackRecord
 
 PROJECT = "segue"
 #: The version of this plugin API. Hooks say in which version they appeared.
-PLUGIN_API_VERSION = 4
+PLUGIN_API_VERSION = 5
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 #: The marker plugins use: ``@segue.hookimpl``.

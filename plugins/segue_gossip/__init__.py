@@ -311,10 +311,7 @@ class GossipPlugin:
             except trio.WouldBlock:
                 return "pull_dropped"
             return "announced"
-        before = node.sessions.export(message.user)
-        if not node.sessions.apply_remote(message.user, message.delta):
-            return "malformed"
-        return "unchanged" if node.sessions.export(message.user) == before else "applied"
+        return node.sessions.merge_remote(message.user, message.delta)
 
     async def _publish(self, node, client: SerfClient) -> None:
         assert self.settings is not None and self.metrics is not None and self._receive

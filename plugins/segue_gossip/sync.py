@@ -86,10 +86,5 @@ class Sync:
         return self.merge(received) if isinstance(received, dict) else 0
 
     def merge(self, states: dict[Any, Any]) -> int:
-        changed = 0
-        for user, state in states.items():
-            before = self.sessions.export(str(user))
-            if self.sessions.apply_remote(str(user), state) and (
-                    self.sessions.export(str(user)) != before):
-                changed += 1
-        return changed
+        return sum(self.sessions.merge_remote(str(user), state) == "applied"
+                   for user, state in states.items())

@@ -332,10 +332,7 @@ class NatsPlugin:
             return "malformed"
         if doc["o"] == self.node.node_id:
             return "own"
-        before = self.node.sessions.export(user)
-        if not self.node.sessions.apply_remote(user, doc.get("d")):
-            return "malformed"
-        return "unchanged" if self.node.sessions.export(user) == before else "applied"
+        return self.node.sessions.merge_remote(user, doc.get("d"))
 
     # --- publishing ---------------------------------------------------------------------------
     async def _publish(self) -> None:

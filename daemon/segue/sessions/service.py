@@ -301,22 +301,26 @@ class Sessions:
     def apply_remote(self, user: str, doc: Any) -> bool:
         """Merge a delta (or a whole state) from another node; False when it is malformed
         (dropped and counted). Stamps too far ahead of this node's clock are clamped."""
+        return self.merge_remote(user, doc) != "malformed"
+
+    def merge_remote(self, user: str, doc: Any) -> str:
+        """apply_remote, saying what the merge did: "applied" (the state changed),
+        "unchanged" (it held the delta already) or "malformed" (dropped and counted)."""
         if not isinstance(user, str) or not 0 < len(user) <= 256:
             self._metrics.child(self._metrics.session_remote, "malformed").inc()
-            return False
+            return "malformed"
         try:
             delta = SessionState.from_json(doc)
         except StateError as e:
             self._metrics.child(self._metrics.session_remote, "malformed").inc()
             log.warning("session delta dropped", error=str(e))
-            return False
+            return "malformed"
         clamped = delta.restamped(self.clock.observe)
         if clamped.to_json() != delta.to_json():
             self._metrics.child(self._metrics.session_remote, "clamped").inc()
-        changed = self._change(user, clamped, local=False)
-        self._metrics.child(self._metrics.session_remote,
-                            "applied" if changed else "unchanged").inc()
-        return True
+        outcome = "applied" if self._change(user, clamped, local=False) else "unchanged"
+        self._metrics.child(self._metrics.session_remote, outcome).inc()
+        return outcome
 
     def digests(self) -> dict[str, str]:
         """Each listener's state digest, for anti-entropy: equal digests, equal states."""
