@@ -43,6 +43,10 @@ from segue.metrics import Metrics
 log = structlog.get_logger("segue.http")
 
 RECEIVE_BYTES = 64 * 1024
+# A response body yields to the other connections once every this many bytes (as nginx's
+# sendfile_max_chunk, 2m, does): a socket that never fills (a fast reader on a fast network,
+# a cached track) would otherwise keep the event loop to itself until the track ends.
+FAIR_SHARE_BYTES = 2 * 1024 * 1024
 LINGER_SECONDS = 1.0
 LINGER_BYTES = 1024 * 1024
 LISTEN_BACKLOG = 65535  # the kernel caps it at net.core.somaxconn
@@ -340,12 +344,16 @@ class _Connection:
             http.end_response()  # b"": a whole body has its Content-Length
             return
         pending_head: bytes | None = head
+        yield_at = FAIR_SHARE_BYTES
 
         async def send_body(data: BodyPart) -> None:
-            nonlocal pending_head
+            nonlocal pending_head, yield_at
             await self._send(_parts(http.send_body(data), pending_head))
             pending_head = None
             self.sent += len(data)
+            if self.sent >= yield_at:
+                yield_at = self.sent + FAIR_SHARE_BYTES
+                await trio.lowlevel.checkpoint()
 
         with self.lifecycle.stream():
             try:
