@@ -282,9 +282,12 @@ def test_request_log_lines_are_json_with_the_canonical_fields(node: Node) -> Non
         "Authorization": f"Bearer {token}", "Range": "bytes=10-19"})
     with urllib.request.urlopen(request, timeout=10) as r:
         assert r.status == 206
-    lines = [e for e in node.log_events() if e.get("event") == "request"
-             and e.get("range") == "10-19"]
-    assert lines
+    # The line is written once the response has gone out: the player may read it first.
+    deadline = time.monotonic() + 10
+    while not (lines := [e for e in node.log_events() if e.get("event") == "request"
+                         and e.get("range") == "10-19"]):
+        assert time.monotonic() < deadline, node.log_text()
+        time.sleep(0.05)
     line = lines[-1]
     for key in ("method", "path", "track", "range", "status", "bytes", "duration_ms", "user",
                 "timestamp", "level"):
