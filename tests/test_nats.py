@@ -276,11 +276,14 @@ def test_one_consumer_a_node_and_a_listener_arriving_gets_the_changes_that_went_
         fleet) -> None:
     a, b = fleet.nodes
     carol = fleet.tokens["carol"]
+    dropped = metric(b, "segue_nats_deltas_received_total", outcome="not_served")
     # Carol listens on node A only: node B's consumer brings her changes and B drops them.
     command(a, carol, type="play", device="laptop", track=fleet.track)
     for position in range(1000, 6000, 1000):
         assert command(a, carol, type="seek", device="laptop", position_ms=position)[0] == 200
     wait_until(lambda: stored_changes(fleet, "carol") >= 6, 10, "carol's changes stored")
+    wait_until(lambda: metric(b, "segue_nats_deltas_received_total", outcome="not_served")
+               - dropped >= 6, 5, "node B counts carol's changes as not served there")
     time.sleep(0.5)  # node A merges them into the bucket behind the publishing
 
     async def forget(js) -> None:

@@ -59,8 +59,11 @@ class _Metrics:
                                  registry=registry)
         self.received = Counter("segue_nats_deltas_received",
                                 "Deltas delivered from the bus, by outcome (applied, "
-                                "unchanged, own, duplicate, malformed).", ["outcome"],
+                                "unchanged, own, duplicate, malformed, not_served: of a "
+                                "listener with no device here).", ["outcome"],
                                 registry=registry)
+        # Counted on the NATS thread for every delta of the fleet: looked up once.
+        self.not_served = self.received.labels("not_served")
         self.state_writes = Counter("segue_nats_state_writes",
                                     "Merged states written to the bucket, by outcome.",
                                     ["outcome"], registry=registry)
@@ -295,9 +298,11 @@ class NatsPlugin:
         served here is dropped on this thread, without a hop to trio (a dict lookup is safe
         across threads; one dropped just before its listener is kept here is in the stream
         for that listener's replay, which starts after the key is kept)."""
-        assert self._bridge is not None
+        assert self._bridge is not None and self.metrics is not None
         if key in self._keys:
             self._bridge.to_trio(self._merge, key, seq, data)
+        else:
+            self.metrics.not_served.inc()
 
     def _replayed(self, key: str, seq: int, data: bytes) -> None:
         """From the asyncio thread: a delta of a listener being followed, replayed."""
