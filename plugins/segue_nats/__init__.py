@@ -243,8 +243,8 @@ class NatsPlugin:
             self._presence = trio.Event()
             if self._resync.is_set():
                 # The consumer may not have survived the outage: make it again from where it
-                # got to, and replay every listener from where this node got to (what it
-                # merged already is skipped by sequence).
+                # got to, and replay every listener from where this node got to (the bucket's
+                # state or its own position, whichever is further).
                 self._resync = trio.Event()
                 log.info("following again after the reconnection", listeners=len(self._keys))
                 await self._follow_stream()

@@ -203,13 +203,10 @@ class Bus:
         """Deliver every listener's deltas, in stream order, from the sequence after the last
         one delivered (the first time: after the stream's last message), until `close`."""
         assert self.js is not None
-        async with self._making:
-            if self._consumer is None:
-                info = await self.js.stream_info(self.settings.stream)
-                self._consumer = _Followed(on_message, "", info.state.last_seq)
-            else:
-                await self._delete_consumer(self._consumer)
-            await self._make_consumer(self._consumer)
+        if self._consumer is None:
+            info = await self.js.stream_info(self.settings.stream)
+            self._consumer = _Followed(on_message, "", info.state.last_seq)
+        await self._renew(self._consumer)
 
     async def replay(self, key: str, after: int, on_message: OnMessage) -> int:
         """Hand `on_message` the deltas of `key` stored after sequence `after`, in order (at
@@ -293,14 +290,19 @@ class Bus:
         async def again() -> None:
             try:
                 with contextlib.suppress(Exception):  # still silent: the watchdog tries again
-                    async with self._making:
-                        await self._delete_consumer(followed)
-                        if self._consumer is followed:
-                            await self._make_consumer(followed)
+                    await self._renew(followed)
             finally:
                 followed.remaking = False
 
         asyncio.get_running_loop().create_task(again())
+
+    async def _renew(self, followed: _Followed) -> None:
+        """Delete the consumer (if the servers have one) and make it again from where it got
+        to, one renewal at a time."""
+        async with self._making:
+            await self._delete_consumer(followed)
+            if self._consumer is followed:
+                await self._make_consumer(followed)
 
     async def _watch(self) -> None:
         """Make the consumer again when it is silent for two heartbeats (its server went
