@@ -118,6 +118,41 @@ class SlowChunks:
         return getattr(self._store, name)
 
 
+def test_a_read_whose_request_went_away_is_read_again_for_those_waiting(tmp_path: Path) -> None:
+    """A browser aborts a range and asks for it again at once: the second request waited on the
+    first one's read of the chunk, and must get the chunk, not the first one's cancellation."""
+    node = Node.init(tmp_path / "edge")
+    source = make_tone(tmp_path / "t.mp3", MP3, seconds=3)
+    (track,) = node.pack(source)
+    app = wiring.build(config.load(node.conf))
+    share = app.library.shares.shares[0]
+    got: list[bytes] = []
+
+    async def main() -> None:
+        opened = await app.library.open(track)
+        share.store = SlowChunks(share.store)  # type: ignore[assignment]
+        async with trio.open_nursery() as nursery:
+            aborted = trio.CancelScope()
+
+            async def first() -> None:
+                with aborted:
+                    await app.library.chunk(opened, 0)
+
+            async def again() -> None:
+                page = await app.library.chunk(opened, 0)
+                got.append(page.read(0, page.length))
+                page.release()
+
+            nursery.start_soon(first)
+            await trio.sleep(0.05)  # its read is under way
+            nursery.start_soon(again)
+            await trio.sleep(0.05)  # waiting on that read
+            aborted.cancel()
+
+    trio.run(main, strict_exception_groups=True)
+    assert len(got) == 1 and got[0] and source.read_bytes().startswith(got[0])
+
+
 def test_a_cold_stream_reads_its_next_chunks_while_it_sends(tmp_path: Path) -> None:
     node = Node.init(tmp_path / "edge")
     (track,) = node.pack(make_tone(tmp_path / "t.mp3", MP3, seconds=100))  # 7 chunks

@@ -28,6 +28,8 @@ class Flight:
         self._error: Exception | None = None
 
     async def result(self) -> Any:
+        """The read's value, or its error; None when the read was cancelled before it ended
+        (the request that started it went away, as a seeking player's does): ask again."""
         await self._done.wait()
         if self._error is not None:
             # A fresh exception each: one instance raised in many tasks would pile up their
@@ -40,15 +42,19 @@ async def single_flight(flights: dict[K, Flight], key: K,
                         read: Callable[[], Awaitable[Any]], abandoned: str) -> Any:
     """`read()` as the one flight for `key` in `flights`: its outcome is the waiters' too.
 
-    The caller has checked that no flight for `key` is under way. A read that ends any other
-    way than with a value, TrackNotFound or TrackUnavailable (cancelled, a bug) leaves its
-    waiters TrackUnavailable(`abandoned`).
+    The caller has checked that no flight for `key` is under way. A read cancelled with the
+    request that started it leaves its waiters None (they read again: a player that aborts a
+    range and asks for it again must not get the abort); one that ends any other way than
+    with a value, TrackNotFound or TrackUnavailable (a bug) leaves them
+    TrackUnavailable(`abandoned`).
     """
     flight = flights[key] = Flight()
     try:
         flight._value = await read()
     except (TrackNotFound, TrackUnavailable) as e:
         flight._error = e
+        raise
+    except trio.Cancelled:
         raise
     except BaseException:
         flight._error = TrackUnavailable(abandoned)

@@ -77,7 +77,7 @@ class Library:
                 loading = self._loading.get(key)
                 if loading is None:
                     break
-                await loading.result()  # then take it from the cache (or read it, if evicted)
+                await loading.result()  # then from the cache (or read here: evicted, cancelled)
             else:
                 return page
             read = functools.partial(self._replicas.chunk, track, index, kept=True)

@@ -72,12 +72,12 @@ class Tracks:
 
     async def open(self, track_id: str) -> OpenedTrack:
         """The verified, unwrapped track; raises TrackNotFound or TrackUnavailable."""
-        opening = self._opening.get(track_id)
-        if opening is not None:
+        while (opening := self._opening.get(track_id)) is not None:
             # Another player's request is opening it: share that outcome, good or bad.
             self._metrics.child(self._metrics.open_tracks, "hit").inc()
-            opened: OpenedTrack = await opening.result()
-            return opened
+            opened: OpenedTrack | None = await opening.result()
+            if opened is not None:
+                return opened  # None: that request went away first; open it here
         found = self._opened.get(track_id)
         if found is not None:
             self._opened.move_to_end(track_id)
