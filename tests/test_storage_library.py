@@ -72,6 +72,9 @@ class SlowMissingChunks:
         time.sleep(0.3)
         raise NotInStoreError(f"no chunk {index} of {track_id}")
 
+    def read_chunk_cached(self, track_id: str, index: int, buf: bytearray) -> None:
+        return None  # a share that makes its readers wait is never read on the event loop
+
     def __getattr__(self, name: str) -> object:
         return getattr(self._store, name)
 
@@ -113,6 +116,9 @@ class SlowChunks:
     def read_chunk_into(self, track_id: str, index: int, buf: bytearray) -> int:
         time.sleep(0.2)
         return self._store.read_chunk_into(track_id, index, buf)  # type: ignore[attr-defined]
+
+    def read_chunk_cached(self, track_id: str, index: int, buf: bytearray) -> None:
+        return None
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._store, name)

@@ -130,6 +130,11 @@ class Metrics:
             "(ok, missing, error, timeout, corrupt).", ["share", "outcome"],
             registry=self.registry,
         )
+        self.store_reads_in_loop = Counter(
+            "segue_chunk_reads_in_loop", "Chunk copy reads (counted in segue_store_reads too) "
+            "that needed no worker thread: the kernel held the file's name and bytes.",
+            ["share"], registry=self.registry,
+        )
         self.failovers = Counter(
             "segue_store_failovers", "Chunk reads that went on to another copy.",
             registry=self.registry,

@@ -1,6 +1,6 @@
 """A chunk store on a local path: a plain directory, or a CIFS share mounted by the kernel.
 
-All methods block; the server calls them from worker threads.
+All methods but read_chunk_cached block; the server calls them from worker threads.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from segue.seal.manifest import is_track_id
 from segue.storage import layout
+from segue.storage.cached_read import CachedReader
 from segue.storage.errors import BadCopyError, NotInStoreError, StoreError
 
 if TYPE_CHECKING:
@@ -25,6 +26,7 @@ class LocalStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._cached = CachedReader()
 
     @classmethod
     def from_spec(cls, spec: ShareSpec) -> LocalStore:
@@ -45,6 +47,12 @@ class LocalStore:
         """Read a chunk file into `buf`; returns its length (len(buf) means "too large")."""
         return self._read_into(layout.chunk_path(track_id, index),
                                f"chunk {index} of track {track_id}", buf)
+
+    def read_chunk_cached(self, track_id: str, index: int, buf: bytearray) -> int | None:
+        """The chunk read on the caller's thread when the kernel holds its name and bytes
+        (segue.storage.cached_read); None otherwise (on a CIFS mount: always)."""
+        return self._cached.read(os.fsencode(f"{self.root}/{layout.chunk_path(track_id, index)}"),
+                                 buf)
 
     def _read_into(self, rel: PurePosixPath, what: str, buf: bytearray) -> int:
         """Read a regular file into `buf`, at most len(buf) bytes; returns the length read.

@@ -1,13 +1,15 @@
 """Reading one copy of a manifest or chunk from whichever share can give a good one.
 
-Every read of a share is one worker-thread hop under that share's limiter and the [store]
-read deadline (segue.threads.in_thread): a hung share uses up its own threads and no one
+Every read of a share that may wait is one worker-thread hop under that share's limiter and the
+[store] read deadline (segue.threads.in_thread): a hung share uses up its own threads and no one
 else's, and whoever waits gives up on it after the deadline and tries the next copy. The thread
-also verifies (and for chunks decrypts) what it read, so no unverified byte reaches the event
-loop: a chunk arrives there as a sealed write-once Page, or in a pooled buffer when it is sent
-once and not kept (segue.storage.pages). A copy that
-cannot be read (share down, file missing, too slow) or fails verification is skipped for the
-next copy; the player never notices while one good copy exists.
+also verifies (and for chunks decrypts) what it read, so the whole of a chunk's blocking work is
+one hop. A chunk whose file the kernel holds (a local file in the page cache) is read, verified
+and decrypted on the event loop instead, since it cannot wait (segue.storage.cached_read).
+Either way no unverified byte goes further than the buffer it was read into: a chunk comes out
+as a sealed write-once Page, or in a pooled buffer when it is sent once and not kept
+(segue.storage.pages). A copy that cannot be read (share down, file missing, too slow) or fails
+verification is skipped for the next copy; the player never notices while one good copy exists.
 
 A share that errors as a whole (its root cannot be listed, its server is away) or times out is
 marked down (the probe service brings it back); so is one whose copy is missing while the share
@@ -123,8 +125,10 @@ class Replicas:
             if attempt:
                 self._metrics.failovers.inc()
             try:
-                page = await in_thread(self._read_copy, share, track, index, kept,
-                                        limiter=share.limiter, timeout_s=self._timeout)
+                page = self._cached_copy(share, track, index, kept)
+                if page is None:
+                    page = await in_thread(self._read_copy, share, track, index, kept,
+                                           limiter=share.limiter, timeout_s=self._timeout)
             except trio.TooSlowError:
                 await self._timed_out(share, f"read timed out after {self._timeout:g} s")
                 self._metrics.child(self._metrics.store_reads, share.name, "timeout").inc()
@@ -174,13 +178,23 @@ class Replicas:
                                         bytearray(chunk_size))
         return bufs
 
+    def _cached_copy(self, share: Share, track: OpenedTrack, index: int,
+                     kept: bool) -> Chunk | None:
+        """The copy read, verified and decrypted on the event loop, when its share can read it
+        without I/O or a wait (a local file in the page cache: segue.storage.cached_read);
+        None when it cannot, and the copy is read in a thread."""
+        sealed, _ = self._buffers(track.manifest.chunk_size)
+        length = share.store.read_chunk_cached(track.manifest.track_id, index, sealed)
+        if length is None:
+            return None
+        self._metrics.child(self._metrics.store_reads_in_loop, share.name).inc()
+        return self._opened(share, track, index, memoryview(sealed)[:length], kept)
+
     def _read_copy(self, share: Share, track: OpenedTrack, index: int, kept: bool) -> Chunk:
         """Read, verify, decrypt one copy of a chunk and, if `kept`, write it into a Page (in a
         worker thread: the whole of a chunk's blocking work is one hop)."""
         track_id = track.manifest.track_id
-        chunk_size = track.manifest.chunk_size
-        sealed, plain = self._buffers(chunk_size)
-        pool = None if kept else self._pool(chunk_size)
+        sealed, _ = self._buffers(track.manifest.chunk_size)
         try:
             length = share.store.read_chunk_into(track_id, index, sealed)
         except NotInStoreError:
@@ -199,12 +213,20 @@ class Replicas:
             log.warning("share read failed", track=track_id, chunk=index, share=share.name,
                         error=str(e))
             raise _CopyFailed("unreadable") from None
-        if pool is not None:
-            plain = pool.take()
+        return self._opened(share, track, index, memoryview(sealed)[:length], kept)
+
+    def _opened(self, share: Share, track: OpenedTrack, index: int, sealed: memoryview,
+                kept: bool) -> Chunk:
+        """The plaintext of a sealed copy, verified: in a write-once Page if `kept`, else in a
+        pooled buffer; _CopyFailed if it does not authenticate."""
+        track_id = track.manifest.track_id
+        chunk_size = track.manifest.chunk_size
+        pool = None if kept else self._pool(chunk_size)
+        plain = self._buffers(chunk_size)[1] if pool is None else pool.take()
         try:
-            if length != track.plaintext_length(index) + TAG_BYTES:
+            if len(sealed) != track.plaintext_length(index) + TAG_BYTES:
                 raise ChunkAuthenticationError(track_id, index)
-            size = track.cipher.open_into(index, memoryview(sealed)[:length], plain)
+            size = track.cipher.open_into(index, sealed, plain)
         except ChunkAuthenticationError:
             if pool is not None:
                 pool.give_back(plain)
@@ -213,6 +235,8 @@ class Replicas:
             log.error("chunk failed verification", track=track_id, chunk=index,
                       share=share.name)
             raise _CopyFailed("failed verification") from None
+        finally:
+            sealed.release()
         if pool is not None:
             return Lease(plain, size, pool)
         with memoryview(plain) as verified:

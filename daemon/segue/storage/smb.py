@@ -152,6 +152,10 @@ class SmbStore:
         return self._read_into(layout.chunk_path(track_id, index),
                                f"chunk {index} of track {track_id}", buf)
 
+    def read_chunk_cached(self, track_id: str, index: int, buf: bytearray) -> int | None:
+        """Never: every read is a round trip to the server."""
+        return None
+
     def _read_into(self, rel: PurePosixPath, what: str, buf: bytearray) -> int:
         """Read one file into `buf`. A file the server refuses while the share still answers
         is a bad copy: the pooled connections are kept (layout.file_failure).
