@@ -50,9 +50,9 @@ class LocalStore:
 
     def read_chunk_cached(self, track_id: str, index: int, buf: bytearray) -> int | None:
         """The chunk read on the caller's thread when the kernel holds its name and bytes
-        (segue.storage.cached_read); None otherwise (on a CIFS mount: always)."""
-        return self._cached.read(os.fsencode(f"{self.root}/{layout.chunk_path(track_id, index)}"),
-                                 buf)
+        (segue.storage.cached_read); None otherwise: before the first probe of the share,
+        and always on a network filesystem."""
+        return self._cached.read(os.fsencode(str(layout.chunk_path(track_id, index))), buf)
 
     def _read_into(self, rel: PurePosixPath, what: str, buf: bytearray) -> int:
         """Read a regular file into `buf`, at most len(buf) bytes; returns the length read.
@@ -83,7 +83,11 @@ class LocalStore:
         return (self.root / layout.manifest_path(track_id)).is_file()
 
     def read_marker(self) -> bytes:
-        return layout.read_marker(self._read_into)
+        """The marker; also what the root is now, for reads without a thread (the probe
+        service reads every share's marker at start and every few seconds, in a thread)."""
+        data = layout.read_marker(self._read_into)
+        self._cached.follow(self.root)
+        return data
 
     def write_marker(self, data: bytes) -> None:
         """Mark the store, and give it its tracks folder: a marked store is a whole one."""
