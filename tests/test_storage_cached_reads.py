@@ -106,13 +106,15 @@ def local_filesystem(path: Path) -> bool:
 def test_what_needs_a_thread_is_left_to_it(packed: tuple[Node, str],
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     node, track = packed
-    assert local_filesystem(node.root), "this test needs its temp dir on a local filesystem"
     store = LocalStore(node.root / "store")
     buf = bytearray(1 << 20)
     first = store.root / layout.chunk_path(track, 0)
     size = first.stat().st_size
     assert store.read_chunk_cached(track, 0, buf) is None  # the share not probed yet
     store.read_marker()
+    if not local_filesystem(node.root):  # an overlay, say: always a thread
+        assert store.read_chunk_cached(track, 0, buf) is None
+        return
     assert store.read_chunk_cached(track, 0, buf) == size
     assert store.read_chunk_cached(track, 0, bytearray(size)) is None  # too large for it
     assert store.read_chunk_cached(track, 10_000, buf) is None  # missing
