@@ -82,7 +82,8 @@ def filesystem_type(fd: int) -> int | None:
 
 class CachedReader:
     """Reads whole files below one root that the kernel holds in its caches, on the caller's
-    thread; off until follow() has found the root on a local filesystem."""
+    thread; off until follow() has found the root on a local filesystem. Holds one O_PATH
+    descriptor of the root from then on (a share's store lives as long as its node)."""
 
     def __init__(self) -> None:
         self._syscall = _openat2(_libc())
