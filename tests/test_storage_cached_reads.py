@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from conftest import MP3, Node, make_tone
 from segue import config, wiring
 from segue.metrics import Metrics
 from segue.storage import cached_read, layout
+from segue.storage.errors import StoreError
 from segue.storage.local import LocalStore
 from segue.storage.pages import Chunk, Page
 from segue.storage.probe import probe_all
@@ -131,6 +133,46 @@ def test_what_needs_a_thread_is_left_to_it(packed: tuple[Node, str],
     monkeypatch.setattr(cached_read, "LOCAL_FILESYSTEMS", {})
     store.read_marker()
     assert store.read_chunk_cached(track, 0, buf) is None
+    monkeypatch.undo()
+    store.read_marker()
+    assert store.read_chunk_cached(track, 0, buf) == size
+    # A probe that fails (the marker gone: an unmounted share's empty folder, say): off until
+    # one passes again.
+    marker = store.root / layout.MARKER_PATH
+    kept = marker.read_bytes()
+    marker.unlink()
+    with pytest.raises(StoreError):
+        store.read_marker()
+    assert store.read_chunk_cached(track, 0, buf) is None
+    marker.write_bytes(kept)
+    store.read_marker()
+    assert store.read_chunk_cached(track, 0, buf) == size
+
+
+def resident_bytes(path: Path) -> int:
+    return int(subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES",
+                               str(path)], capture_output=True, text=True, check=True).stdout)
+
+
+def test_a_chunk_not_in_the_page_cache_is_left_to_a_thread_without_reading_ahead(
+        packed: tuple[Node, str]) -> None:
+    """preadv2(RWF_NOWAIT) alone would start read-ahead from the event loop on a miss."""
+    node, track = packed
+    store = LocalStore(node.root / "store")
+    store.read_marker()
+    if not local_filesystem(node.root):
+        assert not store.read_chunk_cached(track, 0, bytearray(1 << 20))
+        return
+    chunk = store.root / layout.chunk_path(track, 0)
+    fd = os.open(chunk, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    assert resident_bytes(chunk) == 0
+    assert store.read_chunk_cached(track, 0, bytearray(1 << 20)) is None
+    assert resident_bytes(chunk) == 0  # nothing was read for it, not even ahead
 
 
 def test_a_tampered_copy_read_in_the_loop_is_refused_and_counted(
@@ -158,3 +200,13 @@ def test_a_tampered_copy_read_in_the_loop_is_refused_and_counted(
     assert metrics.registry.get_sample_value("segue_chunk_auth_failures_total") == 1
     assert metrics.registry.get_sample_value(
         "segue_store_reads_total", {"share": "local", "outcome": "corrupt"}) == 1
+
+
+def test_a_share_marked_down_is_read_in_threads(packed: tuple[Node, str]) -> None:
+    node, track = packed
+    metrics = Metrics()
+    app = wiring.build(config.load(node.conf), metrics)
+    trio.run(probe_all, app.library.shares, 5.0)
+    app.library.shares.shares[0].failed("a test says so")
+    assert len(read_all(app, track)) > 2
+    assert in_loop(metrics) == 0

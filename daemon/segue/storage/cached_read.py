@@ -3,42 +3,68 @@
 A chunk on a local filesystem whose bytes are in the page cache takes ~15 us to read and ~30 us
 to decrypt, while a worker-thread hop for it costs several hundred microseconds of CPU on a busy
 core (the event loop and the worker take turns for the core and for the GIL). So the event loop
-reads such chunks itself, and only those:
+reads such chunks itself, and only those. Each step below exists because without it the loop
+could wait on a disk, a server or a daemon:
 
-- the store's root must be on a local filesystem (ext4, XFS, Btrfs, tmpfs, F2FS, ZFS,
-  bcachefs), told by fstatfs in a thread whenever the share is probed (follow()); on a network
-  filesystem an open() itself may ask the server, and on FUSE a daemon, either of which can hang.
-- the file is opened below that root with openat2(RESOLVE_NO_XDEV | RESOLVE_CACHED): the path may
-  not cross into another mount (a share mounted further down), and every component of it must
-  be in the kernel's dentry cache with no need of revalidation (else EAGAIN).
-- the bytes are read with preadv2(RWF_NOWAIT), which fails with EAGAIN unless they are all in
-  the page cache.
+- The share's probe (in a thread, at start and every few seconds: follow()) finds the root on
+  a local filesystem (ext4, XFS, Btrfs, F2FS, bcachefs; on NFS, FUSE or CIFS even open() may ask
+  a server) and tries the whole read below on the store marker it has just read (tmpfs and ZFS,
+  for instance, refuse RWF_NOWAIT). It remembers the root's mount id; a failed probe, or a
+  share marked down, turns the reads off.
+- Each read opens the root with O_PATH (no filesystem code runs for that) and
+  openat2(RESOLVE_CACHED), and checks with statx(AT_STATX_DONT_SYNC) that it is still that
+  mount: something mounted on the root since the probe (a network share) is never opened. No
+  descriptor is held between reads, so the node never keeps a disk from being unmounted.
+- The chunk is opened below it with openat2(RESOLVE_NO_XDEV | RESOLVE_CACHED): no crossing into
+  another mount, and every name already in the dentry cache with no need of revalidation (else
+  EAGAIN). O_NOATIME, unless the mount has noatime: an atime update is an inode write, which
+  can wait on the journal. Not the owner of the file (EPERM): a thread reads it.
+- cachestat(2) must show every page of the file in the page cache: preadv2(RWF_NOWAIT) alone
+  returns EAGAIN on a miss, but only after starting read-ahead I/O from the caller's thread.
+- The bytes are read with preadv2(RWF_NOWAIT). A file unlinked since (a track packed again) is
+  closed in a thread: its last close frees the inode, which is I/O.
 
 Anything else (a missing file, something other than a regular file, a short read) answers None,
 and the caller reads in a worker thread as before, which is where failures are told apart and
-reported. A kernel or a seccomp filter without openat2 or these flags turns this off for good.
+reported.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import math
+import mmap
 import os
+import platform
 import stat
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
-_SYS_OPENAT2 = 437  # one number on every architecture: openat2 came after they were unified
+import structlog
+import trio
+
+log = structlog.get_logger("segue.storage.cached_read")
+
+# openat2 and cachestat came after the system-call tables were unified: these numbers hold on
+# every architecture but alpha, MIPS and ia64, where reads without a thread stay off.
+_SYS_OPENAT2 = 437
+_SYS_CACHESTAT = 451
+_OTHER_NUMBERS = ("alpha", "mips", "ia64")
+_AT_FDCWD = -100
+_AT_EMPTY_PATH = 0x1000
+_AT_STATX_DONT_SYNC = 0x4000
+_STATX_MNT_ID = 0x1000
+_STATX_MNT_ID_OFFSET = 144  # of the u64 stx_mnt_id in struct statx
 _RESOLVE_NO_XDEV = 0x01
 _RESOLVE_CACHED = 0x20
-# What says this kernel (or the unit's system-call filter) cannot do it at all.
-_UNSUPPORTED = {errno.ENOSYS, errno.EPERM, errno.EINVAL, errno.E2BIG}
 #: statfs f_type of the filesystems whose open() and cached reads never leave the machine.
 LOCAL_FILESYSTEMS = {
-    0xEF53: "ext2/3/4", 0x58465342: "xfs", 0x9123683E: "btrfs", 0x01021994: "tmpfs",
-    0xF2F52010: "f2fs", 0x2FC12FC1: "zfs", 0xCA451A4E: "bcachefs",
+    0xEF53: "ext2/3/4", 0x58465342: "xfs", 0x9123683E: "btrfs", 0xF2F52010: "f2fs",
+    0xCA451A4E: "bcachefs",
 }
+# What says the kernel (or the unit's system-call filter) cannot do a step at all.
+_UNSUPPORTED = {errno.ENOSYS, errno.EINVAL, errno.E2BIG, errno.EOPNOTSUPP}
 
 
 class _OpenHow(ctypes.Structure):
@@ -46,9 +72,18 @@ class _OpenHow(ctypes.Structure):
                 ("resolve", ctypes.c_uint64)]
 
 
-# O_NONBLOCK: a FIFO with no writer opens at once (and is then refused as not a regular file).
-_HOW = _OpenHow(os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC, 0,
-                _RESOLVE_NO_XDEV | _RESOLVE_CACHED)
+class _CacheStat(ctypes.Structure):
+    _fields_ = [("nr_cache", ctypes.c_uint64), ("nr_dirty", ctypes.c_uint64),
+                ("nr_writeback", ctypes.c_uint64), ("nr_evicted", ctypes.c_uint64),
+                ("nr_recently_evicted", ctypes.c_uint64)]
+
+
+class _Range(ctypes.Structure):
+    _fields_ = [("off", ctypes.c_uint64), ("len", ctypes.c_uint64)]
+
+
+class Unsupported(Exception):
+    """The kernel, the filesystem or a system-call filter cannot do one of the steps."""
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -58,80 +93,169 @@ def _libc() -> ctypes.CDLL | None:
         return None
 
 
-def _openat2(libc: ctypes.CDLL | None) -> Callable[..., int] | None:
-    fn = getattr(libc, "syscall", None)
-    if fn is None or not hasattr(os, "RWF_NOWAIT"):
+_LIBC = _libc()
+
+
+def _function(name: str, argtypes: list, restype: type = ctypes.c_int) -> Callable[..., int] | None:
+    fn = getattr(_LIBC, name, None)
+    if fn is None or not hasattr(os, "RWF_NOWAIT") or \
+            platform.machine().startswith(_OTHER_NUMBERS):
         return None
-    fn.restype = ctypes.c_long
-    fn.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p,
-                   ctypes.c_size_t]
+    fn.argtypes = argtypes
+    fn.restype = restype
     return fn
 
 
+_syscall = _function("syscall", [ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
+                                 ctypes.c_size_t], ctypes.c_long)
+_statx = _function("statx", [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint,
+                             ctypes.c_void_p])
+_fstatfs = _function("fstatfs", [ctypes.c_int, ctypes.c_void_p])
+
+
 def filesystem_type(fd: int) -> int | None:
-    """The statfs f_type of the filesystem `fd` is on (blocking on a network filesystem)."""
-    libc = _libc()
-    fstatfs = getattr(libc, "fstatfs", None)
-    if fstatfs is None:
-        return None
+    """The statfs f_type of the filesystem `fd` is on (this may wait on a network one)."""
     buf = ctypes.create_string_buffer(256)  # struct statfs, f_type (a C long) first
-    if fstatfs(fd, buf) != 0:
+    if _fstatfs is None or _fstatfs(fd, buf) != 0:
         return None
     return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
 
 
-class CachedReader:
-    """Reads whole files below one root that the kernel holds in its caches, on the caller's
-    thread; off until follow() has found the root on a local filesystem. Holds one O_PATH
-    descriptor of the root from then on (a share's store lives as long as its node)."""
+def _openat2(dirfd: int, path: bytes, flags: int, resolve: int) -> int:
+    """A descriptor, or -1 (errno in ctypes); Unsupported for a kernel or filter without it."""
+    assert _syscall is not None
+    how = _OpenHow(flags | os.O_CLOEXEC, 0, resolve)
+    fd = _syscall(_SYS_OPENAT2, dirfd, path, ctypes.byref(how), ctypes.sizeof(how))
+    if fd < 0:
+        err = ctypes.get_errno()
+        # EPERM is a system-call filter, or with O_NOATIME a file this user does not own.
+        if err in _UNSUPPORTED or (err == errno.EPERM and not flags & os.O_NOATIME):
+            raise Unsupported(f"openat2: {os.strerror(err)}")
+    return fd
 
-    def __init__(self) -> None:
-        self._syscall = _openat2(_libc())
-        self._how = ctypes.byref(_HOW)
-        self._lock = threading.Lock()  # the root's descriptor: read on the loop, set in threads
-        self._root = -1
+
+def _mount_id(fd: int) -> int:
+    """The mount `fd` is on, from the inode's cached attributes (no server is asked)."""
+    assert _statx is not None
+    buf = ctypes.create_string_buffer(256)
+    if _statx(fd, b"", _AT_EMPTY_PATH | _AT_STATX_DONT_SYNC, _STATX_MNT_ID, buf) != 0:
+        raise Unsupported(f"statx: {os.strerror(ctypes.get_errno())}")
+    if not ctypes.c_uint32.from_buffer(buf).value & _STATX_MNT_ID:
+        raise Unsupported("statx gives no mount id")
+    return ctypes.c_uint64.from_buffer(buf, _STATX_MNT_ID_OFFSET).value
+
+
+def _all_cached(fd: int, size: int) -> bool:
+    assert _syscall is not None
+    got = _CacheStat()
+    if _syscall(_SYS_CACHESTAT, fd, ctypes.byref(_Range(0, size)), ctypes.byref(got), 0) != 0:
+        raise Unsupported(f"cachestat: {os.strerror(ctypes.get_errno())}")
+    return got.nr_cache >= math.ceil(size / mmap.PAGESIZE)
+
+
+class CachedReader:
+    """Reads whole files below `root` that the kernel holds in its caches, on the caller's
+    thread; off until follow() has found the root able to."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = os.fsencode(root)
+        self._mount: int | None = None  # the root's mount, while reads may go on
+        self._atime_flag = os.O_NOATIME
+        self._off_because = ""
 
     @property
     def enabled(self) -> bool:
-        return self._root >= 0 and self._syscall is not None
+        return self._mount is not None
 
-    def follow(self, root: Path) -> None:
-        """Read below what `root` is now (the share's probe, in a thread: this may wait): a
-        share mounted on it since the last call is seen, and a network one turns reads off."""
-        try:
-            fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:
-            fd = -1
-        if fd >= 0 and filesystem_type(fd) not in LOCAL_FILESYSTEMS:
-            os.close(fd)
-            fd = -1
-        with self._lock:
-            old, self._root = self._root, fd
-        if old >= 0:  # no read uses it any more: they take the lock
-            os.close(old)
+    def follow(self, sample: bytes, size: int) -> None:
+        """Look at the root as it is now (the share's probe, in a thread: this may wait), and
+        read `sample` (a file of `size` bytes below it that was just read) the way chunks
+        will be read: reads go on only if that works."""
+        mount, why = None, ""
+        if _syscall is None or _statx is None:
+            why = "this platform lacks openat2, statx or RWF_NOWAIT"
+        else:
+            try:
+                fd = os.open(self._root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError as e:
+                fd, why = -1, f"cannot open the root: {e.strerror}"
+            if fd >= 0:
+                try:
+                    kind = filesystem_type(fd)
+                    if kind not in LOCAL_FILESYSTEMS:
+                        why = f"not a local filesystem (statfs type {kind or 0:#x})"
+                    else:
+                        noatime = os.fstatvfs(fd).f_flag & os.ST_NOATIME
+                        self._atime_flag = 0 if noatime else os.O_NOATIME
+                        mount = _mount_id(fd)
+                        self._mount = mount
+                        if self.read(sample, bytearray(size + 1)) != size:
+                            mount, why = None, "the store marker could not be read this way"
+                except Unsupported as e:
+                    mount, why = None, str(e)
+                finally:
+                    os.close(fd)
+        self._mount = mount
+        self._say(why)
+
+    def stop(self) -> None:
+        """The share failed its probe: no reads without a thread until one passes."""
+        self._mount = None
 
     def read(self, rel: bytes, buf: bytearray) -> int | None:
         """The length of the regular file at `rel` below the root, read whole into `buf`, when
         that needs neither I/O nor a wait; None otherwise, and for a file of len(buf) bytes or
         more (the caller's usual read refuses it)."""
-        if self._syscall is None:
-            return None
-        with self._lock:
-            if self._root < 0:
-                return None
-            fd = self._syscall(_SYS_OPENAT2, self._root, rel, self._how, ctypes.sizeof(_HOW))
-        if fd < 0:
-            if ctypes.get_errno() in _UNSUPPORTED:
-                self._syscall = None
+        mount = self._mount
+        if mount is None:
             return None
         try:
+            root = _openat2(_AT_FDCWD, self._root, os.O_PATH | os.O_DIRECTORY, _RESOLVE_CACHED)
+            if root < 0:
+                return None
+            try:
+                if _mount_id(root) != mount:
+                    return None
+                return self._read_below(root, rel, buf)
+            finally:
+                os.close(root)  # an O_PATH descriptor: closing it runs no filesystem code
+        except Unsupported as e:
+            self._mount = None
+            self._say(str(e))
+            return None
+
+    def _read_below(self, root: int, rel: bytes, buf: bytearray) -> int | None:
+        # O_NONBLOCK: a FIFO with no writer opens at once (and is refused below).
+        fd = _openat2(root, rel, os.O_RDONLY | os.O_NONBLOCK | self._atime_flag,
+                      _RESOLVE_NO_XDEV | _RESOLVE_CACHED)
+        if fd < 0:
+            return None
+        unlinked = False
+        try:
             st = os.fstat(fd)
+            unlinked = st.st_nlink == 0
             size = st.st_size
-            if not stat.S_ISREG(st.st_mode) or size >= len(buf):
+            if unlinked or not stat.S_ISREG(st.st_mode) or size >= len(buf) or \
+                    not _all_cached(fd, size):
                 return None
             length = os.preadv(fd, (buf,), 0, os.RWF_NOWAIT)
-        except OSError:  # EAGAIN: not all in the page cache; EOPNOTSUPP: cannot tell
-            return None
+        except OSError as e:
+            if e.errno in _UNSUPPORTED:
+                raise Unsupported(f"preadv2 RWF_NOWAIT: {e.strerror}") from None
+            return None  # EAGAIN: evicted since cachestat
         finally:
-            os.close(fd)
+            if unlinked:
+                trio.lowlevel.start_thread_soon(lambda: os.close(fd), lambda _: None)
+            else:
+                os.close(fd)
         return length if length == size else None
+
+    def _say(self, why: str) -> None:
+        """Log when reads without a thread turn off or on again, not at every probe."""
+        if why != self._off_because:
+            if why:
+                log.info("chunk reads without a thread off", root=os.fsdecode(self._root),
+                         reason=why)
+            else:
+                log.info("chunk reads without a thread on", root=os.fsdecode(self._root))
+            self._off_because = why

@@ -26,7 +26,7 @@ class LocalStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._cached = CachedReader()
+        self._cached = CachedReader(root)
 
     @classmethod
     def from_spec(cls, spec: ShareSpec) -> LocalStore:
@@ -50,8 +50,8 @@ class LocalStore:
 
     def read_chunk_cached(self, track_id: str, index: int, buf: bytearray) -> int | None:
         """The chunk read on the caller's thread when the kernel holds its name and bytes
-        (segue.storage.cached_read); None otherwise: before the first probe of the share,
-        and always on a network filesystem."""
+        (segue.storage.cached_read); None otherwise: until a probe of the share has found
+        it able to, after a failed one, and always on a network filesystem."""
         return self._cached.read(os.fsencode(str(layout.chunk_path(track_id, index))), buf)
 
     def _read_into(self, rel: PurePosixPath, what: str, buf: bytearray) -> int:
@@ -85,8 +85,12 @@ class LocalStore:
     def read_marker(self) -> bytes:
         """The marker; also what the root is now, for reads without a thread (the probe
         service reads every share's marker at start and every few seconds, in a thread)."""
-        data = layout.read_marker(self._read_into)
-        self._cached.follow(self.root)
+        try:
+            data = layout.read_marker(self._read_into)
+        except Exception:
+            self._cached.stop()
+            raise
+        self._cached.follow(os.fsencode(str(layout.MARKER_PATH)), len(data))
         return data
 
     def write_marker(self, data: bytes) -> None:

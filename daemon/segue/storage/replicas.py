@@ -182,7 +182,9 @@ class Replicas:
                      kept: bool) -> Chunk | None:
         """The copy read, verified and decrypted on the event loop, when its share can read it
         without I/O or a wait (a local file in the page cache: segue.storage.cached_read);
-        None when it cannot, and the copy is read in a thread."""
+        None when it cannot (or the share is marked down), and the copy is read in a thread."""
+        if not share.healthy:
+            return None
         sealed, _ = self._buffers(track.manifest.chunk_size)
         length = share.store.read_chunk_cached(track.manifest.track_id, index, sealed)
         if length is None:
