@@ -121,15 +121,22 @@ def filesystem_type(fd: int) -> int | None:
     return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
 
 
-def _openat2(dirfd: int, path: bytes, flags: int, resolve: int) -> int:
-    """A descriptor, or -1 (errno in ctypes); Unsupported for a kernel or filter without it."""
+def _how(flags: int, resolve: int) -> _OpenHow:
+    return _OpenHow(flags | os.O_CLOEXEC, 0, resolve)
+
+
+_ROOT_HOW = _how(os.O_PATH | os.O_DIRECTORY, _RESOLVE_CACHED)
+
+
+def _openat2(dirfd: int, path: bytes, how: _OpenHow) -> int:
+    """A descriptor, or -1 (errno in ctypes); Unsupported for a kernel or filter without it.
+    (`how` is only read, by the kernel: one may serve every thread.)"""
     assert _syscall is not None
-    how = _OpenHow(flags | os.O_CLOEXEC, 0, resolve)
     fd = _syscall(_SYS_OPENAT2, dirfd, path, ctypes.byref(how), ctypes.sizeof(how))
     if fd < 0:
         err = ctypes.get_errno()
         # EPERM is a system-call filter, or with O_NOATIME a file this user does not own.
-        if err in _UNSUPPORTED or (err == errno.EPERM and not flags & os.O_NOATIME):
+        if err in _UNSUPPORTED or (err == errno.EPERM and not how.flags & os.O_NOATIME):
             raise Unsupported(f"openat2: {os.strerror(err)}")
     return fd
 
@@ -160,7 +167,7 @@ class CachedReader:
     def __init__(self, root: Path) -> None:
         self._root = os.fsencode(root)
         self._mount: int | None = None  # the root's mount, while reads may go on
-        self._atime_flag = os.O_NOATIME
+        self._file_how = self._chunk_how(os.O_NOATIME)
         self._off_because = ""
 
     @property
@@ -186,11 +193,13 @@ class CachedReader:
                         why = f"not a local filesystem (statfs type {kind or 0:#x})"
                     else:
                         noatime = os.fstatvfs(fd).f_flag & os.ST_NOATIME
-                        self._atime_flag = 0 if noatime else os.O_NOATIME
+                        self._file_how = self._chunk_how(0 if noatime else os.O_NOATIME)
                         mount = _mount_id(fd)
-                        self._mount = mount
-                        if self.read(sample, bytearray(size + 1)) != size:
+                        if self._read(mount, sample, bytearray(size + 1)) != size:
                             mount, why = None, "the store marker could not be read this way"
+                            if not noatime and os.geteuid() != 0:
+                                why += (" (O_NOATIME needs the files to be this user's; or "
+                                        "mount the share with noatime)")
                 except Unsupported as e:
                     mount, why = None, str(e)
                 finally:
@@ -210,24 +219,25 @@ class CachedReader:
         if mount is None:
             return None
         try:
-            root = _openat2(_AT_FDCWD, self._root, os.O_PATH | os.O_DIRECTORY, _RESOLVE_CACHED)
-            if root < 0:
-                return None
-            try:
-                if _mount_id(root) != mount:
-                    return None
-                return self._read_below(root, rel, buf)
-            finally:
-                os.close(root)  # an O_PATH descriptor: closing it runs no filesystem code
+            return self._read(mount, rel, buf)
         except Unsupported as e:
             self._mount = None
             self._say(str(e))
             return None
 
+    def _read(self, mount: int, rel: bytes, buf: bytearray) -> int | None:
+        root = _openat2(_AT_FDCWD, self._root, _ROOT_HOW)
+        if root < 0:
+            return None
+        try:
+            if _mount_id(root) != mount:
+                return None
+            return self._read_below(root, rel, buf)
+        finally:
+            os.close(root)  # an O_PATH descriptor: closing it runs no filesystem code
+
     def _read_below(self, root: int, rel: bytes, buf: bytearray) -> int | None:
-        # O_NONBLOCK: a FIFO with no writer opens at once (and is refused below).
-        fd = _openat2(root, rel, os.O_RDONLY | os.O_NONBLOCK | self._atime_flag,
-                      _RESOLVE_NO_XDEV | _RESOLVE_CACHED)
+        fd = _openat2(root, rel, self._file_how)
         if fd < 0:
             return None
         unlinked = False
@@ -249,6 +259,11 @@ class CachedReader:
             else:
                 os.close(fd)
         return length if length == size else None
+
+    @staticmethod
+    def _chunk_how(atime_flag: int) -> _OpenHow:
+        # O_NONBLOCK: a FIFO with no writer opens at once (and is refused as not a file).
+        return _how(os.O_RDONLY | os.O_NONBLOCK | atime_flag, _RESOLVE_NO_XDEV | _RESOLVE_CACHED)
 
     def _say(self, why: str) -> None:
         """Log when reads without a thread turn off or on again, not at every probe."""

@@ -52,7 +52,7 @@ class LocalStore:
         """The chunk read on the caller's thread when the kernel holds its name and bytes
         (segue.storage.cached_read); None otherwise: until a probe of the share has found
         it able to, after a failed one, and always on a network filesystem."""
-        return self._cached.read(os.fsencode(str(layout.chunk_path(track_id, index))), buf)
+        return self._cached.read(os.fsencode(layout.chunk_name(track_id, index)), buf)
 
     def _read_into(self, rel: PurePosixPath, what: str, buf: bytearray) -> int:
         """Read a regular file into `buf`, at most len(buf) bytes; returns the length read.
