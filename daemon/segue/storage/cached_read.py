@@ -13,7 +13,8 @@ could wait on a disk, a server or a daemon:
   share marked down, turns the reads off.
 - Each read opens the root with O_PATH (no filesystem code runs for that) and
   openat2(RESOLVE_CACHED), and checks with statx(AT_STATX_DONT_SYNC) that it is still that
-  mount: something mounted on the root since the probe (a network share) is never opened. No
+  mount (its unique mount id from Linux 6.8; before, an id the next mount may reuse):
+  something mounted on the root since the probe (a network share) is never opened. No
   descriptor is held between reads, so the node never keeps a disk from being unmounted.
 - The chunk is opened below it with openat2(RESOLVE_NO_XDEV | RESOLVE_CACHED): no crossing into
   another mount, and every name already in the dentry cache with no need of revalidation (else
@@ -55,6 +56,7 @@ _AT_FDCWD = -100
 _AT_EMPTY_PATH = 0x1000
 _AT_STATX_DONT_SYNC = 0x4000
 _STATX_MNT_ID = 0x1000
+_STATX_MNT_ID_UNIQUE = 0x4000  # Linux 6.8: never given to another mount (the other is reused)
 _STATX_MNT_ID_OFFSET = 144  # of the u64 stx_mnt_id in struct statx
 _RESOLVE_NO_XDEV = 0x01
 _RESOLVE_CACHED = 0x20
@@ -145,9 +147,12 @@ def _mount_id(fd: int) -> int:
     """The mount `fd` is on, from the inode's cached attributes (no server is asked)."""
     assert _statx is not None
     buf = ctypes.create_string_buffer(256)
-    if _statx(fd, b"", _AT_EMPTY_PATH | _AT_STATX_DONT_SYNC, _STATX_MNT_ID, buf) != 0:
+    if _statx(fd, b"", _AT_EMPTY_PATH | _AT_STATX_DONT_SYNC,
+              _STATX_MNT_ID | _STATX_MNT_ID_UNIQUE, buf) != 0:
         raise Unsupported(f"statx: {os.strerror(ctypes.get_errno())}")
-    if not ctypes.c_uint32.from_buffer(buf).value & _STATX_MNT_ID:
+    # The unique id where the kernel has it: the small one goes to the next mount made, so a
+    # network share mounted on the root between two probes could otherwise pass for the disk.
+    if not ctypes.c_uint32.from_buffer(buf).value & (_STATX_MNT_ID | _STATX_MNT_ID_UNIQUE):
         raise Unsupported("statx gives no mount id")
     return ctypes.c_uint64.from_buffer(buf, _STATX_MNT_ID_OFFSET).value
 
