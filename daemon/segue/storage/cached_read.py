@@ -85,7 +85,8 @@ class _Range(ctypes.Structure):
 
 
 class Unsupported(Exception):
-    """The kernel, the filesystem or a system-call filter cannot do one of the steps."""
+    """Reads without a thread cannot be done here (the kernel, the filesystem, a system-call
+    filter or the files' owner), and why."""
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -175,42 +176,40 @@ class CachedReader:
         self._file_how = self._chunk_how(os.O_NOATIME)
         self._off_because = ""
 
-    @property
-    def enabled(self) -> bool:
-        return self._mount is not None
-
     def follow(self, sample: bytes, size: int) -> None:
         """Look at the root as it is now (the share's probe, in a thread: this may wait), and
         read `sample` (a file of `size` bytes below it that was just read) the way chunks
         will be read: reads go on only if that works."""
-        mount, why = None, ""
-        if _syscall is None or _statx is None:
-            why = "this platform lacks openat2, statx or RWF_NOWAIT"
-        else:
-            try:
-                fd = os.open(self._root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            except OSError as e:
-                fd, why = -1, f"cannot open the root: {e.strerror}"
-            if fd >= 0:
-                try:
-                    kind = filesystem_type(fd)
-                    if kind not in LOCAL_FILESYSTEMS:
-                        why = f"not a local filesystem (statfs type {kind or 0:#x})"
-                    else:
-                        noatime = os.fstatvfs(fd).f_flag & os.ST_NOATIME
-                        self._file_how = self._chunk_how(0 if noatime else os.O_NOATIME)
-                        mount = _mount_id(fd)
-                        if self._read(mount, sample, bytearray(size + 1)) != size:
-                            mount, why = None, "the store marker could not be read this way"
-                            if not noatime and os.geteuid() != 0:
-                                why += (" (O_NOATIME needs the files to be this user's; or "
-                                        "mount the share with noatime)")
-                except Unsupported as e:
-                    mount, why = None, str(e)
-                finally:
-                    os.close(fd)
-        self._mount = mount
+        try:
+            self._mount, why = self._examine(sample, size), ""
+        except Unsupported as e:
+            self._mount, why = None, str(e)
         self._say(why)
+
+    def _examine(self, sample: bytes, size: int) -> int:
+        """The root's mount id, once `sample` was read below it as chunks will be; Unsupported,
+        saying why, when reads without a thread cannot be done there."""
+        if _syscall is None or _statx is None:
+            raise Unsupported("this platform lacks openat2, statx or RWF_NOWAIT")
+        try:
+            fd = os.open(self._root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            raise Unsupported(f"cannot open the root: {e.strerror}") from None
+        try:
+            kind = filesystem_type(fd)
+            if kind not in LOCAL_FILESYSTEMS:
+                raise Unsupported(f"not a local filesystem (statfs type {kind or 0:#x})")
+            noatime = os.fstatvfs(fd).f_flag & os.ST_NOATIME
+            self._file_how = self._chunk_how(0 if noatime else os.O_NOATIME)
+            mount = _mount_id(fd)
+        finally:
+            os.close(fd)
+        if self._read(mount, sample, bytearray(size + 1)) != size:
+            why = "the store marker could not be read this way"
+            if not noatime and os.geteuid() != 0:
+                why += " (O_NOATIME needs the files to be this user's; or mount with noatime)"
+            raise Unsupported(why)
+        return mount
 
     def stop(self) -> None:
         """The share failed its probe: no reads without a thread until one passes."""
